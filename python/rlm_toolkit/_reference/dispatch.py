@@ -1,0 +1,75 @@
+"""Pure-Python fan-out: the reference the Rust ``Dispatcher`` is tested against."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..callbacks._async import PendingHook
+from ..callbacks._registration import HookPlan
+from ..events import EVENTS, EventSpec
+from .clock import now
+
+FailureReporter = Callable[[str, str, BaseException], None]
+
+
+class Dispatcher:
+    def __init__(self, report_failure: FailureReporter, run_async: Callable[[str, list[PendingHook]], None]) -> None:
+        self._report_failure = report_failure
+        self._run_async = run_async
+        self._events: list[tuple[list[Any], list[HookPlan]]] = [([], []) for _ in EVENTS]
+        self._error_counters: list[Any] = []
+        self.handler_errors = 0
+
+    def set_registration(self, registrations: list[tuple[list[Any], list[HookPlan]]], error_counters: list[Any]) -> None:
+        self._events = [(list(sinks), list(hooks)) for sinks, hooks in registrations]
+        self._error_counters = list(error_counters)
+
+    def hook_failed(self, label: str, event: str, error: BaseException) -> None:
+        self.handler_errors += 1
+        for metrics in self._error_counters:
+            metrics.handler_error()
+        self._report_failure(label, event, error)
+
+    def _fire(self, index: int, spec: EventSpec, args: tuple[Any, ...], run_id: Any, parent_run_id: Any,
+              model: str | None, timestamp: float | None, extra: dict[str, Any]) -> None:
+        sinks, hooks = self._events[index]
+        if sinks:
+            ts = now() if timestamp is None else timestamp
+            for sink in sinks:
+                sink.handle(spec.name, args, run_id, parent_run_id, model, ts, extra or None)
+        if not hooks:
+            return
+        slots = args + ((run_id, parent_run_id, model) if spec.has_model else (run_id, parent_run_id))
+        pending: list[PendingHook] = []
+        for hook in hooks:
+            keywords = {name: slots[slot] for name, slot in zip(hook.keyword_names, hook.keyword_slots)}
+            if extra and hook.takes_extra:
+                keywords.update(extra)
+            try:
+                result = hook.method(*[slots[slot] for slot in hook.positional_slots], **keywords)
+            except Exception as error:
+                if hook.raise_error:
+                    raise
+                self.hook_failed(hook.label, spec.name, error)
+                continue
+            if hook.is_async:
+                pending.append((result, hook.label, hook.raise_error))
+        if pending:
+            self._run_async(spec.name, pending)
+
+
+def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
+    arity = len(spec.args)
+
+    def fire(self: Dispatcher, *args: Any, run_id: Any = None, parent_run_id: Any = None, model: str | None = None,
+             timestamp: float | None = None, **extra: Any) -> None:
+        if len(args) != arity:
+            raise TypeError(f"{spec.hook}() takes {arity} positional arguments {spec.args}, got {len(args)}")
+        self._fire(index, spec, args, run_id, parent_run_id, model, timestamp, extra)
+
+    fire.__name__ = fire.__qualname__ = spec.hook
+    return fire
+
+
+for _index, _spec in enumerate(EVENTS):
+    setattr(Dispatcher, _spec.hook, _event_method(_index, _spec))

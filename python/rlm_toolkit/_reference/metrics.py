@@ -1,0 +1,318 @@
+"""Pure-Python reference of the metrics aggregator in ``rust/metrics.rs``.
+
+This is the oracle of the differential tests: for the same event sequence, ``snapshot()`` here and in the
+Rust core are bit-identical, so every float is computed with the same operations in the same order.
+
+Semantics:
+
+- A model name that is missing or empty counts as unknown. Per-model figures live under a model key,
+  created on first use; snapshots list the keys in first-seen order.
+- ``llm_start``: ``total_calls`` += 1 and ``calls`` += 1 under key = model or ``"unknown"``. Opens ``run_id``
+  (any string, ``""`` included) with its start ``ts`` and model. Starting a run that is already open replaces
+  it and makes it the newest. When an insertion leaves more than ``max_open_runs`` runs open, the oldest
+  inserted one is evicted and ``evicted_runs`` += 1 (with a cap of 0 the new run itself is evicted).
+- ``llm_end``: ``completed_calls`` += 1, for the run's model key = model, else the model recorded at the
+  start of the open run, else ``"unknown"``. If ``run_id`` is open it is closed and its latency
+  ``(ts - start_ts) * 1000.0`` ms (negative, NaN and -0.0 become +0.0) is recorded overall and for the key.
+  Tokens: no usage counts 0; total = ``total_tokens`` if > 0 else prompt + completion. Cost with a price
+  from ``lookup_price``: ``prompt * p_in / 1e6 + completion * p_out / 1e6``, added to ``total_cost_usd``
+  and to the key's ``cost_usd``; without a price ``unpriced_calls`` += 1 and the key's ``cost_usd`` is None.
+- ``llm_error``: ``errors`` += 1; closes ``run_id`` if open without recording a latency, since failed calls
+  would distort it; the key = model, else the start model, gets ``errors`` += 1 if such a model is known.
+- Plain counters: ``retries``, ``tokens_streamed``, ``tool_calls`` (tool starts), ``tool_results`` (tool
+  ends), ``memory_stores``, ``memory_recalls``, ``dropped_events`` (+= n), ``handler_errors``.
+- Token sums and ``dropped_events`` saturate at 2**64 - 1, like the Rust ``u64`` counters.
+- Latency: ``avg_latency_ms`` = sum of latencies in event order / count, ``min_latency_ms`` and
+  ``max_latency_ms`` exact, all 0.0 without samples. Percentiles come from a log-linear histogram over
+  integer microseconds ``v = floor(ms * 1000.0 + 0.5)`` clamped to ``[0, 2**40 - 1]``: values below 2048 have
+  their own bucket; above, with ``e = v.bit_length() - 11``, bucket ``2048 + (e - 1) * 1024 + ((v >> e) - 1024)``
+  covers ``[(v >> e) << e, ((v >> e) << e) + 2**e - 1]``. Percentile p of n samples is the first bucket whose
+  cumulative count reaches rank ``max(1, (p * n + 99) // 100)``, reported as the bucket's middle
+  ``low + (width - 1) // 2`` µs in ms; 0.0 without samples.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+UNKNOWN_MODEL = "unknown"
+U64_MAX = 2**64 - 1
+MAX_LATENCY_MICROS = 2**40 - 1
+SUB_BUCKETS = 2048
+HALF_SUB_BUCKETS = 1024
+SUB_BUCKET_BITS = 11
+PERCENTILES = (50, 95, 99)
+
+
+def lookup_price(prices: dict[str, tuple[float, float]], model: str) -> tuple[float, float] | None:
+    """The exact entry for ``model``, else the longest key ``k`` with ``model.startswith(k + "-")``, else None."""
+    if model in prices:
+        return prices[model]
+    prefixes = [key for key in prices if model.startswith(key + "-")]
+    if not prefixes:
+        return None
+    return prices[max(prefixes, key=len)]
+
+
+def latency_micros(latency_ms: float) -> int:
+    """``latency_ms`` (>= 0, not NaN) as whole microseconds, rounded half away from zero and clamped."""
+    micros = latency_ms * 1000.0
+    if micros >= MAX_LATENCY_MICROS:
+        return MAX_LATENCY_MICROS
+    return int(math.floor(micros + 0.5))
+
+
+def bucket_index(micros: int) -> int:
+    if micros < SUB_BUCKETS:
+        return micros
+    shift = micros.bit_length() - SUB_BUCKET_BITS
+    return SUB_BUCKETS + (shift - 1) * HALF_SUB_BUCKETS + ((micros >> shift) - HALF_SUB_BUCKETS)
+
+
+def bucket_range(index: int) -> tuple[int, int]:
+    """``(lowest value, width)`` of the bucket at ``index``."""
+    if index < SUB_BUCKETS:
+        return index, 1
+    shift, offset = divmod(index - SUB_BUCKETS, HALF_SUB_BUCKETS)
+    shift += 1
+    return (offset + HALF_SUB_BUCKETS) << shift, 1 << shift
+
+
+def _known_model(model: str | None) -> str | None:
+    return model or None
+
+
+def _saturating_add(total: int, amount: int) -> int:
+    return min(total + amount, U64_MAX)
+
+
+def _average(total: float, count: int) -> float:
+    return total / count if count else 0.0
+
+
+@dataclass
+class _ModelStats:
+    calls: int = 0
+    completed_calls: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float | None = 0.0
+    latency_count: int = 0
+    latency_sum_ms: float = 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "completed_calls": self.completed_calls,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": self.cost_usd,
+            "avg_latency_ms": _average(self.latency_sum_ms, self.latency_count),
+        }
+
+
+class ReferenceMetrics:
+    """Aggregates callback events; see the module docstring for the exact semantics."""
+
+    def __init__(self, prices: dict[str, tuple[float, float]], max_open_runs: int = 10_000) -> None:
+        self._prices = dict(prices)
+        self._max_open_runs = max_open_runs
+        self._lock = threading.Lock()
+        self._clear()
+
+    def _clear(self) -> None:
+        # run_id -> (start_ts, model or None), oldest inserted first.
+        self._open_runs: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._models: dict[str, _ModelStats] = {}
+        self._total_calls = 0
+        self._completed_calls = 0
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._total_tokens = 0
+        self._errors = 0
+        self._retries = 0
+        self._tool_calls = 0
+        self._tool_results = 0
+        self._tokens_streamed = 0
+        self._memory_stores = 0
+        self._memory_recalls = 0
+        self._total_cost_usd = 0.0
+        self._unpriced_calls = 0
+        self._evicted_runs = 0
+        self._dropped_events = 0
+        self._handler_errors = 0
+        self._latency_count = 0
+        self._latency_sum_ms = 0.0
+        self._min_latency_ms = 0.0
+        self._max_latency_ms = 0.0
+        self._histogram: dict[int, int] = {}
+
+    def _model(self, key: str) -> _ModelStats:
+        if key not in self._models:
+            self._models[key] = _ModelStats()
+        return self._models[key]
+
+    def llm_start(self, run_id: str, model: str | None, ts: float) -> None:
+        with self._lock:
+            model = _known_model(model)
+            self._total_calls += 1
+            self._model(model or UNKNOWN_MODEL).calls += 1
+            self._open_runs.pop(run_id, None)
+            self._open_runs[run_id] = (ts, model)
+            if len(self._open_runs) > self._max_open_runs:
+                self._open_runs.popitem(last=False)
+                self._evicted_runs += 1
+
+    def llm_end(
+        self, run_id: str, model: str | None, usage: tuple[int, int, int] | None, ts: float
+    ) -> None:
+        with self._lock:
+            run = self._open_runs.pop(run_id, None)
+            start_model = run[1] if run is not None else None
+            key = _known_model(model) or start_model or UNKNOWN_MODEL
+            stats = self._model(key)
+
+            if run is not None:
+                elapsed_ms = (ts - run[0]) * 1000.0
+                latency_ms = elapsed_ms if elapsed_ms > 0.0 else 0.0
+                self._record_latency(latency_ms)
+                stats.latency_count += 1
+                stats.latency_sum_ms += latency_ms
+
+            prompt_tokens, completion_tokens, reported_total = usage if usage is not None else (0, 0, 0)
+            if reported_total > 0:
+                total_tokens = reported_total
+            else:
+                total_tokens = _saturating_add(prompt_tokens, completion_tokens)
+            self._completed_calls += 1
+            self._prompt_tokens = _saturating_add(self._prompt_tokens, prompt_tokens)
+            self._completion_tokens = _saturating_add(self._completion_tokens, completion_tokens)
+            self._total_tokens = _saturating_add(self._total_tokens, total_tokens)
+            stats.completed_calls += 1
+            stats.prompt_tokens = _saturating_add(stats.prompt_tokens, prompt_tokens)
+            stats.completion_tokens = _saturating_add(stats.completion_tokens, completion_tokens)
+            stats.total_tokens = _saturating_add(stats.total_tokens, total_tokens)
+
+            price = lookup_price(self._prices, key)
+            if price is None:
+                self._unpriced_calls += 1
+                stats.cost_usd = None
+            else:
+                prompt_price, completion_price = price
+                cost = (
+                    float(prompt_tokens) * prompt_price / 1e6
+                    + float(completion_tokens) * completion_price / 1e6
+                )
+                self._total_cost_usd += cost
+                if stats.cost_usd is not None:
+                    stats.cost_usd += cost
+
+    def _record_latency(self, latency_ms: float) -> None:
+        if self._latency_count == 0 or latency_ms < self._min_latency_ms:
+            self._min_latency_ms = latency_ms
+        if self._latency_count == 0 or latency_ms > self._max_latency_ms:
+            self._max_latency_ms = latency_ms
+        self._latency_count += 1
+        self._latency_sum_ms += latency_ms
+        index = bucket_index(latency_micros(latency_ms))
+        self._histogram[index] = self._histogram.get(index, 0) + 1
+
+    def llm_error(self, run_id: str, model: str | None, ts: float) -> None:
+        """``ts`` is unused: failed calls record no latency."""
+        with self._lock:
+            self._errors += 1
+            run = self._open_runs.pop(run_id, None)
+            start_model = run[1] if run is not None else None
+            key = _known_model(model) or start_model
+            if key is not None:
+                self._model(key).errors += 1
+
+    def retry(self) -> None:
+        with self._lock:
+            self._retries += 1
+
+    def token(self) -> None:
+        with self._lock:
+            self._tokens_streamed += 1
+
+    def tool_start(self) -> None:
+        with self._lock:
+            self._tool_calls += 1
+
+    def tool_end(self) -> None:
+        with self._lock:
+            self._tool_results += 1
+
+    def memory_store(self) -> None:
+        with self._lock:
+            self._memory_stores += 1
+
+    def memory_recall(self) -> None:
+        with self._lock:
+            self._memory_recalls += 1
+
+    def dropped(self, n: int) -> None:
+        """Counts ``n`` events a writer had to drop."""
+        with self._lock:
+            self._dropped_events = _saturating_add(self._dropped_events, n)
+
+    def handler_error(self) -> None:
+        """Counts a callback that raised."""
+        with self._lock:
+            self._handler_errors += 1
+
+    def _percentile_ms(self, percentile: int) -> float:
+        if self._latency_count == 0:
+            return 0.0
+        rank = max(1, (percentile * self._latency_count + 99) // 100)
+        cumulative = 0
+        for index in sorted(self._histogram):
+            cumulative += self._histogram[index]
+            if cumulative >= rank:
+                low, width = bucket_range(index)
+                return (low + (width - 1) // 2) / 1000.0
+        raise AssertionError("rank exceeds the number of recorded latencies")
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            p50, p95, p99 = (self._percentile_ms(percentile) for percentile in PERCENTILES)
+            return {
+                "total_calls": self._total_calls,
+                "completed_calls": self._completed_calls,
+                "total_tokens": self._total_tokens,
+                "prompt_tokens": self._prompt_tokens,
+                "completion_tokens": self._completion_tokens,
+                "avg_latency_ms": _average(self._latency_sum_ms, self._latency_count),
+                "min_latency_ms": self._min_latency_ms,
+                "max_latency_ms": self._max_latency_ms,
+                "p50_latency_ms": p50,
+                "p95_latency_ms": p95,
+                "p99_latency_ms": p99,
+                "errors": self._errors,
+                "retries": self._retries,
+                "tool_calls": self._tool_calls,
+                "tool_results": self._tool_results,
+                "tokens_streamed": self._tokens_streamed,
+                "memory_stores": self._memory_stores,
+                "memory_recalls": self._memory_recalls,
+                "total_cost_usd": self._total_cost_usd,
+                "unpriced_calls": self._unpriced_calls,
+                "open_runs": len(self._open_runs),
+                "evicted_runs": self._evicted_runs,
+                "dropped_events": self._dropped_events,
+                "handler_errors": self._handler_errors,
+                "by_model": {key: stats.snapshot() for key, stats in self._models.items()},
+            }
+
+    def reset(self) -> None:
+        """Back to the freshly constructed state; prices and the open-run cap are kept."""
+        with self._lock:
+            self._clear()

@@ -1,0 +1,83 @@
+"""``CallbackManager``: fans events out to callbacks through the chosen backend (Rust by default)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .. import _backend
+from ..events import EVENTS
+from ._async import AsyncHookRunner
+from ._registration import register
+from .base import BaseCallback
+from .native import MetricsCallback
+
+_TOKEN_EVENT_INDEX = [spec.name for spec in EVENTS].index("llm_new_token")
+
+logger = logging.getLogger("rlm_toolkit")
+
+
+def _report_hook_failure(label: str, event: str, error: BaseException) -> None:
+    logger.error("callback %s raised while handling %r: %r", label, event, error, exc_info=error)
+
+
+class CallbackManager(BaseCallback):
+    """Calls each registered callback's hooks for every event fired through it.
+
+    Has the ``on_*`` methods of ``BaseCallback`` (so a manager can itself be registered as a callback);
+    each takes the event's arguments plus the keywords ``run_id``, ``parent_run_id``, ``model`` (LLM
+    events), ``timestamp`` (epoch seconds, default now) and any extras, which reach hooks with ``**kwargs``.
+
+    Which callbacks implement which event, and how each hook is called, is decided when callbacks are
+    added; a hook that is not overridden is never called. A hook that raises is logged on the
+    ``rlm_toolkit`` logger and counted in ``handler_errors`` (and in registered ``MetricsCallback``
+    metrics) while the other hooks still run, unless its callback sets ``raise_error = True``.
+    """
+
+    def __init__(self, callbacks: Iterable[Any] | None = None, *, backend: _backend.BackendName | None = None,
+                 async_timeout: float | None = 30.0) -> None:
+        self.backend = _backend.resolve(backend)
+        self._callbacks: list[Any] = list(callbacks or [])
+        self._async_hooks = AsyncHookRunner(_report_hook_failure, async_timeout)
+        self._dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
+        for spec in EVENTS:
+            setattr(self, spec.hook, getattr(self._dispatcher, spec.hook))
+        self._apply()
+
+    def _apply(self) -> None:
+        registrations = register(self._callbacks)
+        self._dispatcher.set_registration(
+            [(registration.sinks, registration.hooks) for registration in registrations],
+            [callback.core for callback in self._callbacks if isinstance(callback, MetricsCallback)],
+        )
+        self._streams_tokens = bool(registrations[_TOKEN_EVENT_INDEX].hooks) or any(
+            getattr(callback, "wants_token_stream", False) for callback in self._callbacks
+        )
+
+    @property
+    def callbacks(self) -> tuple[Any, ...]:
+        return tuple(self._callbacks)
+
+    def add(self, callback: Any) -> None:
+        self._callbacks.append(callback)
+        self._apply()
+
+    def remove(self, callback: Any) -> None:
+        """Remove ``callback``; raises ValueError if it is not registered."""
+        self._callbacks.remove(callback)
+        self._apply()
+
+    @property
+    def handler_errors(self) -> int:
+        """How many times a hook raised and the error was isolated."""
+        return self._dispatcher.handler_errors
+
+    @property
+    def streams_tokens(self) -> bool:
+        """Whether some callback consumes streamed tokens (then LLM calls should stream)."""
+        return self._streams_tokens
+
+    async def wait_pending(self) -> None:
+        """Await the async hooks scheduled by events fired inside a running event loop."""
+        await self._async_hooks.wait_pending()

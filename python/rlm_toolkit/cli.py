@@ -1,0 +1,217 @@
+"""The ``rlm-toolkit`` command (also ``python -m rlm_toolkit``).
+
+``demo``   a scripted session that shows every callback event, then a metrics table and the JSONL log path.
+           With no API key and no ``--base-url`` it starts the embedded local server (and injects a 429 to
+           show a retry); otherwise it talks to that endpoint with ``--model``.
+``run``    answer one prompt (``--stream`` prints it as it arrives, ``--log`` writes a JSONL event log).
+``serve``  run the local OpenAI-compatible server in the foreground, for testing apps offline.
+``bench``  benchmarks (from ``rlm_toolkit.bench``, when installed).
+
+Problems the user can fix (no key, unreachable server, unknown model, unwritable log) print one line to
+stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .callbacks import ConsoleCallback, FileLogCallback, MetricsCallback, StreamingCallback
+from .errors import RLMToolkitError
+from .memory import BufferMemory
+from .rlm import RLM
+from .server import LocalServer, main_serve
+
+DEFAULT_MODEL = "gpt-4o-mini"
+EXIT_USER_ERROR = 2
+_WEATHER = {"paris": "Sunny, 21 C", "oslo": "Light rain, 9 C", "tokyo": "Cloudy, 17 C"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.command(args) or 0)
+    except RLMToolkitError as error:
+        print(f"rlm-toolkit: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlm-toolkit", description="Callbacks (event hooks) for LLM apps.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="show every callback event in a scripted session")
+    _add_endpoint_options(demo)
+    demo.add_argument("--log", metavar="PATH", help="JSONL log file (default: a new temporary folder)")
+    demo.set_defaults(command=_demo)
+
+    run = commands.add_parser("run", help="answer one prompt")
+    run.add_argument("prompt")
+    _add_endpoint_options(run)
+    run.add_argument("--stream", action="store_true", help="print the answer as it arrives")
+    run.add_argument("--log", metavar="PATH", help="write a JSONL event log to PATH")
+    run.set_defaults(command=_run)
+
+    serve = commands.add_parser("serve", help="run the local OpenAI-compatible server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(command=_serve)
+
+    bench = commands.add_parser("bench", help="run the benchmarks (rlm_toolkit.bench)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(command=_bench)
+    return parser
+
+
+def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
+    parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI)")
+
+
+# -- run / serve / bench ----------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    callbacks = [FileLogCallback(args.log)] if args.log else []
+    rlm = RLM.from_openai(args.model, callbacks, base_url=args.base_url)
+    try:
+        if args.stream:
+            for text in rlm.stream(args.prompt):
+                print(text, end="", flush=True)
+            print()
+        else:
+            print(rlm.run(args.prompt).answer)
+    finally:
+        for callback in callbacks:
+            callback.close()
+    if args.log:
+        print(f"log: {Path(args.log).resolve()}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        main_serve(args.host, args.port)
+    except OSError as error:
+        raise _CommandError(f"cannot serve on {args.host}:{args.port}: {error.strerror or error}") from error
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        bench = importlib.import_module("rlm_toolkit.bench")
+    except ModuleNotFoundError as error:
+        if error.name != "rlm_toolkit.bench":
+            raise
+        raise _CommandError("the bench command is not available: this install has no rlm_toolkit.bench") from error
+    return int(bench.main(args.bench_args) or 0)
+
+
+class _CommandError(RLMToolkitError):
+    """A command cannot go on; the message says why."""
+
+
+# -- demo -------------------------------------------------------------------------------------------
+
+
+class _TokenPrinter(StreamingCallback):
+    """Prints streamed tokens as they arrive, and ends the line when the LLM call ends."""
+
+    def on_token(self, token: str) -> None:
+        print(token, end="", flush=True)
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        print()
+
+
+def get_weather(city: str) -> str:
+    """Current weather in a city.
+
+    Args:
+        city: City name, e.g. "Paris".
+    """
+    try:
+        return _WEATHER[city.lower()]
+    except KeyError:
+        raise ValueError(f"no weather data for {city!r}") from None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    use_local_server = not (args.base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"))
+    if not use_local_server:
+        _demo_session(args.base_url, None, args.model, args.log, server=None)
+        return 0
+    with LocalServer() as server:
+        print(f"No OPENAI_API_KEY or --base-url: using the embedded local server at {server.base_url}")
+        _demo_session(server.base_url, server.api_key, args.model, args.log, server=server)
+    return 0
+
+
+def _demo_session(base_url: str | None, api_key: str | None, model: str, log: str | None, *, server: Any) -> None:
+    log_path = Path(log) if log else Path(tempfile.mkdtemp(prefix="rlm-toolkit-demo-")) / "demo.jsonl"
+    metrics = MetricsCallback()
+    file_log = FileLogCallback(log_path)
+    observers = [ConsoleCallback(verbose=True), metrics, file_log]
+    options: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "backoff_base": 0.2}
+    rlm = RLM.from_openai(model, observers, tools=[get_weather], **options)
+    try:
+        _section("1. A plain answer")
+        print("answer:", rlm.run("Hello! What can you do?").answer)
+
+        _section("2. A streamed answer: with a StreamingCallback registered, each token fires on_llm_new_token")
+        streaming_rlm = RLM.from_openai(model, [_TokenPrinter(), *observers], **options)
+        streaming_rlm.run("Tell me a long story about callbacks.")
+
+        _section("3. A tool call (get_weather), then a tool that fails: the model is told, the run goes on")
+        print("answer:", rlm.run('Use get_weather {"city": "Paris"} to tell me the weather.').answer)
+        print("answer:", rlm.run('Use get_weather {"city": "Atlantis"} to tell me the weather.').answer)
+
+        _section("4. Memory: the second run recalls the first")
+        with_memory = RLM.from_openai(model, observers, memory=BufferMemory(max_messages=10), **options)
+        with_memory.run("My name is Ada.")
+        print("answer:", with_memory.run("What is my name?").answer)
+
+        _section("5. A retry after a 429 (Too Many Requests)")
+        if server is None:
+            print("(skipped: a 429 can only be injected into the local server)")
+        else:
+            server.fail_next(429, retry_after=0.2)
+            print("answer:", rlm.run("Are you there?").answer)
+    finally:
+        file_log.close()
+
+    _section("Metrics (MetricsCallback().get_metrics())")
+    _print_metrics(metrics.get_metrics())
+    line_count = sum(1 for _ in log_path.open(encoding="utf-8"))
+    print(f"\nJSONL log (FileLogCallback): {log_path.resolve()}  ({line_count} lines)")
+
+
+def _section(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    rows = [
+        ("total calls", metrics["total_calls"]),
+        ("total tokens", metrics["total_tokens"]),
+        ("prompt tokens", metrics["prompt_tokens"]),
+        ("completion tokens", metrics["completion_tokens"]),
+        ("avg latency", f"{metrics['avg_latency_ms']:.1f} ms"),
+        ("p50 / p95 / p99 latency", " / ".join(f"{metrics[f'p{q}_latency_ms']:.1f}" for q in (50, 95, 99)) + " ms"),
+        ("tool calls", metrics["tool_calls"]),
+        ("retries", metrics["retries"]),
+        ("errors", metrics["errors"]),
+        ("total cost", f"${metrics['total_cost_usd']:.6f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")

@@ -1,0 +1,489 @@
+//! JSON Lines output: string/number encoding primitives and a buffered file writer on its own thread.
+//!
+//! The writer never touches the Python interpreter. Producers append whole lines to a pending buffer
+//! under a short lock; the writer thread swaps that buffer out and writes it with one `write_all`, so the
+//! file only ever receives whole lines. It writes when the buffer passes `buffer_bytes`, every
+//! `flush_interval`, on `flush()` (acknowledged) and on `close()`. Pending bytes are bounded by
+//! `max_pending_bytes`: producers then wait (`block_when_full`) or the line is dropped and counted.
+//! The first I/O error is kept and returned by the next `flush()`/`close()`/`take_error()`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+// ---------------------------------------------------------------- encoding primitives
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn escape_byte(byte: u8) -> Option<&'static [u8]> {
+    match byte {
+        b'"' => Some(b"\\\""),
+        b'\\' => Some(b"\\\\"),
+        b'\n' => Some(b"\\n"),
+        b'\r' => Some(b"\\r"),
+        b'\t' => Some(b"\\t"),
+        0x08 => Some(b"\\b"),
+        0x0c => Some(b"\\f"),
+        _ => None,
+    }
+}
+
+fn push_unicode_escape(out: &mut Vec<u8>, unit: u16) {
+    out.extend_from_slice(b"\\u");
+    for shift in [12, 8, 4, 0] {
+        out.push(HEX[((unit >> shift) & 0xf) as usize]);
+    }
+}
+
+/// Appends the body of a JSON string (no quotes) for valid UTF-8 text.
+pub fn push_escaped(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    let mut clean_from = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if byte >= 0x20 && byte != b'"' && byte != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&bytes[clean_from..index]);
+        match escape_byte(byte) {
+            Some(escaped) => out.extend_from_slice(escaped),
+            None => push_unicode_escape(out, byte as u16),
+        }
+        clean_from = index + 1;
+    }
+    out.extend_from_slice(&bytes[clean_from..]);
+}
+
+/// Appends the body of a JSON string for UTF-16 code units that may hold lone surrogates
+/// (which UTF-8 cannot carry): those are written as `\uXXXX` escapes, so the line stays valid JSON.
+pub fn push_escaped_utf16(out: &mut Vec<u8>, units: &[u16]) {
+    let mut char_buffer = [0u8; 4];
+    for decoded in char::decode_utf16(units.iter().copied()) {
+        match decoded {
+            Ok(character) => push_escaped(out, character.encode_utf8(&mut char_buffer)),
+            Err(lone) => push_unicode_escape(out, lone.unpaired_surrogate()),
+        }
+    }
+}
+
+pub fn push_string(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    push_escaped(out, text);
+    out.push(b'"');
+}
+
+/// Finite floats in shortest round-trip form (always with a `.` or exponent, so they read back as
+/// floats); NaN and infinities, which JSON cannot hold, as the strings "NaN", "Infinity", "-Infinity".
+pub fn push_f64(out: &mut Vec<u8>, value: f64) {
+    if value.is_nan() {
+        out.extend_from_slice(b"\"NaN\"");
+    } else if value.is_infinite() {
+        out.extend_from_slice(if value > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" });
+    } else {
+        write!(out, "{value:?}").expect("writing to a Vec cannot fail");
+    }
+}
+
+pub fn push_i64(out: &mut Vec<u8>, value: i64) {
+    write!(out, "{value}").expect("writing to a Vec cannot fail");
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for epoch seconds, in UTC.
+pub fn push_iso_utc(out: &mut Vec<u8>, epoch_seconds: f64) {
+    let micros_total = (epoch_seconds * 1_000_000.0).round() as i64;
+    let seconds_total = micros_total.div_euclid(1_000_000);
+    let micros = micros_total.rem_euclid(1_000_000);
+    let days = seconds_total.div_euclid(86_400);
+    let second_of_day = seconds_total.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    write!(
+        out,
+        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z\"",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+    .expect("writing to a Vec cannot fail");
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (H. Hinnant).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+// ---------------------------------------------------------------- the writer
+
+#[derive(Clone, Copy, Debug)]
+pub struct WriterConfig {
+    pub flush_interval: Duration,
+    pub buffer_bytes: usize,
+    pub max_pending_bytes: usize,
+    pub block_when_full: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteError {
+    Closed,
+    Io(String),
+}
+
+/// What became of a line handed to `append`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Appended {
+    Queued,
+    Dropped,
+    /// The pending buffer is full and the policy is to block: call `wait_for_room` (without holding
+    /// locks other threads need, e.g. Python's) and append again.
+    MustWait,
+}
+
+struct State {
+    pending: Vec<u8>,
+    spare: Vec<u8>,
+    flush_requested: u64,
+    flush_done: u64,
+    closing: bool,
+    writer_exited: bool,
+    producers_waiting: usize,
+    first_error: Option<String>,
+    dropped_lines: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake_writer: Condvar,
+    wake_producers: Condvar,
+    config: WriterConfig,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent (plain fields), so recover.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub struct JsonlWriter {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn open_private(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+impl JsonlWriter {
+    /// Opens `path` for appending (created 0600) and starts the writer thread.
+    pub fn open(path: &Path, config: WriterConfig) -> io::Result<JsonlWriter> {
+        let file = open_private(path)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: Vec::with_capacity(config.buffer_bytes * 2),
+                spare: Vec::with_capacity(config.buffer_bytes * 2),
+                flush_requested: 0,
+                flush_done: 0,
+                closing: false,
+                writer_exited: false,
+                producers_waiting: 0,
+                first_error: None,
+                dropped_lines: 0,
+            }),
+            wake_writer: Condvar::new(),
+            wake_producers: Condvar::new(),
+            config,
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("rlm_toolkit-jsonl".into())
+            .spawn(move || write_loop(&thread_shared, file))?;
+        Ok(JsonlWriter { shared, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Queues one complete line (it must end with `\n`).
+    pub fn append(&self, line: &[u8]) -> Result<Appended, WriteError> {
+        let config = &self.shared.config;
+        let mut state = self.shared.lock();
+        if state.closing {
+            return Err(WriteError::Closed);
+        }
+        if !state.pending.is_empty() && state.pending.len() + line.len() > config.max_pending_bytes {
+            if !config.block_when_full {
+                state.dropped_lines += 1;
+                return Ok(Appended::Dropped);
+            }
+            return Ok(Appended::MustWait);
+        }
+        let was_below = state.pending.len() < config.buffer_bytes;
+        state.pending.extend_from_slice(line);
+        if was_below && state.pending.len() >= config.buffer_bytes {
+            self.shared.wake_writer.notify_one();
+        }
+        Ok(Appended::Queued)
+    }
+
+    /// Blocks until the pending buffer has room for `line_len` more bytes, or the writer is closing.
+    pub fn wait_for_room(&self, line_len: usize) {
+        let config = &self.shared.config;
+        let mut state = self.shared.lock();
+        state.producers_waiting += 1;
+        while !state.closing && !state.pending.is_empty() && state.pending.len() + line_len > config.max_pending_bytes {
+            self.shared.wake_writer.notify_one();
+            state = self.shared.wake_producers.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state.producers_waiting -= 1;
+    }
+
+    /// Writes everything appended so far and waits for it; returns the first I/O error since the last report.
+    pub fn flush(&self) -> Result<(), WriteError> {
+        let mut state = self.shared.lock();
+        if state.writer_exited {
+            return Self::report(&mut state);
+        }
+        state.flush_requested += 1;
+        let generation = state.flush_requested;
+        self.shared.wake_writer.notify_one();
+        while state.flush_done < generation && !state.writer_exited {
+            state = self.shared.wake_producers.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        Self::report(&mut state)
+    }
+
+    /// Flushes, stops the writer thread and closes the file. Idempotent.
+    pub fn close(&self) -> Result<(), WriteError> {
+        {
+            let mut state = self.shared.lock();
+            state.closing = true;
+            self.shared.wake_writer.notify_one();
+            self.shared.wake_producers.notify_all();
+        }
+        let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                let mut state = self.shared.lock();
+                state.first_error.get_or_insert_with(|| "the JSONL writer thread panicked".into());
+            }
+        }
+        Self::report(&mut self.shared.lock())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closing
+    }
+
+    pub fn dropped_lines(&self) -> u64 {
+        self.shared.lock().dropped_lines
+    }
+
+    /// The first I/O error not yet reported, if any (clears it).
+    pub fn take_error(&self) -> Option<String> {
+        self.shared.lock().first_error.take()
+    }
+
+    fn report(state: &mut State) -> Result<(), WriteError> {
+        match state.first_error.take() {
+            Some(message) => Err(WriteError::Io(message)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for JsonlWriter {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn write_loop(shared: &Shared, mut file: File) {
+    let config = shared.config;
+    let mut state = shared.lock();
+    loop {
+        let wants_write = |state: &State| {
+            state.closing
+                || state.flush_requested > state.flush_done
+                || state.pending.len() >= config.buffer_bytes
+                || (state.producers_waiting > 0 && !state.pending.is_empty())
+        };
+        if !wants_write(&state) {
+            let (next, _) = shared
+                .wake_writer
+                .wait_timeout_while(state, config.flush_interval, |state| !wants_write(state))
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = next;
+        }
+        let flush_generation = state.flush_requested;
+        let closing = state.closing;
+        let spare = std::mem::take(&mut state.spare);
+        let mut batch = std::mem::replace(&mut state.pending, spare);
+        drop(state);
+        shared.wake_producers.notify_all();
+
+        let result = if batch.is_empty() { Ok(()) } else { file.write_all(&batch) };
+        batch.clear();
+
+        state = shared.lock();
+        state.spare = batch;
+        if let Err(error) = result {
+            state.first_error.get_or_insert_with(|| error.to_string());
+        }
+        state.flush_done = state.flush_done.max(flush_generation);
+        shared.wake_producers.notify_all();
+        if closing && state.pending.is_empty() {
+            state.writer_exited = true;
+            shared.wake_producers.notify_all();
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(text: &str) -> String {
+        let mut out = Vec::new();
+        push_string(&mut out, text);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn escapes_quotes_backslashes_and_controls() {
+        assert_eq!(encoded("a\"b\\c\nd\u{1}é"), "\"a\\\"b\\\\c\\nd\\u0001é\"");
+    }
+
+    #[test]
+    fn lone_surrogates_become_escapes() {
+        let mut out = Vec::new();
+        push_escaped_utf16(&mut out, &[0x61, 0xd800, 0xd83d, 0xde00]);
+        assert_eq!(String::from_utf8(out).unwrap(), "a\\ud800😀");
+    }
+
+    #[test]
+    fn floats_read_back_as_floats_and_non_finite_as_strings() {
+        let render = |value: f64| {
+            let mut out = Vec::new();
+            push_f64(&mut out, value);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(render(1.0), "1.0");
+        assert_eq!(render(0.1), "0.1");
+        assert_eq!(render(1e16), "1e16");
+        assert_eq!(render(f64::NAN), "\"NaN\"");
+        assert_eq!(render(f64::NEG_INFINITY), "\"-Infinity\"");
+    }
+
+    #[test]
+    fn iso_timestamps() {
+        let render = |ts: f64| {
+            let mut out = Vec::new();
+            push_iso_utc(&mut out, ts);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(render(0.0), "\"1970-01-01T00:00:00.000000Z\"");
+        assert_eq!(render(951_782_400.5), "\"2000-02-29T00:00:00.500000Z\"");
+        assert_eq!(render(1_795_607_566.123_456), "\"2026-11-25T11:52:46.123456Z\"");
+    }
+
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("rlm_toolkit_jsonl_{}_{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.jsonl");
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    fn config(block: bool, max_pending: usize) -> WriterConfig {
+        WriterConfig {
+            flush_interval: Duration::from_millis(50),
+            buffer_bytes: 64,
+            max_pending_bytes: max_pending,
+            block_when_full: block,
+        }
+    }
+
+    #[test]
+    fn writes_whole_lines_and_flush_is_acknowledged() {
+        let path = temp_path("flush");
+        let writer = JsonlWriter::open(&path, config(true, 1 << 20)).unwrap();
+        for index in 0..1000 {
+            let line = format!("{{\"n\":{index}}}\n");
+            assert_eq!(writer.append(line.as_bytes()), Ok(Appended::Queued));
+        }
+        writer.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1000);
+        assert!(text.lines().enumerate().all(|(index, line)| line == format!("{{\"n\":{index}}}")));
+        writer.close().unwrap();
+        writer.close().unwrap();
+        assert_eq!(writer.append(b"{}\n"), Err(WriteError::Closed));
+    }
+
+    #[test]
+    fn interval_flush_writes_without_a_call() {
+        let path = temp_path("interval");
+        let writer = JsonlWriter::open(&path, config(true, 1 << 20)).unwrap();
+        writer.append(b"{\"a\":1}\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n");
+    }
+
+    #[test]
+    fn drop_policy_counts_lines_it_drops() {
+        let path = temp_path("drop");
+        let writer = JsonlWriter::open(&path, config(false, 16)).unwrap();
+        let mut dropped = 0;
+        for _ in 0..10_000 {
+            if writer.append(b"{\"x\":12345}\n").unwrap() == Appended::Dropped {
+                dropped += 1;
+            }
+        }
+        writer.close().unwrap();
+        assert_eq!(writer.dropped_lines(), dropped);
+        let written = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
+        assert_eq!(written + dropped, 10_000);
+    }
+
+    #[test]
+    fn block_policy_waits_for_room_and_loses_nothing() {
+        let path = temp_path("block");
+        let writer = JsonlWriter::open(&path, config(true, 32)).unwrap();
+        for _ in 0..5_000 {
+            loop {
+                match writer.append(b"{\"x\":12345}\n").unwrap() {
+                    Appended::Queued => break,
+                    Appended::MustWait => writer.wait_for_room(12),
+                    Appended::Dropped => unreachable!(),
+                }
+            }
+        }
+        writer.close().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5_000);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn io_errors_are_reported_once() {
+        let writer = JsonlWriter::open(Path::new("/dev/full"), config(true, 1 << 20)).unwrap();
+        writer.append(b"{}\n").unwrap();
+        assert!(matches!(writer.flush(), Err(WriteError::Io(_))));
+        assert_eq!(writer.flush(), Ok(()));
+        writer.close().unwrap();
+    }
+}

@@ -1,0 +1,6 @@
+//! rlm_toolkit's Rust core. `events`, `metrics` and `jsonl` are plain Rust, tested by `cargo test`
+//! without Python; the `python` feature adds the PyO3 layer (`dispatch`, `pyjson`, `bindings`).
+
+pub mod events;
+pub mod jsonl;
+pub mod metrics;
