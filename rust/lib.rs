@@ -4,3 +4,10 @@
 pub mod events;
 pub mod jsonl;
 pub mod metrics;
+
+#[cfg(feature = "python")]
+mod bindings;
+#[cfg(feature = "python")]
+mod dispatch;
+#[cfg(feature = "python")]
+mod pyjson;

@@ -7,15 +7,14 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from rlm_toolkit.callbacks import FileLogCallback, MetricsCallback
 from rlm_toolkit.errors import LLMCallError
-from rlm_toolkit.rlm import RLMConfigError, RunResult
+from rlm_toolkit.rlm import RLMConfigError
 from rlm_toolkit.server import LocalServer
-from test_rlm import Recorder, make_rlm
+from test_rlm import Recorder, TokenRecorder, make_rlm
 
 
 def test_thousand_prompts_give_exact_metrics_and_log(server: LocalServer, tmp_path: Path) -> None:
@@ -30,7 +29,7 @@ def test_thousand_prompts_give_exact_metrics_and_log(server: LocalServer, tmp_pa
     log.close()
 
     assert [result.answer for result in results] == [f"Hello! You said: {prompt}" for prompt in prompts]
-    assert all(result.error is None for result in results)
+    assert all(result.error is None and result.parent_run_id is None for result in results)
     totals = metrics.get_metrics()
     assert totals["total_calls"] == 1000
     assert totals["total_tokens"] == sum(result.usage.total_tokens for result in results) == 1000 * (6 + 6)
@@ -85,8 +84,6 @@ async def test_sync_batch_works_inside_a_running_loop(server: LocalServer) -> No
 
 
 def test_batch_streams_when_a_callback_takes_tokens(server: LocalServer) -> None:
-    from test_rlm import TokenRecorder
-
     recorder = TokenRecorder()
     results = make_rlm(server, recorder).batch(["one two", "three"], progress=False)
     assert all(request["stream"] for request in server.requests)
@@ -103,8 +100,3 @@ def test_empty_batch_and_bad_concurrency(server: LocalServer) -> None:
     assert rlm.batch([]) == []
     with pytest.raises(RLMConfigError, match="max_concurrency"):
         rlm.batch(["a"], max_concurrency=0)
-
-
-def test_results_are_run_results(server: LocalServer) -> None:
-    result: Any = make_rlm(server).batch(["a"], progress=False)[0]
-    assert isinstance(result, RunResult) and result.parent_run_id is None

@@ -7,6 +7,8 @@ import re
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rlm_toolkit.callbacks import BaseCallback, CallbackManager, ConsoleCallback
 from rlm_toolkit.callbacks import console as console_module
@@ -235,6 +237,21 @@ def test_tool_calls_and_tool_errors_are_named(backend: str) -> None:
         "[1a2b3c4d] llm end        gpt-4o  -> 2 tool calls",
         "  [call_5e6] error          get_weather  TypeError: missing city",
     ]
+
+
+@given(text=st.text())
+def test_any_text_gives_exactly_one_line_per_event(text: str) -> None:
+    stream = io.StringIO()
+    # One backend suffices: this checks the formatting; hypothesis cannot reuse the per-test backend fixture.
+    manager = CallbackManager([ConsoleCallback(stream=stream)], backend="python")
+
+    manager.on_llm_start(text, run_id=RUN_ID, parent_run_id=None, model="gpt-4o")
+    manager.on_llm_end(response(text), run_id=RUN_ID, parent_run_id=None, model="gpt-4o")
+    manager.on_tool_end("lookup", {text: text}, run_id=TOOL_RUN_ID, parent_run_id=RUN_ID)
+    manager.on_error(RuntimeError(text), run_id=RUN_ID, parent_run_id=None, model="gpt-4o")
+
+    assert len(stream.getvalue().splitlines()) == 4
+    assert manager.handler_errors == 0
 
 
 def test_events_without_run_ids_or_models_still_print(backend: str) -> None:

@@ -33,6 +33,10 @@ EXIT_USER_ERROR = 2
 _WEATHER = {"paris": "Sunny, 21 C", "oslo": "Light rain, 9 C", "tokyo": "Cloudy, 17 C"}
 
 
+class _CommandError(RLMToolkitError):
+    """A command cannot go on; the message says why."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -81,8 +85,10 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    callbacks = [FileLogCallback(args.log)] if args.log else []
-    rlm = RLM.from_openai(args.model, callbacks, base_url=args.base_url)
+    rlm = RLM.from_openai(args.model, base_url=args.base_url)
+    file_log = FileLogCallback(args.log) if args.log else None
+    if file_log is not None:
+        rlm.callbacks.add(file_log)
     try:
         if args.stream:
             for text in rlm.stream(args.prompt):
@@ -91,10 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(rlm.run(args.prompt).answer)
     finally:
-        for callback in callbacks:
-            callback.close()
-    if args.log:
-        print(f"log: {Path(args.log).resolve()}", file=sys.stderr)
+        if file_log is not None:
+            file_log.close()
+    if file_log is not None:
+        print(f"log: {file_log.log_path}", file=sys.stderr)
     return 0
 
 
@@ -114,10 +120,6 @@ def _bench(args: argparse.Namespace) -> int:
             raise
         raise _CommandError("the bench command is not available: this install has no rlm_toolkit.bench") from error
     return int(bench.main(args.bench_args) or 0)
-
-
-class _CommandError(RLMToolkitError):
-    """A command cannot go on; the message says why."""
 
 
 # -- demo -------------------------------------------------------------------------------------------
@@ -146,24 +148,26 @@ def get_weather(city: str) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    use_local_server = not (args.base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"))
-    if not use_local_server:
-        _demo_session(args.base_url, None, args.model, args.log, server=None)
+    if args.base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
+        _demo_session(args.model, args.log, base_url=args.base_url, api_key=None, server=None)
         return 0
     with LocalServer() as server:
         print(f"No OPENAI_API_KEY or --base-url: using the embedded local server at {server.base_url}")
-        _demo_session(server.base_url, server.api_key, args.model, args.log, server=server)
+        _demo_session(args.model, args.log, base_url=server.base_url, api_key=server.api_key, server=server)
     return 0
 
 
-def _demo_session(base_url: str | None, api_key: str | None, model: str, log: str | None, *, server: Any) -> None:
+def _demo_session(
+    model: str, log: str | None, *, base_url: str | None, api_key: str | None, server: LocalServer | None
+) -> None:
+    """The scripted session; ``server`` is the local server to inject a 429 into (None: no retry step)."""
     log_path = Path(log) if log else Path(tempfile.mkdtemp(prefix="rlm-toolkit-demo-")) / "demo.jsonl"
     metrics = MetricsCallback()
     file_log = FileLogCallback(log_path)
     observers = [ConsoleCallback(verbose=True), metrics, file_log]
     options: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "backoff_base": 0.2}
-    rlm = RLM.from_openai(model, observers, tools=[get_weather], **options)
     try:
+        rlm = RLM.from_openai(model, observers, tools=[get_weather], **options)
         _section("1. A plain answer")
         print("answer:", rlm.run("Hello! What can you do?").answer)
 
@@ -191,7 +195,8 @@ def _demo_session(base_url: str | None, api_key: str | None, model: str, log: st
 
     _section("Metrics (MetricsCallback().get_metrics())")
     _print_metrics(metrics.get_metrics())
-    line_count = sum(1 for _ in log_path.open(encoding="utf-8"))
+    with log_path.open(encoding="utf-8") as lines:
+        line_count = sum(1 for _ in lines)
     print(f"\nJSONL log (FileLogCallback): {log_path.resolve()}  ({line_count} lines)")
 
 

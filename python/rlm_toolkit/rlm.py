@@ -30,7 +30,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -178,23 +178,33 @@ class RLM:
     def __repr__(self) -> str:
         return f"RLM(model={self.model!r}, base_url={self.base_url!r})"
 
+    def close(self) -> None:
+        """Close the sync client's connections; ``run`` and ``stream`` cannot be used afterwards."""
+        self._connection.sync_client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop (do it before an app's loop ends)."""
+        await self._connection.aclose_async_client()
+
     # -- entry points ----------------------------------------------------------------------------
 
     def run(self, prompt: str) -> RunResult:
         """Answer ``prompt`` (running tools as the model asks); raises ``LLMCallError`` if a call fails for good."""
         steps = self._run_steps(prompt, _RunScope.start(), stream=self.callbacks.streams_tokens)
-        return _final_result(self._drive_sync(steps))
+        with closing(self._drive_sync(steps)) as items:
+            return _final_result(items)
 
     def stream(self, prompt: str) -> Iterator[str]:
         """Answer ``prompt``, yielding the answer's text as it arrives (and firing ``on_llm_new_token``)."""
-        for item in self._drive_sync(self._run_steps(prompt, _RunScope.start(), stream=True)):
-            if isinstance(item, str):
-                yield item
+        with closing(self._drive_sync(self._run_steps(prompt, _RunScope.start(), stream=True))) as items:
+            for item in items:
+                if isinstance(item, str):
+                    yield item
 
     async def arun(self, prompt: str) -> RunResult:
         """Async ``run``; async hooks scheduled by its events have completed when it returns or raises."""
         try:
-            return await self._arun_pending_hooks(prompt, _RunScope.start())
+            return await self._arun_without_waiting(prompt, _RunScope.start(), stream=self.callbacks.streams_tokens)
         finally:
             await self.callbacks.wait_pending()
 
@@ -242,7 +252,7 @@ class RLM:
             for index, prompt in unstarted:
                 run = _RunScope.start()
                 try:
-                    results[index] = await self._arun_pending_hooks(prompt, run, stream=stream)
+                    results[index] = await self._arun_without_waiting(prompt, run, stream=stream)
                 except Exception as error:
                     results[index] = RunResult(
                         answer="", usage=Usage(), run_id=run.run_id, parent_run_id=run.parent_run_id, error=error
@@ -268,9 +278,9 @@ class RLM:
         finally:
             await self._connection.aclose_async_client()
 
-    async def _arun_pending_hooks(self, prompt: str, run: _RunScope, *, stream: bool | None = None) -> RunResult:
-        """``arun`` without waiting for async hooks (its callers wait once for many runs)."""
-        steps = self._run_steps(prompt, run, stream=self.callbacks.streams_tokens if stream is None else stream)
+    async def _arun_without_waiting(self, prompt: str, run: _RunScope, *, stream: bool) -> RunResult:
+        """``arun`` without waiting for async hooks (``abatch`` waits once for all its runs)."""
+        steps = self._run_steps(prompt, run, stream=stream)
         async with aclosing(self._drive_async(steps)) as items:
             async for item in items:
                 if isinstance(item, RunResult):

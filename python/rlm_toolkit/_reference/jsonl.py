@@ -19,7 +19,7 @@ def _open_private(path: str) -> int:
 
 
 class JsonlSink:
-    def __init__(self, path: str, include_prompts: bool, include_responses: bool, include_tokens: bool,
+    def __init__(self, path: str, include_prompts: bool, include_responses: bool,
                  max_field_chars: int, flush_interval: float, buffer_bytes: int, max_pending_bytes: int,
                  block_when_full: bool) -> None:
         self.path = path

@@ -115,7 +115,7 @@ class FileLogCallback(NativeSinkCallback):
             raise LogFileError(f"cannot create the folder for log_path {path!r}: {exc.strerror or exc}") from exc
         self.log_path = path
         self.core = _backend.load(backend).JsonlSink(
-            path, include_prompts, include_responses, include_tokens, max_field_chars,
+            path, include_prompts, include_responses, max_field_chars,
             flush_interval, buffer_bytes, max_pending_bytes, on_full == "block",
         )
         self.native_events = frozenset(

@@ -1,0 +1,262 @@
+//! Python event values to JSONL records, with the rules of `python/rlm_toolkit/_reference/records.py`
+//! (the oracle): strings capped at `max_chars` code points, bytes decoded with backslash escapes, NaN and
+//! infinities as strings, non-str keys as `str(key)`, sequences and sets as arrays, exceptions as
+//! `{"type", "message"}`, nesting past `MAX_DEPTH` as a marker, anything else as `str()`, else `repr()`,
+//! else `<unrepresentable TYPE>`. Encoding never fails: every Python error met on the way is cleared and
+//! the fallback written, so a record is always valid JSON.
+
+use pyo3::exceptions::PyBaseException;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
+
+use crate::events::{EventKind, EventSpec};
+use crate::jsonl::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_iso_utc, push_string};
+
+pub const MAX_DEPTH: usize = 64;
+const DEPTH_EXCEEDED: &str = "<max depth exceeded>";
+
+/// Options of one JSONL sink that shape its records.
+pub struct RecordOptions {
+    pub include_prompts: bool,
+    pub include_responses: bool,
+    pub max_chars: usize,
+}
+
+/// One event as the dispatcher received it.
+pub struct EventValues<'a, 'py> {
+    pub kind: EventKind,
+    pub args: &'a [Bound<'py, PyAny>],
+    pub run_id: Option<&'a Bound<'py, PyAny>>,
+    pub parent_run_id: Option<&'a Bound<'py, PyAny>>,
+    pub model: Option<&'a Bound<'py, PyString>>,
+    pub ts: f64,
+    pub extra: Option<&'a Bound<'py, PyDict>>,
+}
+
+fn push_pystr(out: &mut Vec<u8>, text: &Bound<'_, PyString>, max_chars: usize) {
+    let length = text.len().unwrap_or(0);
+    let shown = if length > max_chars {
+        text.as_any()
+            .get_item(pyo3::types::PySlice::new(text.py(), 0, max_chars as isize, 1))
+            .ok()
+            .and_then(|prefix| prefix.cast_into::<PyString>().ok())
+    } else {
+        None
+    };
+    let body = shown.as_ref().unwrap_or(text);
+    out.push(b'"');
+    match body.to_str() {
+        Ok(utf8) => push_escaped(out, utf8),
+        Err(_) => push_surrogate_text(out, body),
+    }
+    if length > max_chars {
+        push_escaped(out, &format!("…[truncated {} chars]", length - max_chars));
+    }
+    out.push(b'"');
+}
+
+/// Text with lone surrogates, which have no UTF-8 form: go through UTF-16 and escape them.
+fn push_surrogate_text(out: &mut Vec<u8>, text: &Bound<'_, PyString>) {
+    let py = text.py();
+    let encoded = text.call_method1(intern!(py, "encode"), (intern!(py, "utf-16-le"), intern!(py, "surrogatepass")));
+    match encoded.as_ref().map(|bytes| bytes.cast::<PyBytes>()) {
+        Ok(Ok(bytes)) => {
+            let units: Vec<u16> = bytes.as_bytes().chunks_exact(2).map(|pair| u16::from_le_bytes([pair[0], pair[1]])).collect();
+            push_escaped_utf16(out, &units);
+        }
+        _ => push_escaped(out, &text.to_string_lossy()),
+    }
+}
+
+/// `str(value)`, else `repr(value)`, else `<unrepresentable TYPE>`.
+fn push_fallback_text(out: &mut Vec<u8>, value: &Bound<'_, PyAny>, max_chars: usize) {
+    match value.str().or_else(|_| value.repr()) {
+        Ok(text) => push_pystr(out, &text, max_chars),
+        Err(_) => {
+            let type_name = value.get_type().name().map(|name| name.to_string()).unwrap_or_else(|_| "object".into());
+            push_string(out, &format!("<unrepresentable {type_name}>"));
+        }
+    }
+}
+
+fn push_int(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) {
+    if let Ok(small) = value.extract::<i64>() {
+        return push_i64(out, small);
+    }
+    let digits = value.py().get_type::<PyInt>().call1((value,)).and_then(|as_int| as_int.repr());
+    match digits {
+        Ok(digits) => out.extend_from_slice(digits.to_string_lossy().as_bytes()),
+        Err(_) => out.extend_from_slice(b"null"),
+    }
+}
+
+pub fn push_value(out: &mut Vec<u8>, value: &Bound<'_, PyAny>, max_chars: usize, depth: usize) {
+    if value.is_none() {
+        out.extend_from_slice(b"null");
+    } else if let Ok(flag) = value.cast::<PyBool>() {
+        out.extend_from_slice(if flag.is_true() { b"true" } else { b"false" });
+    } else if let Ok(text) = value.cast::<PyString>() {
+        push_pystr(out, text, max_chars);
+    } else if value.is_instance_of::<PyInt>() {
+        push_int(out, value);
+    } else if let Ok(number) = value.cast::<PyFloat>() {
+        push_f64(out, number.value());
+    } else if value.is_instance_of::<PyBytes>() || value.is_instance_of::<PyByteArray>() {
+        let py = value.py();
+        match value.call_method1(intern!(py, "decode"), (intern!(py, "utf-8"), intern!(py, "backslashreplace"))) {
+            Ok(decoded) => push_value(out, &decoded, max_chars, depth),
+            Err(_) => push_fallback_text(out, value, max_chars),
+        }
+    } else if value.is_instance_of::<PyBaseException>() {
+        out.extend_from_slice(b"{\"type\":");
+        let type_name = value.get_type().name().map(|name| name.to_string()).unwrap_or_else(|_| "Exception".into());
+        push_string(out, &type_name);
+        out.extend_from_slice(b",\"message\":");
+        push_fallback_text(out, value, max_chars);
+        out.push(b'}');
+    } else if let Ok(mapping) = value.cast::<PyDict>() {
+        if depth >= MAX_DEPTH {
+            return push_string(out, DEPTH_EXCEEDED);
+        }
+        // A snapshot of the items: str() of a value may run code that mutates the dict.
+        out.push(b'{');
+        for (index, item) in mapping.items().iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            let (key, item_value) = match item.cast_into::<PyTuple>() {
+                Ok(pair) if pair.len() == 2 => (pair.get_item(0).expect("len 2"), pair.get_item(1).expect("len 2")),
+                _ => continue,
+            };
+            match key.cast::<PyString>() {
+                Ok(text_key) => push_pystr(out, text_key, usize::MAX),
+                Err(_) => push_fallback_text(out, &key, usize::MAX),
+            }
+            out.push(b':');
+            push_value(out, &item_value, max_chars, depth + 1);
+        }
+        out.push(b'}');
+    } else if value.is_instance_of::<PyList>()
+        || value.is_instance_of::<PyTuple>()
+        || value.is_instance_of::<PySet>()
+        || value.is_instance_of::<PyFrozenSet>()
+    {
+        if depth >= MAX_DEPTH {
+            return push_string(out, DEPTH_EXCEEDED);
+        }
+        out.push(b'[');
+        if let Ok(items) = value.try_iter() {
+            for (index, item) in items.flatten().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                push_value(out, &item, max_chars, depth + 1);
+            }
+        }
+        out.push(b']');
+    } else {
+        push_fallback_text(out, value, max_chars);
+    }
+}
+
+fn push_optional(out: &mut Vec<u8>, value: Option<&Bound<'_, PyAny>>, max_chars: usize) {
+    match value {
+        Some(value) => push_value(out, value, max_chars, 0),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn token_count(usage: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> u64 {
+    match usage.getattr(name) {
+        Ok(count) if count.is_instance_of::<PyInt>() && !count.is_instance_of::<PyBool>() => count.extract::<u64>().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// (prompt, completion, total) tokens of an LLM response, or None when it carries no usage.
+pub fn usage_of(response: &Bound<'_, PyAny>) -> Option<(u64, u64, u64)> {
+    let py = response.py();
+    let usage = response.getattr(intern!(py, "usage")).ok().filter(|usage| !usage.is_none())?;
+    Some((
+        token_count(&usage, intern!(py, "prompt_tokens")),
+        token_count(&usage, intern!(py, "completion_tokens")),
+        token_count(&usage, intern!(py, "total_tokens")),
+    ))
+}
+
+/// The `model` keyword, else the response's own `model` when it is a str.
+pub fn response_model<'py>(response: &Bound<'py, PyAny>, model: Option<&Bound<'py, PyString>>) -> Option<Bound<'py, PyString>> {
+    if let Some(model) = model {
+        return Some(model.clone());
+    }
+    let py = response.py();
+    response.getattr(intern!(py, "model")).ok().and_then(|name| name.cast_into::<PyString>().ok())
+}
+
+fn push_response_text(out: &mut Vec<u8>, response: &Bound<'_, PyAny>, max_chars: usize) {
+    if response.is_instance_of::<PyString>() {
+        return push_value(out, response, max_chars, 0);
+    }
+    let py = response.py();
+    match response.getattr(intern!(py, "content")) {
+        Ok(content) if !content.is_none() => push_value(out, &content, max_chars, 0),
+        _ => push_value(out, response, max_chars, 0),
+    }
+}
+
+fn push_key(out: &mut Vec<u8>, name: &str) {
+    out.push(b',');
+    push_string(out, name);
+    out.push(b':');
+}
+
+/// Appends one JSONL line (with its newline) for `event`.
+pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &RecordOptions) {
+    let spec: &EventSpec = event.kind.spec();
+    let max_chars = options.max_chars;
+    out.extend_from_slice(b"{\"ts\":");
+    push_iso_utc(out, event.ts);
+    out.extend_from_slice(b",\"event\":");
+    push_string(out, spec.name);
+    push_key(out, "run_id");
+    push_optional(out, event.run_id, max_chars);
+    push_key(out, "parent_run_id");
+    push_optional(out, event.parent_run_id, max_chars);
+    if event.kind == EventKind::LlmEnd {
+        let response = &event.args[0];
+        push_key(out, "model");
+        push_optional(out, response_model(response, event.model).as_ref().map(|model| model.as_any()), max_chars);
+        if options.include_responses {
+            push_key(out, "response");
+            push_response_text(out, response, max_chars);
+        }
+        let (prompt_tokens, completion_tokens, total_tokens) = usage_of(response).unwrap_or((0, 0, 0));
+        let total = if total_tokens > 0 { total_tokens } else { prompt_tokens.saturating_add(completion_tokens) };
+        for (name, count) in [("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens), ("total_tokens", total)] {
+            push_key(out, name);
+            write_u64(out, count);
+        }
+    } else {
+        for field in spec.fields {
+            if *field == "model" {
+                push_key(out, field);
+                push_optional(out, event.model.map(|model| model.as_any()), max_chars);
+            } else if *field != "prompt" || options.include_prompts {
+                let position = spec.args.iter().position(|arg| arg == field).expect("fields name arguments");
+                push_key(out, field);
+                push_value(out, &event.args[position], max_chars, 0);
+            }
+        }
+    }
+    if let Some(extra) = event.extra.filter(|extra| !extra.is_empty()) {
+        push_key(out, "extra");
+        push_value(out, extra.as_any(), max_chars, 0);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn write_u64(out: &mut Vec<u8>, value: u64) {
+    use std::io::Write;
+    write!(out, "{value}").expect("writing to a Vec cannot fail");
+}

@@ -1,0 +1,124 @@
+"""The rlm-toolkit command: demo (as a subprocess, with no API key), run, serve, bench and its error messages."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+
+import rlm_toolkit
+from rlm_toolkit.cli import main
+from rlm_toolkit.server import LocalServer
+
+PACKAGE_PARENT = str(Path(rlm_toolkit.__file__).resolve().parent.parent)
+
+
+def command_env() -> dict[str, str]:
+    """This environment without OPENAI_* variables, able to import this rlm_toolkit."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OPENAI_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture
+def no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def test_demo_without_a_key_shows_every_event_metrics_and_the_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "demo.jsonl"
+    finished = subprocess.run([sys.executable, "-m", "rlm_toolkit", "demo", "--log", str(log_path)],
+                              env=command_env(), capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode == 0, finished.stderr
+    out = finished.stdout
+    assert "embedded local server" in out
+    for label in ("llm start", "llm end", "tool start", "tool end", "memory recall", "memory store",
+                  "retry 1/3", "error"):
+        assert re.search(rf"\] {label}\s", out), f"no {label!r} line"
+    assert "This is a longer answer, written so that streaming demos" in out  # the streamed tokens
+    assert "answer: Tool results: get_weather -> Sunny, 21 C" in out
+    for row in ("total calls", "total tokens", "p50 / p95 / p99 latency", "retries", "errors", "total cost"):
+        assert row in out
+    assert f"JSONL log (FileLogCallback): {log_path}" in out
+    events = {json.loads(line)["event"] for line in log_path.read_text().splitlines()}
+    assert events == {"llm_start", "llm_end", "tool_start", "tool_end", "memory_recall", "memory_store",
+                      "retry", "error"}
+
+
+def test_demo_against_a_base_url_skips_the_injected_retry(server: LocalServer, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--base-url", server.base_url, "--log", str(tmp_path / "log.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "embedded local server" not in out
+    assert "(skipped: a 429 can only be injected into the local server)" in out
+    assert "total calls" in out
+
+
+def test_run_prints_the_answer(server: LocalServer, no_openai_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "Hi there", "--base-url", server.base_url]) == 0
+    assert capsys.readouterr().out == "Hello! You said: Hi there\n"
+
+
+def test_run_streams_and_logs(server: LocalServer, no_openai_env: None, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    log_path = tmp_path / "logs" / "run.jsonl"
+    assert main(["run", "one two", "--stream", "--log", str(log_path), "--base-url", server.base_url,
+                 "--model", "gpt-4o"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "Hello! You said: one two\n"
+    assert captured.err == f"log: {log_path}\n"
+    assert server.requests[-1]["stream"] is True
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [record["event"] for record in records] == ["llm_start", "llm_end"]
+    assert records[0]["model"] == "gpt-4o"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["run", "hi"], "no OpenAI API key: set OPENAI_API_KEY or pass api_key="),
+    (["run", "hi", "--base-url", "http://127.0.0.1:9/v1"],
+     "could not connect to http://127.0.0.1:9/v1 after 3 attempts; check the base URL and that the server is running"),
+    (["run", "hi", "--base-url", "{server}", "--model", "gpt-9"],
+     "model 'gpt-9' not found at {server}; check the model name"),
+    (["run", "hi", "--base-url", "{server}", "--log", "/proc/no/such/dir/log.jsonl"], "cannot create the folder"),
+])
+def test_user_errors_are_one_line_with_exit_status_2(server: LocalServer, no_openai_env: None,
+                                                     capsys: pytest.CaptureFixture[str], arguments: list[str],
+                                                     message: str) -> None:
+    arguments = [argument.replace("{server}", server.base_url) for argument in arguments]
+    assert main(arguments) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("rlm-toolkit: error: ")
+    assert message.replace("{server}", server.base_url) in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_bench_without_the_bench_module_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    if importlib.util.find_spec("rlm_toolkit.bench") is not None:
+        pytest.skip("rlm_toolkit.bench is installed")
+    assert main(["bench"]) == 2
+    assert "the bench command is not available" in capsys.readouterr().err
+
+
+def test_serve_runs_a_server_the_openai_client_can_use() -> None:
+    with subprocess.Popen([sys.executable, "-m", "rlm_toolkit", "serve", "--port", "0"], env=command_env(),
+                          stdout=subprocess.PIPE, text=True) as serving:
+        try:
+            assert serving.stdout is not None
+            banner = serving.stdout.readline()
+            base_url = banner.split(" at ")[1].split(" ")[0]
+            with openai.OpenAI(base_url=base_url, api_key="anything", max_retries=0) as client:
+                answer = client.chat.completions.create(model="gpt-4o",
+                                                        messages=[{"role": "user", "content": "ping"}])
+            assert answer.choices[0].message.content == "Hello! You said: ping"
+        finally:
+            serving.terminate()
