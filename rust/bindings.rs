@@ -6,11 +6,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use std::ffi::CString;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::dispatch::{catalogue, python_error, Dispatcher, JsonlSink, MetricsSink, Registry};
-use crate::events::EventKind;
+use crate::events::{EventKind, EVENTS, EVENT_COUNT};
 use crate::jsonl::{JsonlWriter, WriterConfig};
 use crate::metrics::{Metrics, Prices, Snapshot};
 use crate::pyjson::{EventValues, RecordOptions};
@@ -243,12 +247,6 @@ pub struct PyDispatcher {
     inner: Dispatcher,
 }
 
-macro_rules! fire {
-    ($self:ident, $py:ident, $kind:expr, [$($arg:ident),+], $run_id:ident, $parent_run_id:ident, $model:ident, $timestamp:ident, $extra:ident) => {
-        $self.inner.fire($py, $kind, &[$($arg),+], $run_id.as_ref(), $parent_run_id.as_ref(), $model.as_ref(), $timestamp, $extra.as_ref())
-    };
-}
-
 #[pymethods]
 impl PyDispatcher {
     #[new]
@@ -279,59 +277,192 @@ impl PyDispatcher {
         self.inner.handler_errors.load(Ordering::Relaxed)
     }
 
-    #[pyo3(signature = (prompt, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_llm_start<'py>(&self, py: Python<'py>, prompt: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::LlmStart, [prompt], run_id, parent_run_id, model, timestamp, extra)
+    /// The function that fires `event` through this dispatcher: a builtin taking the event's arguments
+    /// and the keywords `run_id`, `parent_run_id`, `model`, `timestamp` and any extras, called with
+    /// CPython's vectorcall convention (no argument tuple or keyword dict is built for it).
+    fn event_method<'py>(slf: &Bound<'py, Self>, event: &str) -> PyResult<Bound<'py, PyAny>> {
+        let kind = event_kind(event)?;
+        let definition = &event_method_definitions().0[kind.index()] as *const ffi::PyMethodDef;
+        // SAFETY: the definition is leaked (lives forever); the new function holds a reference to `slf`.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                slf.py(),
+                ffi::PyCFunction_NewEx(definition.cast_mut(), slf.as_ptr(), std::ptr::null_mut()),
+            )
+        }
     }
+}
 
-    #[pyo3(signature = (response, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_llm_end<'py>(&self, py: Python<'py>, response: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::LlmEnd, [response], run_id, parent_run_id, model, timestamp, extra)
-    }
+struct EventMethodDefinitions([ffi::PyMethodDef; EVENT_COUNT]);
+// SAFETY: the definitions are immutable after creation and only hold pointers to leaked C strings.
+unsafe impl Sync for EventMethodDefinitions {}
+unsafe impl Send for EventMethodDefinitions {}
 
-    #[pyo3(signature = (token, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_llm_new_token<'py>(&self, py: Python<'py>, token: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::LlmNewToken, [token], run_id, parent_run_id, model, timestamp, extra)
-    }
+fn event_method_definitions() -> &'static EventMethodDefinitions {
+    static DEFINITIONS: OnceLock<EventMethodDefinitions> = OnceLock::new();
+    DEFINITIONS.get_or_init(|| {
+        let trampolines: [ffi::PyCFunctionFastWithKeywords; EVENT_COUNT] = [
+            fire_event::<0>,
+            fire_event::<1>,
+            fire_event::<2>,
+            fire_event::<3>,
+            fire_event::<4>,
+            fire_event::<5>,
+            fire_event::<6>,
+            fire_event::<7>,
+            fire_event::<8>,
+        ];
+        let leak = |text: String| -> *const std::os::raw::c_char {
+            Box::leak(CString::new(text).expect("no NUL in names").into_boxed_c_str()).as_ptr()
+        };
+        EventMethodDefinitions(std::array::from_fn(|index| {
+            let spec = &EVENTS[index];
+            let hook = format!("on_{}", spec.name);
+            let doc = format!(
+                "{hook}($self, {}, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra)\n--\n\n\
+                 Fire the {:?} event to the registered callbacks.",
+                spec.args.join(", "),
+                spec.name
+            );
+            ffi::PyMethodDef {
+                ml_name: leak(hook),
+                ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: trampolines[index] },
+                ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+                ml_doc: leak(doc),
+            }
+        }))
+    })
+}
 
-    #[pyo3(signature = (tool_name, tool_input, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_tool_start<'py>(&self, py: Python<'py>, tool_name: Bound<'py, PyAny>, tool_input: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::ToolStart, [tool_name, tool_input], run_id, parent_run_id, model, timestamp, extra)
-    }
+struct ContextNames {
+    run_id: Py<PyString>,
+    parent_run_id: Py<PyString>,
+    model: Py<PyString>,
+    timestamp: Py<PyString>,
+}
 
-    #[pyo3(signature = (tool_name, tool_output, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_tool_end<'py>(&self, py: Python<'py>, tool_name: Bound<'py, PyAny>, tool_output: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::ToolEnd, [tool_name, tool_output], run_id, parent_run_id, model, timestamp, extra)
-    }
+fn context_names(py: Python<'_>) -> &'static ContextNames {
+    static NAMES: OnceLock<ContextNames> = OnceLock::new();
+    NAMES.get_or_init(|| ContextNames {
+        run_id: PyString::intern(py, "run_id").unbind(),
+        parent_run_id: PyString::intern(py, "parent_run_id").unbind(),
+        model: PyString::intern(py, "model").unbind(),
+        timestamp: PyString::intern(py, "timestamp").unbind(),
+    })
+}
 
-    #[pyo3(signature = (content, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_memory_store<'py>(&self, py: Python<'py>, content: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::MemoryStore, [content], run_id, parent_run_id, model, timestamp, extra)
-    }
+/// The keyword arguments of one event call, sorted into context fields, named event arguments and extras.
+#[derive(Default)]
+struct EventKeywords<'py> {
+    run_id: Option<Bound<'py, PyAny>>,
+    parent_run_id: Option<Bound<'py, PyAny>>,
+    model: Option<Bound<'py, PyString>>,
+    timestamp: Option<f64>,
+    extra: Option<Bound<'py, PyDict>>,
+}
 
-    #[pyo3(signature = (query, results, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_memory_recall<'py>(&self, py: Python<'py>, query: Bound<'py, PyAny>, results: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::MemoryRecall, [query, results], run_id, parent_run_id, model, timestamp, extra)
-    }
+fn not_none(value: Bound<'_, PyAny>) -> Option<Bound<'_, PyAny>> {
+    if value.is_none() { None } else { Some(value) }
+}
 
-    #[pyo3(signature = (attempt, max_attempts, error, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_retry<'py>(&self, py: Python<'py>, attempt: Bound<'py, PyAny>, max_attempts: Bound<'py, PyAny>, error: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::Retry, [attempt, max_attempts, error], run_id, parent_run_id, model, timestamp, extra)
+/// The body of every `on_*` builtin: parses a vectorcall and fires the event `KIND`.
+fn fire_from_vectorcall<'py>(
+    py: Python<'py>,
+    dispatcher: &Dispatcher,
+    kind: EventKind,
+    values: &[Bound<'py, PyAny>],
+    positional: usize,
+    kwnames: Option<&Bound<'py, PyTuple>>,
+) -> PyResult<()> {
+    let spec = kind.spec();
+    let hook = spec.name;
+    if positional > spec.args.len() {
+        return Err(PyTypeError::new_err(format!("on_{hook}() takes {} positional arguments {:?}, got {positional}", spec.args.len(), spec.args)));
     }
+    let mut args: [Option<Bound<'py, PyAny>>; 3] = [None, None, None];
+    for (slot, value) in args.iter_mut().zip(&values[..positional]) {
+        *slot = Some(value.clone());
+    }
+    let mut keywords = EventKeywords::default();
+    if let Some(kwnames) = kwnames {
+        let names = context_names(py);
+        for (name, value) in kwnames.iter().zip(&values[positional..]) {
+            let name = name.cast_into::<PyString>()?;
+            let value = value.clone();
+            if name.is(names.run_id.bind(py)) || name == "run_id" {
+                keywords.run_id = not_none(value);
+            } else if name.is(names.parent_run_id.bind(py)) || name == "parent_run_id" {
+                keywords.parent_run_id = not_none(value);
+            } else if name.is(names.model.bind(py)) || name == "model" {
+                keywords.model = match not_none(value) {
+                    None => None,
+                    Some(model) => Some(model.cast_into::<PyString>().map_err(|_| PyTypeError::new_err(format!("on_{hook}(): model must be a str or None")))?),
+                };
+            } else if name.is(names.timestamp.bind(py)) || name == "timestamp" {
+                keywords.timestamp = not_none(value).map(|ts| ts.extract::<f64>()).transpose()?;
+            } else if let Some(position) = spec.args.iter().position(|arg| name == *arg) {
+                if args[position].is_some() {
+                    return Err(PyTypeError::new_err(format!("on_{hook}() got multiple values for argument {:?}", spec.args[position])));
+                }
+                args[position] = Some(value);
+            } else {
+                keywords.extra.get_or_insert_with(|| PyDict::new(py)).set_item(name, value)?;
+            }
+        }
+    }
+    let args: Vec<Bound<'py, PyAny>> = args[..spec.args.len()]
+        .iter()
+        .zip(spec.args)
+        .map(|(value, name)| value.clone().ok_or_else(|| PyTypeError::new_err(format!("on_{hook}() missing required argument {name:?}"))))
+        .collect::<PyResult<_>>()?;
+    dispatcher.fire(
+        py,
+        kind,
+        &args,
+        keywords.run_id.as_ref(),
+        keywords.parent_run_id.as_ref(),
+        keywords.model.as_ref(),
+        keywords.timestamp,
+        keywords.extra.as_ref(),
+    )
+}
 
-    #[pyo3(signature = (error, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra))]
-    #[allow(clippy::too_many_arguments)]
-    fn on_error<'py>(&self, py: Python<'py>, error: Bound<'py, PyAny>, run_id: Option<Bound<'py, PyAny>>, parent_run_id: Option<Bound<'py, PyAny>>, model: Option<Bound<'py, PyString>>, timestamp: Option<f64>, extra: Option<Bound<'py, PyDict>>) -> PyResult<()> {
-        fire!(self, py, EventKind::Error, [error], run_id, parent_run_id, model, timestamp, extra)
-    }
+unsafe extern "C" fn fire_event<const KIND: usize>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this with the interpreter attached, `slf` the dispatcher this function was
+    // bound to in `event_method`, and `nargs` + len(kwnames) valid argument pointers in `args`.
+    let outcome = std::panic::catch_unwind(|| unsafe {
+        let py = Python::assume_attached();
+        let dispatcher = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<PyDispatcher>();
+        let keyword_count = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
+        let positional = nargs as usize;
+        let values: Vec<Bound<'_, PyAny>> =
+            (0..positional + keyword_count).map(|index| Bound::from_borrowed_ptr(py, *args.add(index))).collect();
+        let kwnames = if kwnames.is_null() { None } else { Some(Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>()) };
+        let kind = EVENTS[KIND].kind;
+        match fire_from_vectorcall(py, &dispatcher.get().inner, kind, &values, positional, kwnames.as_ref()) {
+            Ok(()) => py.None().into_ptr(),
+            Err(error) => {
+                error.restore(py);
+                std::ptr::null_mut()
+            }
+        }
+    });
+    outcome.unwrap_or_else(|payload| {
+        // SAFETY: still attached; turn the panic into a Python exception instead of unwinding into C.
+        let py = unsafe { Python::assume_attached() };
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        pyo3::panic::PanicException::new_err(message).restore(py);
+        std::ptr::null_mut()
+    })
 }
 
 #[pymodule]

@@ -27,26 +27,20 @@ impl MetricsSink {
 
     pub fn record(&self, event: &EventValues<'_, '_>) {
         let run_key = run_key(event.run_id);
-        let model = |name: Option<&Bound<'_, PyString>>| name.and_then(|name| name.to_str().ok().map(str::to_owned));
+        let model = event.model.and_then(|name| name.to_str().ok());
         match event.kind {
-            EventKind::LlmStart => {
-                let model = model(event.model);
-                self.lock().llm_start(&run_key, model.as_deref(), event.ts)
-            }
+            EventKind::LlmStart => self.lock().llm_start(&run_key, model, event.ts),
             EventKind::LlmEnd => {
                 let response = &event.args[0];
-                let model = model(response_model(response, event.model).as_ref());
+                let model_name = response_model(response, event.model);
                 let usage = usage_of(response).map(|(prompt_tokens, completion_tokens, total_tokens)| Usage {
                     prompt_tokens,
                     completion_tokens,
                     total_tokens,
                 });
-                self.lock().llm_end(&run_key, model.as_deref(), usage, event.ts)
+                self.lock().llm_end(&run_key, model_name.as_ref().and_then(|name| name.to_str().ok()), usage, event.ts)
             }
-            EventKind::Error => {
-                let model = model(event.model);
-                self.lock().llm_error(&run_key, model.as_deref(), event.ts)
-            }
+            EventKind::Error => self.lock().llm_error(&run_key, model, event.ts),
             EventKind::LlmNewToken => self.lock().token(),
             EventKind::ToolStart => self.lock().tool_start(),
             EventKind::ToolEnd => self.lock().tool_end(),
@@ -62,7 +56,7 @@ fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> Cow<'a, str> {
     match run_id {
         None => Cow::Borrowed(""),
         Some(run_id) => match run_id.cast::<PyString>() {
-            Ok(text) => text.to_cow().map(|text| Cow::Owned(text.into_owned())).unwrap_or(Cow::Borrowed("")),
+            Ok(text) => text.to_str().map(Cow::Borrowed).unwrap_or_else(|_| Cow::Owned(text.to_string_lossy().into_owned())),
             Err(_) => Cow::Owned(run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()),
         },
     }

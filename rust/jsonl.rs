@@ -38,20 +38,41 @@ fn push_unicode_escape(out: &mut Vec<u8>, unit: u16) {
     }
 }
 
+/// Whether any of the 8 bytes of `word` is a control character, `"` or `\\` (exact, no false positives).
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = word ^ (ONES * b'"' as u64);
+    let backslash = word ^ (ONES * b'\\' as u64);
+    let is_quote = quote.wrapping_sub(ONES) & !quote;
+    let is_backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (below_space | is_quote | is_backslash) & HIGHS != 0
+}
+
 /// Appends the body of a JSON string (no quotes) for valid UTF-8 text.
 pub fn push_escaped(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     let mut clean_from = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
-        if byte >= 0x20 && byte != b'"' && byte != b'\\' {
-            continue;
+    let mut index = 0;
+    while index < bytes.len() {
+        if index + 8 <= bytes.len() {
+            let word = u64::from_le_bytes(bytes[index..index + 8].try_into().expect("8 bytes"));
+            if !word_needs_escape(word) {
+                index += 8;
+                continue;
+            }
         }
-        out.extend_from_slice(&bytes[clean_from..index]);
-        match escape_byte(byte) {
-            Some(escaped) => out.extend_from_slice(escaped),
-            None => push_unicode_escape(out, byte as u16),
+        let byte = bytes[index];
+        if byte < 0x20 || byte == b'"' || byte == b'\\' {
+            out.extend_from_slice(&bytes[clean_from..index]);
+            match escape_byte(byte) {
+                Some(escaped) => out.extend_from_slice(escaped),
+                None => push_unicode_escape(out, byte as u16),
+            }
+            clean_from = index + 1;
         }
-        clean_from = index + 1;
+        index += 1;
     }
     out.extend_from_slice(&bytes[clean_from..]);
 }
@@ -90,22 +111,50 @@ pub fn push_i64(out: &mut Vec<u8>, value: i64) {
     write!(out, "{value}").expect("writing to a Vec cannot fail");
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for epoch seconds, in UTC.
+fn push_digits(out: &mut Vec<u8>, value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut rest = value;
+    for slot in digits[..width].iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` (quoted) for epoch seconds, in UTC.
 pub fn push_iso_utc(out: &mut Vec<u8>, epoch_seconds: f64) {
+    thread_local! {
+        // Consecutive events mostly fall in the same second: reuse its formatted date and time.
+        static LAST_SECOND: std::cell::Cell<(i64, [u8; 21])> = const { std::cell::Cell::new((i64::MIN, [0; 21])) };
+    }
     let micros_total = (epoch_seconds * 1_000_000.0).round() as i64;
     let seconds_total = micros_total.div_euclid(1_000_000);
-    let micros = micros_total.rem_euclid(1_000_000);
-    let days = seconds_total.div_euclid(86_400);
-    let second_of_day = seconds_total.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    write!(
-        out,
-        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z\"",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
-    .expect("writing to a Vec cannot fail");
+    let micros = micros_total.rem_euclid(1_000_000) as u64;
+    let (cached_second, mut prefix) = LAST_SECOND.get();
+    if cached_second != seconds_total {
+        let days = seconds_total.div_euclid(86_400);
+        let second_of_day = seconds_total.rem_euclid(86_400) as u64;
+        let (year, month, day) = civil_from_days(days);
+        let mut text = Vec::with_capacity(21);
+        text.push(b'"');
+        push_digits(&mut text, year.clamp(0, 9999) as u64, 4);
+        text.push(b'-');
+        push_digits(&mut text, u64::from(month), 2);
+        text.push(b'-');
+        push_digits(&mut text, u64::from(day), 2);
+        text.push(b'T');
+        push_digits(&mut text, second_of_day / 3600, 2);
+        text.push(b':');
+        push_digits(&mut text, second_of_day % 3600 / 60, 2);
+        text.push(b':');
+        push_digits(&mut text, second_of_day % 60, 2);
+        text.push(b'.');
+        prefix.copy_from_slice(&text);
+        LAST_SECOND.set((seconds_total, prefix));
+    }
+    out.extend_from_slice(&prefix);
+    push_digits(out, micros, 6);
+    out.extend_from_slice(b"Z\"");
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (H. Hinnant).
@@ -369,6 +418,36 @@ mod tests {
     }
 
     #[test]
+    fn word_scan_finds_every_special_byte_in_any_position() {
+        for position in 0..16 {
+            for special in [b'"', b'\\', b'\n', 0x00u8, 0x1f] {
+                let mut text = vec![b'a'; 16];
+                text[position] = special;
+                let text = String::from_utf8(text).unwrap();
+                let expected = serde_like_escape(&text);
+                assert_eq!(encoded(&text), expected, "byte {special:#x} at {position}");
+            }
+        }
+        assert_eq!(encoded("ééééé \u{7f}"), "\"ééééé \u{7f}\"");
+    }
+
+    fn serde_like_escape(text: &str) -> String {
+        let mut out = String::from("\"");
+        for character in text.chars() {
+            match character {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\u{1f}' => out.push_str("\\u001f"),
+                '\u{0}' => out.push_str("\\u0000"),
+                other => out.push(other),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
     fn lone_surrogates_become_escapes() {
         let mut out = Vec::new();
         push_escaped_utf16(&mut out, &[0x61, 0xd800, 0xd83d, 0xde00]);
@@ -399,6 +478,8 @@ mod tests {
         assert_eq!(render(0.0), "\"1970-01-01T00:00:00.000000Z\"");
         assert_eq!(render(951_782_400.5), "\"2000-02-29T00:00:00.500000Z\"");
         assert_eq!(render(1_795_607_566.123_456), "\"2026-11-25T11:52:46.123456Z\"");
+        assert_eq!(render(1_795_607_566.999_999), "\"2026-11-25T11:52:46.999999Z\"");
+        assert_eq!(render(1_795_607_567.0), "\"2026-11-25T11:52:47.000000Z\"");
     }
 
     fn temp_path(name: &str) -> std::path::PathBuf {

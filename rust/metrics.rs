@@ -30,7 +30,11 @@
 //!   whose cumulative count reaches rank `max(1, (p * n + 99) / 100)` (integer division), reported as the
 //!   bucket's middle `low + (width - 1) / 2` µs in ms; 0.0 without samples.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Run ids and model names are not attacker-chosen hash-flooding input here; FxHash is several times
+// faster than SipHash on these short keys.
+use rustc_hash::FxHashMap as HashMap;
 
 const UNKNOWN_MODEL: &str = "unknown";
 
@@ -508,7 +512,7 @@ impl OpenRuns {
     fn new(capacity: usize) -> Self {
         OpenRuns {
             capacity,
-            runs: HashMap::new(),
+            runs: HashMap::default(),
             insertion_order: VecDeque::new(),
             stale_entries: 0,
             next_seq: 0,

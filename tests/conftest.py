@@ -22,3 +22,10 @@ def server(local_server: LocalServer) -> LocalServer:
     local_server.reset()
     local_server.latency = 0.0
     return local_server
+
+
+@pytest.fixture(params=["rust", "python"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using this runs once per callbacks backend; it is also the default for the test's objects."""
+    monkeypatch.setenv("RLM_TOOLKIT_BACKEND", request.param)
+    return request.param

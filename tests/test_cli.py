@@ -83,7 +83,7 @@ def test_run_streams_and_logs(server: LocalServer, no_openai_env: None, tmp_path
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["run", "hi"], "no OpenAI API key: set OPENAI_API_KEY or pass api_key="),
+    (["run", "hi"], "no OpenAI API key: set OPENAI_API_KEY, or give --base-url URL of an OpenAI-compatible server"),
     (["run", "hi", "--base-url", "http://127.0.0.1:9/v1"],
      "could not connect to http://127.0.0.1:9/v1 after 3 attempts; check the base URL and that the server is running"),
     (["run", "hi", "--base-url", "{server}", "--model", "gpt-9"],

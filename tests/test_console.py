@@ -19,11 +19,6 @@ TOOL_RUN_ID = "call_5e6f7a8b9c0d"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
-@pytest.fixture(params=["python"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 class FakeClock:
     """Stands in for ``time`` in the console module: ``perf_counter()`` returns ``now``."""
 

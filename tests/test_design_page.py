@@ -121,17 +121,14 @@ def server_usages(server: LocalServer, requests: list[dict[str, Any]]) -> list[U
     return usages
 
 
-@pytest.fixture(params=["python"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
 def page_env(server: LocalServer, backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> LocalServer:
-    """The page's environment: the OpenAI variables point at the local server, the cwd is a fresh folder."""
+    """The page's environment: the OpenAI variables point at the local server, the cwd is a fresh folder.
+
+    ``backend`` (tests/conftest.py) makes the page's callbacks use each backend in turn.
+    """
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
-    monkeypatch.setenv("RLM_TOOLKIT_BACKEND", backend)
     monkeypatch.chdir(tmp_path)
     return server
 

@@ -251,6 +251,14 @@ def test_other_4xx_is_not_retried(server: LocalServer) -> None:
     assert len(server.requests) == 1
 
 
+def test_a_refused_key_is_not_retried_and_says_what_to_check(server: LocalServer) -> None:
+    server.fail_next(401)
+    with pytest.raises(LLMCallError) as raised:
+        make_rlm(server).run("hi")
+    assert str(raised.value) == f"401: {server.base_url} refused the API key; check OPENAI_API_KEY or api_key="
+    assert len(server.requests) == 1
+
+
 def test_unreachable_server_gives_a_connection_message() -> None:
     rlm = RLM.from_openai(MODEL, base_url="http://127.0.0.1:9/v1", max_attempts=2, backoff_base=0.0)
     with pytest.raises(LLMCallError) as raised:
@@ -279,12 +287,18 @@ def test_retry_after_forms() -> None:
     assert _retry_after_seconds(rate_limited({})) is None
 
 
+@pytest.fixture(scope="module")
+def unreachable_rlm() -> RLM:
+    return RLM.from_openai(MODEL, base_url="http://127.0.0.1:9/v1")
+
+
 @given(retry_number=st.integers(min_value=1, max_value=40),
        base=st.floats(min_value=0, max_value=5), cap=st.floats(min_value=0, max_value=30))
-def test_backoff_is_full_jitter_under_the_cap(retry_number: int, base: float, cap: float) -> None:
-    rlm = RLM.from_openai(MODEL, base_url="http://127.0.0.1:9/v1", backoff_base=base, backoff_max=cap)
+def test_backoff_is_full_jitter_under_the_cap(unreachable_rlm: RLM, retry_number: int, base: float,
+                                               cap: float) -> None:
+    unreachable_rlm.backoff_base, unreachable_rlm.backoff_max = base, cap
     error = openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1:9/v1"))
-    assert 0.0 <= rlm._retry_delay(error, retry_number) <= min(cap, base * 2 ** (retry_number - 1))
+    assert 0.0 <= unreachable_rlm._retry_delay(error, retry_number) <= min(cap, base * 2 ** (retry_number - 1))
 
 
 # -- configuration and the API key ------------------------------------------------------------------

@@ -9,11 +9,6 @@ from rlm_toolkit.callbacks import CallbackManager, StreamingCallback
 TOKENS = ["Hello", "! ", "You ", "said: ", "hi"]
 
 
-@pytest.fixture(params=["python"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 def stream_tokens(manager: CallbackManager) -> None:
     for token in TOKENS:
         manager.on_llm_new_token(token, run_id="run-1", parent_run_id=None, model="gpt-4o")

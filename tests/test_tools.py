@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Literal, Optional
 
 import pytest
@@ -119,10 +118,10 @@ def test_parse_arguments() -> None:
         tool.parse_arguments("[1]")
     with pytest.raises(ToolCallError, match="do not fit its parameters: missing a required argument: 'city'"):
         tool.parse_arguments("{}")
-    assert as_tool(lambda_free_no_args).parse_arguments("") == {}
+    assert as_tool(no_arguments).parse_arguments("") == {}
 
 
-def lambda_free_no_args() -> str:
+def no_arguments() -> str:
     return "ok"
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from .callbacks import ConsoleCallback, FileLogCallback, MetricsCallback, StreamingCallback
 from .errors import RLMToolkitError
 from .memory import BufferMemory
-from .rlm import RLM
+from .rlm import RLM, MissingAPIKeyError
 from .server import LocalServer, main_serve
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -85,7 +85,13 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    rlm = RLM.from_openai(args.model, base_url=args.base_url)
+    try:
+        rlm = RLM.from_openai(args.model, base_url=args.base_url)
+    except MissingAPIKeyError as error:
+        raise _CommandError(
+            "no OpenAI API key: set OPENAI_API_KEY, or give --base-url URL of an OpenAI-compatible server "
+            "(`rlm-toolkit serve` starts a local one)"
+        ) from error
     file_log = FileLogCallback(args.log) if args.log else None
     if file_log is not None:
         rlm.callbacks.add(file_log)

@@ -10,6 +10,16 @@ Every step fires its event through the ``CallbackManager``: ``on_memory_recall``
 ``run_id`` with ``parent_run_id`` set to the run's. A run started inside a tool (a nested ``RLM``) takes the
 tool call's ``run_id`` as its ``parent_run_id`` (see ``rlm_toolkit._context``).
 
+Event arguments beyond the catalogue's:
+
+- ``on_llm_start(prompt)`` gets the run's prompt for every LLM call of the run, including those after tools.
+- ``on_retry(attempt, max_attempts, error)``: ``attempt`` is the number (1-based) of the attempt that just
+  failed, ``error`` the ``openai`` exception. A stream that fails after tokens were delivered is not retried.
+- ``on_error(error)``: for an LLM call that fails for good, the ``LLMCallError`` about to be raised (with the
+  call's ``run_id``); for a tool call, the tool's exception or a ``ToolCallError``, with ``tool_name=`` and
+  ``model=None``; for too many tool rounds, the ``ToolRoundsExceededError`` (with the run's ``run_id``).
+- ``on_memory_store(content)`` also gets ``role=`` (``"user"`` or ``"assistant"``).
+
 The run logic is written once, as a generator of *effects* (send this request, sleep this long, run these
 tools); a sync and an async driver carry the effects out with the official ``openai.OpenAI`` and
 ``openai.AsyncOpenAI`` clients. The clients' own retries are off: the RLM retries 429, 5xx, timeouts and
@@ -34,7 +44,7 @@ from contextlib import aclosing, closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, Union, cast
+from typing import Any, cast
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -376,8 +386,12 @@ class RLM:
                 self.callbacks.on_error(error, run_id=run.run_id, parent_run_id=run.parent_run_id, model=self.model)
                 raise error
             tool_rounds += 1
-            messages.append({"role": "assistant", "content": response.content or None, "tool_calls": list(response.tool_calls)})
-            invocations = [_ToolInvocation(call, self._tools_by_name, self.callbacks, run) for call in response.tool_calls]
+            messages.append(
+                {"role": "assistant", "content": response.content or None, "tool_calls": list(response.tool_calls)}
+            )
+            invocations = [
+                _ToolInvocation(call, self._tools_by_name, self.callbacks, run) for call in response.tool_calls
+            ]
             ready = [invocation for invocation in invocations if invocation.output is None]
             if ready:
                 yield _RunTools(ready)
@@ -559,7 +573,7 @@ class _RunTools:
     invocations: list[_ToolInvocation]
 
 
-_Effect = Union[_ChatAttempt, _Sleep, _RunTools]
+_Effect = _ChatAttempt | _Sleep | _RunTools
 _RunSteps = Generator[_Effect, Any, RunResult]
 
 

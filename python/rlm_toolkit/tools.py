@@ -45,7 +45,7 @@ _DOC_SECTION_HEADER = re.compile(
     r"^(Returns|Return|Yields|Raises|Examples?|Notes?|Attributes|See Also|Warnings?|Todo|References):\s*$"
 )
 _DOC_ARG_ENTRY = re.compile(r"^\s+\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
-_SCALAR_SCHEMAS: dict[Any, dict[str, Any]] = {
+_PLAIN_TYPE_SCHEMAS: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
     int: {"type": "integer"},
     float: {"type": "number"},
@@ -206,14 +206,14 @@ def _schema_for(annotation: Any) -> dict[str, Any]:
     """JSON schema of one type hint."""
     if annotation is Any:
         return {}
-    if annotation in _SCALAR_SCHEMAS:
-        return dict(_SCALAR_SCHEMAS[annotation])
+    if annotation in _PLAIN_TYPE_SCHEMAS:
+        return dict(_PLAIN_TYPE_SCHEMAS[annotation])
     origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         schema: dict[str, Any] = {"enum": list(arguments)}
         value_types = {type(value) for value in arguments}
-        if len(value_types) == 1 and (only := value_types.pop()) in _SCALAR_SCHEMAS:
-            schema.update(_SCALAR_SCHEMAS[only])
+        if len(value_types) == 1 and (only := value_types.pop()) in _PLAIN_TYPE_SCHEMAS:
+            schema.update(_PLAIN_TYPE_SCHEMAS[only])
         return schema
     if origin is Union or origin is types.UnionType:
         return {"anyOf": [_schema_for(member) for member in arguments]}

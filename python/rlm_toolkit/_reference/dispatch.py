@@ -24,6 +24,9 @@ class Dispatcher:
         self._events = [(list(sinks), list(hooks)) for sinks, hooks in registrations]
         self._error_counters = list(error_counters)
 
+    def event_method(self, event: str) -> Callable[..., None]:
+        return getattr(self, "on_" + event)
+
     def hook_failed(self, label: str, event: str, error: BaseException) -> None:
         self.handler_errors += 1
         for metrics in self._error_counters:
@@ -63,8 +66,14 @@ def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
 
     def fire(self: Dispatcher, *args: Any, run_id: Any = None, parent_run_id: Any = None, model: str | None = None,
              timestamp: float | None = None, **extra: Any) -> None:
-        if len(args) != arity:
+        if len(args) > arity:
             raise TypeError(f"{spec.hook}() takes {arity} positional arguments {spec.args}, got {len(args)}")
+        for name in spec.args[len(args):]:
+            if name not in extra:
+                raise TypeError(f"{spec.hook}() missing required argument {name!r}")
+            args += (extra.pop(name),)
+        if model is not None and not isinstance(model, str):
+            raise TypeError(f"{spec.hook}(): model must be a str or None")
         self._fire(index, spec, args, run_id, parent_run_id, model, timestamp, extra)
 
     fire.__name__ = fire.__qualname__ = spec.hook

@@ -39,10 +39,10 @@ class CallbackManager(BaseCallback):
                  async_timeout: float | None = 30.0) -> None:
         self.backend = _backend.resolve(backend)
         self._callbacks: list[Any] = list(callbacks or [])
-        self._async_hooks = AsyncHookRunner(_report_hook_failure, async_timeout)
+        self._async_hooks = AsyncHookRunner(self._async_hook_failed, async_timeout)
         self._dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
         for spec in EVENTS:
-            setattr(self, spec.hook, getattr(self._dispatcher, spec.hook))
+            setattr(self, spec.hook, self._dispatcher.event_method(spec.name))
         self._apply()
 
     def _apply(self) -> None:
@@ -54,6 +54,9 @@ class CallbackManager(BaseCallback):
         self._streams_tokens = bool(registrations[_TOKEN_EVENT_INDEX].hooks) or any(
             getattr(callback, "wants_token_stream", False) for callback in self._callbacks
         )
+
+    def _async_hook_failed(self, label: str, event: str, error: BaseException) -> None:
+        self._dispatcher.hook_failed(label, event, error)
 
     @property
     def callbacks(self) -> tuple[Any, ...]:
