@@ -226,7 +226,7 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
     if event.kind == EventKind::LlmEnd {
         let response = &event.args[0];
         push_key(out, "model");
-        push_optional(out, response_model(response, event.model).as_ref().map(|model| model.as_any()), max_chars);
+        push_optional(out, response_model(response, event.model).as_ref().map(|model| model.as_any()), usize::MAX);
         if options.include_responses {
             push_key(out, "response");
             push_response_text(out, response, max_chars);
@@ -241,7 +241,7 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
         for field in spec.fields {
             if *field == "model" {
                 push_key(out, field);
-                push_optional(out, event.model.map(|model| model.as_any()), max_chars);
+                push_optional(out, event.model.map(|model| model.as_any()), usize::MAX);
             } else if *field != "prompt" || options.include_prompts {
                 let position = spec.args.iter().position(|arg| arg == field).expect("fields name arguments");
                 push_key(out, field);

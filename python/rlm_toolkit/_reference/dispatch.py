@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from ..callbacks._async import PendingHook
@@ -77,6 +78,13 @@ def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
         self._fire(index, spec, args, run_id, parent_run_id, model, timestamp, extra)
 
     fire.__name__ = fire.__qualname__ = spec.hook
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    fire.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in spec.args]
+        + [inspect.Parameter(name, keyword, default=None) for name in ("run_id", "parent_run_id", "model", "timestamp")]
+        + [inspect.Parameter("extra", inspect.Parameter.VAR_KEYWORD)]
+    )
     return fire
 
 

@@ -1,0 +1,260 @@
+"""CallbackManager: calling conventions decided at registration, isolation, async hooks. Runs per backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from rlm_toolkit import BackendError, CallbackConfigError, LLMResponse, Usage
+from rlm_toolkit.callbacks import AsyncBaseCallback, BaseCallback, CallbackManager, MetricsCallback
+
+RESPONSE = LLMResponse("answer", "gpt-4o", Usage.of(3, 4))
+
+
+class PageStyle(BaseCallback):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        self.calls.append(("llm_start", prompt, kwargs))
+
+    def on_tool_end(self, output: Any, **kwargs: Any) -> None:
+        self.calls.append(("tool_end", output, kwargs))
+
+    def on_retry(self, attempt: int, max_attempts: int, error: BaseException, **kwargs: Any) -> None:
+        self.calls.append(("retry", (attempt, max_attempts, error), kwargs))
+
+
+def test_page_style_and_renamed_parameters(backend: str) -> None:
+    handler = PageStyle()
+    manager = CallbackManager([handler])
+    manager.on_llm_start("hello", run_id="r1", model="gpt-4o", temperature=0.2)
+    manager.on_tool_end("search", "found it", run_id="t1", parent_run_id="r1")
+    error = TimeoutError("slow")
+    manager.on_retry(1, 3, error, run_id="r1", model="gpt-4o")
+    assert handler.calls == [
+        ("llm_start", "hello", {"run_id": "r1", "parent_run_id": None, "model": "gpt-4o", "temperature": 0.2}),
+        ("tool_end", "found it", {"tool_name": "search", "run_id": "t1", "parent_run_id": "r1"}),
+        ("retry", (1, 3, error), {"run_id": "r1", "parent_run_id": None, "model": "gpt-4o"}),
+    ]
+
+
+def test_keyword_only_and_exact_signatures(backend: str) -> None:
+    seen: list[Any] = []
+
+    class KeywordOnly(BaseCallback):
+        def on_llm_start(self, **kwargs: Any) -> None:
+            seen.append(kwargs)
+
+    class Exact(BaseCallback):
+        def on_tool_start(self, tool_name: str, tool_input: Any) -> None:
+            seen.append((tool_name, tool_input))
+
+        def on_memory_recall(self, query: str, results: list[Any], *, run_id: str) -> None:
+            seen.append((query, results, run_id))
+
+    class Swapped(BaseCallback):
+        def on_tool_start(self, tool_input: Any, tool_name: str, **kwargs: Any) -> None:
+            seen.append(("swapped", tool_input, tool_name))
+
+    manager = CallbackManager([KeywordOnly(), Exact(), Swapped()])
+    manager.on_llm_start("p", run_id="r", model="m")
+    manager.on_tool_start("calc", {"x": 1}, run_id="t", extra_field=1)
+    manager.on_memory_recall("q", ["a"], run_id="m1")
+    assert seen == [
+        {"prompt": "p", "run_id": "r", "parent_run_id": None, "model": "m"},
+        ("calc", {"x": 1}),
+        ("swapped", {"x": 1}, "calc"),
+        ("q", ["a"], "m1"),
+    ]
+
+
+def test_event_arguments_may_be_given_by_keyword(backend: str) -> None:
+    handler = PageStyle()
+    manager = CallbackManager([handler])
+    manager.on_llm_start(prompt="by keyword", run_id="r")
+    assert handler.calls[0][1] == "by keyword"
+    with pytest.raises(TypeError):
+        manager.on_llm_start(run_id="r")
+    with pytest.raises(TypeError):
+        manager.on_llm_start("a", "b")
+    with pytest.raises(TypeError):
+        manager.on_llm_start("a", model=3)
+
+
+def test_signature_the_event_cannot_fill_is_refused_at_registration(backend: str) -> None:
+    class TooMany(BaseCallback):
+        def on_llm_start(self, prompt: str, history: list[str], budget: int) -> None:
+            pass
+
+    class NeedsKeyword(BaseCallback):
+        def on_llm_end(self, response: Any, *, trace: str) -> None:
+            pass
+
+    for callback in (TooMany(), NeedsKeyword()):
+        with pytest.raises(CallbackConfigError, match="cannot fill|never passes"):
+            CallbackManager([callback])
+
+
+def test_hooks_that_are_not_overridden_are_never_called(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = CallbackManager([PageStyle() for _ in range(16)])
+
+    def must_not_run(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an inherited no-op hook was called")
+
+    # Registration is over: replacing the base class's no-ops now shows whether the manager calls them.
+    for name in ("on_llm_end", "on_llm_new_token", "on_tool_start", "on_memory_store", "on_error"):
+        monkeypatch.setattr(BaseCallback, name, must_not_run)
+    manager.on_llm_end(RESPONSE, run_id="r")
+    manager.on_llm_new_token("t", run_id="r")
+    manager.on_tool_start("x", {}, run_id="r")
+    manager.on_memory_store("c", run_id="r")
+    manager.on_error(ValueError("e"), run_id="r")
+    assert manager.handler_errors == 0
+
+
+def test_a_raising_hook_is_isolated_logged_and_counted(backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(BaseCallback):
+        def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+            raise ValueError("broken hook")
+
+    after = PageStyle()
+    metrics = MetricsCallback()
+    manager = CallbackManager([Broken(), after, metrics])
+    with caplog.at_level(logging.ERROR, logger="rlm_toolkit"):
+        manager.on_llm_start("p", run_id="r")
+    assert len(after.calls) == 1
+    assert manager.handler_errors == 1
+    assert metrics.get_metrics()["handler_errors"] == 1
+    [record] = [r for r in caplog.records if r.name == "rlm_toolkit"]
+    assert "Broken.on_llm_start" in record.getMessage() and "llm_start" in record.getMessage()
+    assert "broken hook" in record.getMessage()
+
+
+def test_raise_error_propagates_and_base_exceptions_are_never_swallowed(backend: str) -> None:
+    class Strict(BaseCallback):
+        raise_error = True
+
+        def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+            raise ValueError("strict")
+
+    class Interrupting(BaseCallback):
+        def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+            raise KeyboardInterrupt
+
+    manager = CallbackManager([Strict(), Interrupting()])
+    with pytest.raises(ValueError, match="strict"):
+        manager.on_llm_start("p")
+    with pytest.raises(KeyboardInterrupt):
+        manager.on_llm_end(RESPONSE)
+    assert manager.handler_errors == 0
+
+
+class AsyncRecorder(AsyncBaseCallback):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        await asyncio.sleep(0.01)
+        self.events.append(prompt)
+
+    async def on_error(self, error: BaseException, **kwargs: Any) -> None:
+        raise RuntimeError("async hook failed")
+
+
+def test_async_hooks_complete_before_a_sync_call_returns(backend: str) -> None:
+    recorder = AsyncRecorder()
+    manager = CallbackManager([recorder])
+    manager.on_llm_start("first")
+    manager.on_llm_start("second")
+    assert recorder.events == ["first", "second"]
+    manager.on_error(ValueError("x"))
+    assert manager.handler_errors == 1
+
+
+async def test_async_hooks_run_concurrently_in_async_code(backend: str) -> None:
+    recorders = [AsyncRecorder() for _ in range(20)]
+    manager = CallbackManager(recorders)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for index in range(5):
+        manager.on_llm_start(f"p{index}")
+    await manager.wait_pending()
+    # 100 hook calls of 10 ms each: awaited concurrently they take far less than a second.
+    assert loop.time() - started < 0.5
+    assert all(r.events == [f"p{index}" for index in range(5)] or sorted(r.events) == [f"p{i}" for i in range(5)] for r in recorders)
+    manager.on_error(ValueError("x"))
+    await manager.wait_pending()
+    assert manager.handler_errors == 20
+
+
+def test_hanging_async_hook_times_out(backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    class Hanging(AsyncBaseCallback):
+        async def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+            await asyncio.sleep(60)
+
+    manager = CallbackManager([Hanging()], async_timeout=0.05)
+    with caplog.at_level(logging.ERROR, logger="rlm_toolkit"):
+        manager.on_llm_start("p")
+    assert manager.handler_errors == 1
+    assert "Hanging.on_llm_start" in caplog.text
+
+
+def test_add_remove_and_nested_managers(backend: str) -> None:
+    inner_handler = PageStyle()
+    inner = CallbackManager([inner_handler])
+    outer_handler = PageStyle()
+    outer = CallbackManager([outer_handler])
+    outer.add(inner)
+    outer.on_llm_start("both", run_id="r", flavour="x")
+    assert inner_handler.calls[0][:2] == ("llm_start", "both")
+    assert inner_handler.calls[0][2]["flavour"] == "x"
+    outer.remove(outer_handler)
+    outer.on_llm_start("inner only")
+    assert len(outer_handler.calls) == 1 and len(inner_handler.calls) == 2
+    assert outer.callbacks == (inner,)
+    with pytest.raises(ValueError):
+        outer.remove(outer_handler)
+
+
+def test_metrics_subclass_override_reaches_the_native_sink_through_super(backend: str) -> None:
+    class CountingMetrics(MetricsCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.starts = 0
+
+        def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+            self.starts += 1
+            super().on_llm_start(prompt, **kwargs)
+
+    metrics = CountingMetrics()
+    manager = CallbackManager([metrics])
+    manager.on_llm_start("p", run_id="r", model="gpt-4o")
+    time.sleep(0.03)
+    manager.on_llm_end(RESPONSE, run_id="r", model="gpt-4o")
+    snapshot = metrics.get_metrics()
+    assert metrics.starts == 1
+    assert snapshot["total_calls"] == 1 and snapshot["total_tokens"] == 7
+    assert 25.0 <= snapshot["avg_latency_ms"] < 1000.0
+
+
+def test_streams_tokens_only_when_someone_consumes_them(backend: str) -> None:
+    class Tokens(BaseCallback):
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            pass
+
+    assert not CallbackManager([MetricsCallback(), PageStyle()]).streams_tokens
+    assert CallbackManager([Tokens()]).streams_tokens
+
+
+def test_unknown_backend_and_missing_native_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BackendError, match="'rust' or 'python'"):
+        CallbackManager(backend="java")  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "rlm_toolkit._core", None)
+    with pytest.raises(ImportError, match="RLM_TOOLKIT_BACKEND=python"):
+        CallbackManager(backend="rust")
