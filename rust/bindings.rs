@@ -1,6 +1,5 @@
 //! The Python-facing layer: `rlm_toolkit._core`. Thin wrappers over `dispatch`, `metrics` and `jsonl`.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,7 +14,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::dispatch::{catalogue, python_error, Dispatcher, JsonlSink, MetricsSink, Registry};
 use crate::events::{EventKind, EVENTS, EVENT_COUNT};
-use crate::jsonl::{JsonlWriter, WriterConfig};
+use crate::jsonl::WriterConfig;
 use crate::metrics::{Metrics, Prices, Snapshot};
 use crate::pyjson::{EventValues, RecordOptions};
 
@@ -27,6 +26,15 @@ pub fn now() -> f64 {
         (wall, Instant::now())
     });
     wall + started.elapsed().as_secs_f64()
+}
+
+/// Never write `value` to a log from now on (see `rlm_toolkit.secrets.register_secret`).
+#[pyfunction]
+fn add_secret(value: String) {
+    let mut secrets = crate::pyjson::SECRETS.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !secrets.contains(&value) {
+        secrets.push(value);
+    }
 }
 
 #[pyfunction(name = "now")]
@@ -184,10 +192,10 @@ impl PyJsonlSink {
             max_pending_bytes,
             block_when_full,
         };
-        let writer = JsonlWriter::open(Path::new(&path), config)
-            .map_err(|error| python_error(py, "LogFileError", format!("cannot open log file {path:?}: {error}")))?;
         let options = RecordOptions { include_prompts, include_responses, max_chars: max_field_chars };
-        Ok(PyJsonlSink { sink: Arc::new(JsonlSink { writer, options, path }) })
+        let sink = JsonlSink::open(path.clone(), config, options)
+            .map_err(|error| python_error(py, "LogFileError", format!("cannot open log file {path:?}: {error}")))?;
+        Ok(PyJsonlSink { sink: Arc::new(sink) })
     }
 
     #[pyo3(signature = (event, args, run_id, parent_run_id, model, timestamp, extra))]
@@ -217,18 +225,25 @@ impl PyJsonlSink {
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        let sink = &self.sink;
-        py.detach(|| sink.writer.flush()).map_err(|error| sink.error_to_python(py, error))
+        let writer = self.sink.writer();
+        py.detach(|| writer.flush()).map_err(|error| self.sink.error_to_python(py, error))
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let sink = &self.sink;
-        py.detach(|| sink.writer.close()).map_err(|error| sink.error_to_python(py, error))
+        let writer = self.sink.writer();
+        py.detach(|| writer.close()).map_err(|error| self.sink.error_to_python(py, error))
+    }
+
+    /// Gives a forked child a writer thread of its own (called by an `os.register_at_fork` hook).
+    fn reopen_after_fork(&self, py: Python<'_>) -> PyResult<()> {
+        self.sink.reopen_after_fork().map_err(|error| {
+            python_error(py, "LogFileError", format!("cannot reopen log file {:?} after fork(): {error}", self.sink.path))
+        })
     }
 
     #[getter]
     fn closed(&self) -> bool {
-        self.sink.writer.is_closed()
+        self.sink.writer().is_closed()
     }
 
     #[getter]
@@ -238,7 +253,7 @@ impl PyJsonlSink {
 
     #[getter]
     fn dropped(&self) -> u64 {
-        self.sink.writer.dropped_lines()
+        self.sink.writer().dropped_lines()
     }
 }
 
@@ -472,6 +487,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyMetrics>()?;
     module.add_class::<PyJsonlSink>()?;
     module.add_function(wrap_pyfunction!(py_now, module)?)?;
+    module.add_function(wrap_pyfunction!(add_secret, module)?)?;
     let events: Vec<Bound<'_, PyTuple>> = catalogue()
         .into_iter()
         .map(|(name, args, fields, has_model)| (name, PyTuple::new(py, args)?, PyTuple::new(py, fields)?, has_model).into_pyobject(py))

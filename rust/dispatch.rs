@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::events::{EventKind, EVENTS, EVENT_COUNT};
-use crate::jsonl::{Appended, JsonlWriter, WriteError};
+use crate::jsonl::{Appended, JsonlWriter, WriteError, WriterConfig};
 use crate::metrics::{Metrics, Usage};
 use crate::pyjson::{push_record, response_model, usage_of, EventValues, RecordOptions};
 
@@ -63,7 +63,9 @@ fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> Cow<'a, str> {
 }
 
 pub struct JsonlSink {
-    pub writer: JsonlWriter,
+    /// Replaced, never closed, in a forked child: the parent's writer thread does not exist there.
+    writer: ArcSwap<JsonlWriter>,
+    config: WriterConfig,
     pub options: RecordOptions,
     pub path: String,
 }
@@ -72,18 +74,45 @@ thread_local! {
     static RECORD_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// What became of one record, for the dispatcher to count and report.
+pub struct Recorded {
+    pub dropped: bool,
+    pub new_io_error: Option<String>,
+}
+
 impl JsonlSink {
-    /// Encodes and queues the record; returns whether it was dropped (full buffer, drop policy).
-    pub fn record(&self, py: Python<'_>, event: &EventValues<'_, '_>) -> PyResult<bool> {
+    pub fn open(path: String, config: WriterConfig, options: RecordOptions) -> std::io::Result<JsonlSink> {
+        let writer = JsonlWriter::open(std::path::Path::new(&path), config)?;
+        Ok(JsonlSink { writer: ArcSwap::from_pointee(writer), config, options, path })
+    }
+
+    pub fn writer(&self) -> arc_swap::Guard<Arc<JsonlWriter>> {
+        self.writer.load()
+    }
+
+    /// In a child process after `fork()`: a writer of its own on the same file. The parent's writer is
+    /// leaked, not closed: its lock may have been held by its thread at the fork, and its pending lines
+    /// are the parent's to write.
+    pub fn reopen_after_fork(&self) -> std::io::Result<()> {
+        let writer = JsonlWriter::open(std::path::Path::new(&self.path), self.config)?;
+        std::mem::forget(self.writer.swap(Arc::new(writer)));
+        Ok(())
+    }
+
+    /// Encodes and queues the record.
+    pub fn record(&self, py: Python<'_>, event: &EventValues<'_, '_>) -> PyResult<Recorded> {
         // Encoding may run Python code (str() of a value) that logs to this very sink: take the buffer
         // out of its slot so such a nested call starts with a fresh one instead of aliasing it.
         let mut line = RECORD_BUFFER.with(|slot| slot.take());
         line.clear();
         push_record(&mut line, event, &self.options);
+        let writer = self.writer.load();
         let outcome = loop {
-            match self.writer.append(&line) {
-                Ok(Appended::MustWait) => py.detach(|| self.writer.wait_for_room(line.len())),
-                Ok(appended) => break Ok(appended == Appended::Dropped),
+            match writer.append(&line) {
+                Ok(Appended::MustWait) => py.detach(|| writer.wait_for_room(line.len())),
+                Ok(appended) => {
+                    break Ok(Recorded { dropped: appended == Appended::Dropped, new_io_error: writer.announce_error() })
+                }
                 Err(error) => break Err(self.error_to_python(py, error)),
             }
         };
@@ -319,10 +348,14 @@ impl Dispatcher {
         match sink {
             Sink::Metrics(metrics) => metrics.record(event),
             Sink::Jsonl(jsonl) => {
-                if jsonl.record(py, event)? {
+                let recorded = jsonl.record(py, event)?;
+                if recorded.dropped {
                     for counter in &registry.error_counters {
                         count_on(py, counter, Counter::Dropped)?;
                     }
+                }
+                if let Some(reason) = recorded.new_io_error {
+                    self.report_write_error(py, registry, jsonl, event.kind, reason)?;
                 }
             }
             Sink::Python(core) => {
@@ -335,6 +368,15 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// A log write failed on the writer thread: log and count it like a failing hook, and fire `on_error`
+    /// so the app's own callbacks hear of it. `flush()`/`close()` raise it too.
+    fn report_write_error(&self, py: Python<'_>, registry: &Registry, jsonl: &JsonlSink, kind: EventKind, reason: String) -> PyResult<()> {
+        let error = jsonl.error_to_python(py, WriteError::Io(reason)).into_value(py).into_bound(py).into_any();
+        let label = PyString::new(py, &format!("FileLogCallback({})", jsonl.path));
+        self.hook_failed(py, registry, &label, kind.spec().name, error.clone())?;
+        self.fire(py, EventKind::Error, &[error], None, None, None, None, None)
     }
 
     pub fn hook_failed(&self, py: Python<'_>, registry: &Registry, label: &Bound<'_, PyString>, event: &str, error: Bound<'_, PyAny>) -> PyResult<()> {

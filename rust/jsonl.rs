@@ -10,6 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -206,11 +207,15 @@ struct State {
     writer_exited: bool,
     producers_waiting: usize,
     first_error: Option<String>,
+    /// The latest I/O error, kept after `first_error` was reported, for `announce_error`.
+    latest_error: Option<String>,
     dropped_lines: u64,
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// Set with `first_error`; lets producers notice a new I/O error without taking the lock.
+    error_unannounced: AtomicBool,
     wake_writer: Condvar,
     wake_producers: Condvar,
     config: WriterConfig,
@@ -230,7 +235,7 @@ pub struct JsonlWriter {
 
 fn open_private(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
-    options.append(true).create(true);
+    options.read(true).append(true).create(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -239,10 +244,44 @@ fn open_private(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
+/// Cuts a partial last line left by a process killed in the middle of a `write` (the kernel may stop a
+/// multi-page write at a page boundary). Only done when no other writer holds the file: every writer keeps
+/// a shared lock on it for its lifetime, and the repair needs the exclusive one.
+fn repair_torn_tail(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return file.lock_shared(),
+        Err(std::fs::TryLockError::Error(error)) => return Err(error),
+    }
+    let length = file.metadata()?.len();
+    let mut last_byte = [0u8; 1];
+    if length > 0 && file.read_at(&mut last_byte, length - 1)? == 1 && last_byte[0] != b'\n' {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut end = length;
+        let mut keep = 0;
+        while end > 0 {
+            let start = end.saturating_sub(chunk.len() as u64);
+            let window = &mut chunk[..(end - start) as usize];
+            file.read_exact_at(window, start)?;
+            if let Some(newline) = window.iter().rposition(|&byte| byte == b'\n') {
+                keep = start + newline as u64 + 1;
+                break;
+            }
+            end = start;
+        }
+        file.set_len(keep)?;
+    }
+    file.lock_shared()
+}
+
 impl JsonlWriter {
-    /// Opens `path` for appending (created 0600) and starts the writer thread.
+    /// Opens `path` for appending (created 0600; a torn last line left by a killed writer is cut) and
+    /// starts the writer thread.
     pub fn open(path: &Path, config: WriterConfig) -> io::Result<JsonlWriter> {
         let file = open_private(path)?;
+        #[cfg(unix)]
+        repair_torn_tail(&file)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: Vec::with_capacity(config.buffer_bytes * 2),
@@ -253,8 +292,10 @@ impl JsonlWriter {
                 writer_exited: false,
                 producers_waiting: 0,
                 first_error: None,
+                latest_error: None,
                 dropped_lines: 0,
             }),
+            error_unannounced: AtomicBool::new(false),
             wake_writer: Condvar::new(),
             wake_producers: Condvar::new(),
             config,
@@ -341,9 +382,12 @@ impl JsonlWriter {
         self.shared.lock().dropped_lines
     }
 
-    /// The first I/O error not yet reported, if any (clears it).
-    pub fn take_error(&self) -> Option<String> {
-        self.shared.lock().first_error.take()
+    /// A new I/O error, once: for announcing it as it happens. It stays kept for `flush`/`close` to return.
+    pub fn announce_error(&self) -> Option<String> {
+        if !self.shared.error_unannounced.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.shared.lock().latest_error.clone()
     }
 
     fn report(state: &mut State) -> Result<(), WriteError> {
@@ -390,7 +434,12 @@ fn write_loop(shared: &Shared, mut file: File) {
         state = shared.lock();
         state.spare = batch;
         if let Err(error) = result {
-            state.first_error.get_or_insert_with(|| error.to_string());
+            let message = error.to_string();
+            state.first_error.get_or_insert_with(|| message.clone());
+            if state.latest_error.as_ref() != Some(&message) {
+                state.latest_error = Some(message);
+                shared.error_unannounced.store(true, Ordering::Release);
+            }
         }
         state.flush_done = state.flush_done.max(flush_generation);
         shared.wake_producers.notify_all();
@@ -564,7 +613,25 @@ mod tests {
         let writer = JsonlWriter::open(Path::new("/dev/full"), config(true, 1 << 20)).unwrap();
         writer.append(b"{}\n").unwrap();
         assert!(matches!(writer.flush(), Err(WriteError::Io(_))));
+        assert!(writer.announce_error().is_some());
+        assert!(writer.announce_error().is_none());
         assert_eq!(writer.flush(), Ok(()));
         writer.close().unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_when_no_other_writer_holds_the_file() {
+        let path = temp_path("torn");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let first = JsonlWriter::open(&path, config(true, 1 << 20)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"torn").unwrap();
+        // The first writer still holds the file: a second one must not cut what may be in flight.
+        let second = JsonlWriter::open(&path, config(true, 1 << 20)).unwrap();
+        assert!(std::fs::read(&path).unwrap().ends_with(b"{\"torn"));
+        drop((first, second));
+        std::fs::write(&path, b"no newline at all").unwrap();
+        let _third = JsonlWriter::open(&path, config(true, 1 << 20)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
     }
 }

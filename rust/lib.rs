@@ -4,6 +4,7 @@
 pub mod events;
 pub mod jsonl;
 pub mod metrics;
+pub mod redact;
 
 #[cfg(feature = "python")]
 mod bindings;

@@ -11,10 +11,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
 
 use crate::events::{EventKind, EventSpec};
+use crate::redact::redact;
 use crate::jsonl::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_iso_utc, push_string};
 
 pub const MAX_DEPTH: usize = 64;
 const DEPTH_EXCEEDED: &str = "<max depth exceeded>";
+
+/// Secrets registered with `add_secret`: never written to a log.
+pub static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
 /// Options of one JSONL sink that shape its records.
 pub struct RecordOptions {
@@ -34,7 +38,37 @@ pub struct EventValues<'a, 'py> {
     pub extra: Option<&'a Bound<'py, PyDict>>,
 }
 
-fn push_pystr(out: &mut Vec<u8>, text: &Bound<'_, PyString>, max_chars: usize) {
+struct Encoder<'s> {
+    secrets: &'s [String],
+}
+
+impl Encoder<'_> {
+    fn push_pystr(&self, out: &mut Vec<u8>, text: &Bound<'_, PyString>, max_chars: usize) {
+        match text.to_str() {
+            Ok(utf8) => self.push_text(out, utf8, max_chars),
+            Err(_) => push_surrogate_text_capped(out, text, max_chars),
+        }
+    }
+
+    /// Redacted, then capped at `max_chars` code points (as Python's `len` counts them).
+    fn push_text(&self, out: &mut Vec<u8>, text: &str, max_chars: usize) {
+        let redacted = redact(text, self.secrets);
+        out.push(b'"');
+        let cut = if redacted.len() > max_chars { redacted.char_indices().nth(max_chars).map(|(at, _)| at) } else { None };
+        match cut {
+            None => push_escaped(out, &redacted),
+            Some(at) => {
+                push_escaped(out, &redacted[..at]);
+                let dropped = redacted[at..].chars().count();
+                push_escaped(out, &format!("…[truncated {dropped} chars]"));
+            }
+        }
+        out.push(b'"');
+    }
+}
+
+/// Text with lone surrogates (no UTF-8 form, so no redaction patterns apply): capped in Python, escaped.
+fn push_surrogate_text_capped(out: &mut Vec<u8>, text: &Bound<'_, PyString>, max_chars: usize) {
     let length = text.len().unwrap_or(0);
     let shown = if length > max_chars {
         text.as_any()
@@ -44,12 +78,8 @@ fn push_pystr(out: &mut Vec<u8>, text: &Bound<'_, PyString>, max_chars: usize) {
     } else {
         None
     };
-    let body = shown.as_ref().unwrap_or(text);
     out.push(b'"');
-    match body.to_str() {
-        Ok(utf8) => push_escaped(out, utf8),
-        Err(_) => push_surrogate_text(out, body),
-    }
+    push_surrogate_text(out, shown.as_ref().unwrap_or(text));
     if length > max_chars {
         push_escaped(out, &format!("…[truncated {} chars]", length - max_chars));
     }
@@ -69,17 +99,6 @@ fn push_surrogate_text(out: &mut Vec<u8>, text: &Bound<'_, PyString>) {
     }
 }
 
-/// `str(value)`, else `repr(value)`, else `<unrepresentable TYPE>`.
-fn push_fallback_text(out: &mut Vec<u8>, value: &Bound<'_, PyAny>, max_chars: usize) {
-    match value.str().or_else(|_| value.repr()) {
-        Ok(text) => push_pystr(out, &text, max_chars),
-        Err(_) => {
-            let type_name = value.get_type().name().map(|name| name.to_string()).unwrap_or_else(|_| "object".into());
-            push_string(out, &format!("<unrepresentable {type_name}>"));
-        }
-    }
-}
-
 fn push_int(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) {
     if let Ok(small) = value.extract::<i64>() {
         return push_i64(out, small);
@@ -91,80 +110,94 @@ fn push_int(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) {
     }
 }
 
-pub fn push_value(out: &mut Vec<u8>, value: &Bound<'_, PyAny>, max_chars: usize, depth: usize) {
-    if value.is_none() {
-        out.extend_from_slice(b"null");
-    } else if let Ok(flag) = value.cast::<PyBool>() {
-        out.extend_from_slice(if flag.is_true() { b"true" } else { b"false" });
-    } else if let Ok(text) = value.cast::<PyString>() {
-        push_pystr(out, text, max_chars);
-    } else if value.is_instance_of::<PyInt>() {
-        push_int(out, value);
-    } else if let Ok(number) = value.cast::<PyFloat>() {
-        push_f64(out, number.value());
-    } else if value.is_instance_of::<PyBytes>() || value.is_instance_of::<PyByteArray>() {
-        let py = value.py();
-        match value.call_method1(intern!(py, "decode"), (intern!(py, "utf-8"), intern!(py, "backslashreplace"))) {
-            Ok(decoded) => push_value(out, &decoded, max_chars, depth),
-            Err(_) => push_fallback_text(out, value, max_chars),
-        }
-    } else if value.is_instance_of::<PyBaseException>() {
-        out.extend_from_slice(b"{\"type\":");
-        let type_name = value.get_type().name().map(|name| name.to_string()).unwrap_or_else(|_| "Exception".into());
-        push_string(out, &type_name);
-        out.extend_from_slice(b",\"message\":");
-        push_fallback_text(out, value, max_chars);
-        out.push(b'}');
-    } else if let Ok(mapping) = value.cast::<PyDict>() {
-        if depth >= MAX_DEPTH {
-            return push_string(out, DEPTH_EXCEEDED);
-        }
-        // A snapshot of the items: str() of a value may run code that mutates the dict.
-        out.push(b'{');
-        for (index, item) in mapping.items().iter().enumerate() {
-            if index > 0 {
-                out.push(b',');
+impl Encoder<'_> {
+    /// `str(value)`, else `repr(value)`, else `<unrepresentable TYPE>`.
+    fn push_fallback_text(&self, out: &mut Vec<u8>, value: &Bound<'_, PyAny>, max_chars: usize) {
+        match value.str().or_else(|_| value.repr()) {
+            Ok(text) => self.push_pystr(out, &text, max_chars),
+            Err(_) => {
+                let type_name = value.get_type().name().map(|name| name.to_string()).unwrap_or_else(|_| "object".into());
+                self.push_text(out, &format!("<unrepresentable {type_name}>"), max_chars);
             }
-            let (key, item_value) = match item.cast_into::<PyTuple>() {
-                Ok(pair) if pair.len() == 2 => (pair.get_item(0).expect("len 2"), pair.get_item(1).expect("len 2")),
-                _ => continue,
-            };
-            match key.cast::<PyString>() {
-                Ok(text_key) => push_pystr(out, text_key, usize::MAX),
-                Err(_) => push_fallback_text(out, &key, usize::MAX),
+        }
+    }
+
+    pub fn push_value(&self, out: &mut Vec<u8>, value: &Bound<'_, PyAny>, max_chars: usize, depth: usize) {
+        if value.is_none() {
+            out.extend_from_slice(b"null");
+        } else if let Ok(flag) = value.cast::<PyBool>() {
+            out.extend_from_slice(if flag.is_true() { b"true" } else { b"false" });
+        } else if let Ok(text) = value.cast::<PyString>() {
+            self.push_pystr(out, text, max_chars);
+        } else if value.is_instance_of::<PyInt>() {
+            push_int(out, value);
+        } else if let Ok(number) = value.cast::<PyFloat>() {
+            push_f64(out, number.value());
+        } else if value.is_instance_of::<PyBytes>() || value.is_instance_of::<PyByteArray>() {
+            let py = value.py();
+            match value.call_method1(intern!(py, "decode"), (intern!(py, "utf-8"), intern!(py, "backslashreplace"))) {
+                Ok(decoded) => self.push_value(out, &decoded, max_chars, depth),
+                Err(_) => self.push_fallback_text(out, value, max_chars),
             }
-            out.push(b':');
-            push_value(out, &item_value, max_chars, depth + 1);
-        }
-        out.push(b'}');
-    } else if value.is_instance_of::<PyList>()
-        || value.is_instance_of::<PyTuple>()
-        || value.is_instance_of::<PySet>()
-        || value.is_instance_of::<PyFrozenSet>()
-    {
-        if depth >= MAX_DEPTH {
-            return push_string(out, DEPTH_EXCEEDED);
-        }
-        out.push(b'[');
-        if let Ok(items) = value.try_iter() {
-            for (index, item) in items.flatten().enumerate() {
+        } else if value.is_instance_of::<PyBaseException>() {
+            out.extend_from_slice(b"{\"type\":");
+            let type_name = value.get_type().name().map(|name| name.to_string()).unwrap_or_else(|_| "Exception".into());
+            push_string(out, &type_name);
+            out.extend_from_slice(b",\"message\":");
+            self.push_fallback_text(out, value, max_chars);
+            out.push(b'}');
+        } else if let Ok(mapping) = value.cast::<PyDict>() {
+            if depth >= MAX_DEPTH {
+                return push_string(out, DEPTH_EXCEEDED);
+            }
+            // A snapshot of the items: str() of a value may run code that mutates the dict.
+            out.push(b'{');
+            for (index, item) in mapping.items().iter().enumerate() {
                 if index > 0 {
                     out.push(b',');
                 }
-                push_value(out, &item, max_chars, depth + 1);
+                let (key, item_value) = match item.cast_into::<PyTuple>() {
+                    Ok(pair) if pair.len() == 2 => (pair.get_item(0).expect("len 2"), pair.get_item(1).expect("len 2")),
+                    _ => continue,
+                };
+                match key.cast::<PyString>() {
+                    Ok(text_key) => self.push_pystr(out, text_key, usize::MAX),
+                    Err(_) => self.push_fallback_text(out, &key, usize::MAX),
+                }
+                out.push(b':');
+                self.push_value(out, &item_value, max_chars, depth + 1);
             }
+            out.push(b'}');
+        } else if value.is_instance_of::<PyList>()
+            || value.is_instance_of::<PyTuple>()
+            || value.is_instance_of::<PySet>()
+            || value.is_instance_of::<PyFrozenSet>()
+        {
+            if depth >= MAX_DEPTH {
+                return push_string(out, DEPTH_EXCEEDED);
+            }
+            out.push(b'[');
+            if let Ok(items) = value.try_iter() {
+                for (index, item) in items.flatten().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    self.push_value(out, &item, max_chars, depth + 1);
+                }
+            }
+            out.push(b']');
+        } else {
+            self.push_fallback_text(out, value, max_chars);
         }
-        out.push(b']');
-    } else {
-        push_fallback_text(out, value, max_chars);
     }
-}
 
-fn push_optional(out: &mut Vec<u8>, value: Option<&Bound<'_, PyAny>>, max_chars: usize) {
-    match value {
-        Some(value) => push_value(out, value, max_chars, 0),
-        None => out.extend_from_slice(b"null"),
+    fn push_optional(&self, out: &mut Vec<u8>, value: Option<&Bound<'_, PyAny>>, max_chars: usize) {
+        match value {
+            Some(value) => self.push_value(out, value, max_chars, 0),
+            None => out.extend_from_slice(b"null"),
+        }
     }
+
 }
 
 fn token_count(usage: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> u64 {
@@ -194,14 +227,16 @@ pub fn response_model<'py>(response: &Bound<'py, PyAny>, model: Option<&Bound<'p
     response.getattr(intern!(py, "model")).ok().and_then(|name| name.cast_into::<PyString>().ok())
 }
 
-fn push_response_text(out: &mut Vec<u8>, response: &Bound<'_, PyAny>, max_chars: usize) {
-    if response.is_instance_of::<PyString>() {
-        return push_value(out, response, max_chars, 0);
-    }
-    let py = response.py();
-    match response.getattr(intern!(py, "content")) {
-        Ok(content) if !content.is_none() => push_value(out, &content, max_chars, 0),
-        _ => push_value(out, response, max_chars, 0),
+impl Encoder<'_> {
+    fn push_response_text(&self, out: &mut Vec<u8>, response: &Bound<'_, PyAny>, max_chars: usize) {
+        if response.is_instance_of::<PyString>() {
+            return self.push_value(out, response, max_chars, 0);
+        }
+        let py = response.py();
+        match response.getattr(intern!(py, "content")) {
+            Ok(content) if !content.is_none() => self.push_value(out, &content, max_chars, 0),
+            _ => self.push_value(out, response, max_chars, 0),
+        }
     }
 }
 
@@ -215,21 +250,23 @@ fn push_key(out: &mut Vec<u8>, name: &str) {
 pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &RecordOptions) {
     let spec: &EventSpec = event.kind.spec();
     let max_chars = options.max_chars;
+    let secrets = SECRETS.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let encoder = Encoder { secrets: &secrets };
     out.extend_from_slice(b"{\"ts\":");
     push_iso_utc(out, event.ts);
     out.extend_from_slice(b",\"event\":");
     push_string(out, spec.name);
     push_key(out, "run_id");
-    push_optional(out, event.run_id, max_chars);
+    encoder.push_optional(out, event.run_id, max_chars);
     push_key(out, "parent_run_id");
-    push_optional(out, event.parent_run_id, max_chars);
+    encoder.push_optional(out, event.parent_run_id, max_chars);
     if event.kind == EventKind::LlmEnd {
         let response = &event.args[0];
         push_key(out, "model");
-        push_optional(out, response_model(response, event.model).as_ref().map(|model| model.as_any()), usize::MAX);
+        encoder.push_optional(out, response_model(response, event.model).as_ref().map(|model| model.as_any()), usize::MAX);
         if options.include_responses {
             push_key(out, "response");
-            push_response_text(out, response, max_chars);
+            encoder.push_response_text(out, response, max_chars);
         }
         let (prompt_tokens, completion_tokens, total_tokens) = usage_of(response).unwrap_or((0, 0, 0));
         let total = if total_tokens > 0 { total_tokens } else { prompt_tokens.saturating_add(completion_tokens) };
@@ -241,17 +278,17 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
         for field in spec.fields {
             if *field == "model" {
                 push_key(out, field);
-                push_optional(out, event.model.map(|model| model.as_any()), usize::MAX);
+                encoder.push_optional(out, event.model.map(|model| model.as_any()), usize::MAX);
             } else if *field != "prompt" || options.include_prompts {
                 let position = spec.args.iter().position(|arg| arg == field).expect("fields name arguments");
                 push_key(out, field);
-                push_value(out, &event.args[position], max_chars, 0);
+                encoder.push_value(out, &event.args[position], max_chars, 0);
             }
         }
     }
     if let Some(extra) = event.extra.filter(|extra| !extra.is_empty()) {
         push_key(out, "extra");
-        push_value(out, extra.as_any(), max_chars, 0);
+        encoder.push_value(out, extra.as_any(), max_chars, 0);
     }
     out.extend_from_slice(b"}\n");
 }

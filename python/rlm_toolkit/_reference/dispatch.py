@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from ..callbacks._async import PendingHook
 from ..callbacks._registration import HookPlan
+from ..errors import LogFileError
 from ..events import EVENTS, EventSpec
 from .clock import now
 
@@ -34,6 +35,11 @@ class Dispatcher:
             metrics.handler_error()
         self._report_failure(label, event, error)
 
+    def _report_write_error(self, sink: Any, event: str, reason: str) -> None:
+        error = LogFileError(f"writing log file {sink.path!r} failed: {reason}")
+        self.hook_failed(f"FileLogCallback({sink.path})", event, error)
+        self.on_error(error)  # type: ignore[attr-defined]
+
     def _fire(self, index: int, spec: EventSpec, args: tuple[Any, ...], run_id: Any, parent_run_id: Any,
               model: str | None, timestamp: float | None, extra: dict[str, Any]) -> None:
         sinks, hooks = self._events[index]
@@ -41,6 +47,10 @@ class Dispatcher:
             ts = now() if timestamp is None else timestamp
             for sink in sinks:
                 sink.handle(spec.name, args, run_id, parent_run_id, model, ts, extra or None)
+                announce_error = getattr(sink, "announce_error", None)
+                reason = announce_error() if announce_error is not None else None
+                if reason is not None:
+                    self._report_write_error(sink, spec.name, reason)
         if not hooks:
             return
         slots = args + ((run_id, parent_run_id, model) if spec.has_model else (run_id, parent_run_id))

@@ -29,10 +29,37 @@ class JsonlSink:
         self._file = os.fdopen(_open_private(path), "ab", buffering=buffer_bytes)
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._flush_interval = flush_interval
+        self._buffer_bytes = buffer_bytes
         self._error: OSError | None = None
+        self._unannounced_error: str | None = None
+        self._latest_error: str | None = None
         self.dropped = 0
-        threading.Thread(target=self._flush_periodically, args=(flush_interval,), daemon=True,
+        self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        threading.Thread(target=self._flush_periodically, args=(self._flush_interval,), daemon=True,
                          name="rlm_toolkit-jsonl-flush").start()
+
+    def reopen_after_fork(self) -> None:
+        """In a forked child: a file object, lock and flusher of its own. The parent's buffered lines are the
+        parent's to write, so the inherited file object is abandoned without flushing."""
+        abandoned = self._file
+        os.close(abandoned.fileno())  # its buffer can no longer reach the file, even when it is collected
+        self._file = os.fdopen(_open_private(self.path), "ab", buffering=self._buffer_bytes)
+        self._lock = threading.Lock()
+        self._start_flusher()
+
+    def _remember(self, error: OSError) -> None:
+        self._error = self._error or error
+        text = str(error.strerror or error)
+        if text != self._latest_error:
+            self._latest_error = self._unannounced_error = text
+
+    def announce_error(self) -> str | None:
+        """A new write error, once, for reporting it as it happens; flush()/close() still raise it."""
+        text, self._unannounced_error = self._unannounced_error, None
+        return text
 
     @property
     def closed(self) -> bool:
@@ -54,13 +81,13 @@ class JsonlSink:
             try:
                 self._file.write(line)
             except OSError as exc:
-                self._error = self._error or exc
+                self._remember(exc)
 
     def _flush_locked(self) -> None:
         try:
             self._file.flush()
         except OSError as exc:
-            self._error = self._error or exc
+            self._remember(exc)
         if self._error is not None:
             error, self._error = self._error, None
             raise LogFileError(f"writing log file {self.path!r} failed: {error.strerror or error}") from error
@@ -91,4 +118,4 @@ class JsonlSink:
                 try:
                     self._file.flush()
                 except OSError as exc:
-                    self._error = self._error or exc
+                    self._remember(exc)

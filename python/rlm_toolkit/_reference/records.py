@@ -11,10 +11,12 @@ else ``"<unrepresentable TYPE>"``.
 from __future__ import annotations
 
 import math
+import sys
 from datetime import datetime, timezone
 from typing import Any
 
 from ..events import EVENTS_BY_NAME
+from ..secrets import redact
 
 MAX_DEPTH = 64
 DEPTH_EXCEEDED = "<max depth exceeded>"
@@ -24,7 +26,14 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _cap(text: str, max_chars: int) -> str:
+def _text(text: str, max_chars: int = sys.maxsize) -> str:
+    """Redacted (when the text has a UTF-8 form, i.e. no lone surrogates), then capped at ``max_chars``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        text = redact(text)
     if len(text) <= max_chars:
         return text
     return f"{text[:max_chars]}…[truncated {len(text) - max_chars} chars]"
@@ -45,7 +54,7 @@ def jsonable(value: Any, max_chars: int, depth: int = 0) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        return _cap(str(value), max_chars)
+        return _text(str(value), max_chars)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -55,19 +64,19 @@ def jsonable(value: Any, max_chars: int, depth: int = 0) -> Any:
             return "Infinity" if value > 0 else "-Infinity"
         return float(value)
     if isinstance(value, (bytes, bytearray)):
-        return _cap(bytes(value).decode("utf-8", "backslashreplace"), max_chars)
+        return _text(bytes(value).decode("utf-8", "backslashreplace"), max_chars)
     if isinstance(value, BaseException):
-        return {"type": type(value).__name__, "message": _cap(_fallback_text(value), max_chars)}
+        return {"type": type(value).__name__, "message": _text(_fallback_text(value), max_chars)}
     if isinstance(value, (dict, list, tuple, set, frozenset)):
         if depth >= MAX_DEPTH:
             return DEPTH_EXCEEDED
         if isinstance(value, dict):
             return {
-                (key if isinstance(key, str) else _fallback_text(key)): jsonable(item, max_chars, depth + 1)
+                _text(key if isinstance(key, str) else _fallback_text(key)): jsonable(item, max_chars, depth + 1)
                 for key, item in value.items()
             }
         return [jsonable(item, max_chars, depth + 1) for item in value]
-    return _cap(_fallback_text(value), max_chars)
+    return _text(_fallback_text(value), max_chars)
 
 
 def _token_count(usage: Any, name: str) -> int:
@@ -110,7 +119,7 @@ def build_record(event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: 
     spec = EVENTS_BY_NAME[event]
     if event == "llm_end":
         response = args[0]
-        record["model"] = response_model(response, model)
+        record["model"] = jsonable(response_model(response, model), sys.maxsize)
         if include_responses:
             record["response"] = jsonable(response_text(response), max_chars)
         prompt_tokens, completion_tokens, total_tokens = usage_of(response) or (0, 0, 0)
@@ -120,7 +129,7 @@ def build_record(event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: 
     else:
         for name in spec.fields:
             if name == "model":
-                record[name] = model
+                record[name] = jsonable(model, sys.maxsize)
             elif name != "prompt" or include_prompts:
                 record[name] = jsonable(args[spec.args.index(name)], max_chars)
     if extra:

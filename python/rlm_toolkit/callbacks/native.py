@@ -76,6 +76,15 @@ def _close_open_logs() -> None:
         log.close()
 
 
+def _reopen_logs_in_child() -> None:
+    for log in list(_open_logs):
+        if not log.closed:
+            log.core.reopen_after_fork()
+
+
+os.register_at_fork(after_in_child=_reopen_logs_in_child)
+
+
 class FileLogCallback(NativeSinkCallback):
     """Writes one JSON object per event to ``log_path`` (JSON Lines), from a writer thread of its own.
 

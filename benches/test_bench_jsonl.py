@@ -1,0 +1,13 @@
+"""Issue 4, case 7: JSONL bytes/s of ``FileLogCallback`` against a raw 64 KiB-buffered write of the same bytes
+(close included). No target in the issue: figures only (MB/s in ``extra_info`` and the CLI table)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlm_toolkit import bench
+
+
+@pytest.mark.parametrize("key", bench.case_keys("jsonl"))
+def test_jsonl(run_contender, key: str) -> None:
+    run_contender("jsonl", key)
