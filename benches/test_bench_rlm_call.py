@@ -26,31 +26,33 @@ class Custom(BaseCallback):
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LocalServer]:
-    with LocalServer() as local:
-        yield local
+def rlm_and_managers(bench_cfg: bench.Config) -> Iterator[tuple[RLM, dict[str, CallbackManager]]]:
+    """One RLM on a local server, and the callback managers swapped in per variant (one client for all)."""
+    logs = [FileLogCallback(os.path.join(bench_cfg.tmpdir or ".", f"rlm-call-{b}.jsonl"), backend=b)
+            for b in ("rust", "python")]
+    managers = {"none": CallbackManager(backend="rust")}
+    for backend, log in zip(("rust", "python"), logs):
+        managers[backend] = CallbackManager(
+            [MetricsCallback(backend=backend), log, ConsoleCallback(stream=io.StringIO()), Custom()], backend=backend)
+    with LocalServer() as server:
+        rlm = RLM.from_openai(bench.MODEL, callbacks=managers["rust"], base_url=server.base_url,
+                              api_key=server.api_key)
+        try:
+            yield rlm, managers
+        finally:
+            rlm.close()
+            for log in logs:
+                log.close()
 
 
 @pytest.mark.parametrize("variant", ["none", "rust", "python"])
-def test_rlm_call(benchmark: Any, bench_cfg: bench.Config, server: LocalServer, variant: str) -> None:
-    options = {"base_url": server.base_url, "api_key": server.api_key}
-    log = None
-    if variant == "none":
-        rlm = RLM.from_openai(bench.MODEL, **options)
-    else:
-        log = FileLogCallback(os.path.join(bench_cfg.tmpdir or ".", f"rlm-call-{variant}.jsonl"), backend=variant)
-        callbacks = [MetricsCallback(backend=variant), log, ConsoleCallback(stream=io.StringIO()), Custom()]
-        rlm = RLM.from_openai(bench.MODEL, callbacks=CallbackManager(callbacks, backend=variant), **options)
+def test_rlm_call(benchmark: Any, bench_cfg: bench.Config, rlm_and_managers: Any, variant: str) -> None:
+    rlm, managers = rlm_and_managers
+    rlm.callbacks = managers[variant]
     benchmark.group = "rlm-call"
-    try:
-        result = benchmark.pedantic(rlm.run, args=(PROMPT,), rounds=bench_cfg.rlm_calls,
-                                    warmup_rounds=max(5, bench_cfg.rlm_calls // 10))
-        assert result.answer
-    finally:
-        rlm.close()
-        if log is not None:
-            log.close()
-        server.reset()
+    result = benchmark.pedantic(rlm.run, args=(PROMPT,), rounds=bench_cfg.rlm_calls,
+                                warmup_rounds=max(5, bench_cfg.rlm_calls // 10))
+    assert result.answer
 
 
 @pytest.fixture(scope="module")

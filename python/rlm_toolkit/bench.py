@@ -1210,55 +1210,71 @@ def rlm_call_rows(cfg: Config, *, progress: bool = False) -> list[Row]:
 
     prompt = "Hello! What can you do?"
     logs: list[FileLogCallback] = []
+    rust_callbacks, log = four("rust")
+    logs.append(log)
+    python_callbacks, log = four("python")
+    logs.append(log)
+    diagnostic_log = FileLogCallback(_temp_path(cfg, "rlm-diag"), backend="rust")
+    logs.append(diagnostic_log)
     with LocalServer() as server:
-        options = {"base_url": server.base_url, "api_key": server.api_key}
-        variants: dict[str, Any] = {"none": RLM.from_openai(MODEL, **options)}
-        rust_callbacks, log = four("rust")
-        logs.append(log)
-        variants["rust"] = RLM.from_openai(MODEL, callbacks=CallbackManager(rust_callbacks, backend="rust"), **options)
-        python_callbacks, log = four("python")
-        logs.append(log)
-        variants["python"] = RLM.from_openai(
-            MODEL, callbacks=CallbackManager(python_callbacks, backend="python"), **options)
-        samples: dict[str, list[float]] = {key: [] for key in variants}
-        order = list(variants)
+        # One RLM (one client, one connection pool) whose ``callbacks`` manager is swapped before each call:
+        # separate RLM objects differ by a few % on their own (connection state), which would swamp the effect.
+        rlm = RLM.from_openai(MODEL, callbacks=CallbackManager(rust_callbacks, backend="rust"),
+                              base_url=server.base_url, api_key=server.api_key)
+        managers: dict[str, Any] = {
+            "none": CallbackManager(backend="rust"),
+            "rust": rlm.callbacks,
+            "python": CallbackManager(python_callbacks, backend="python"),
+            "rust-no-console": CallbackManager([MetricsCallback(backend="rust"), diagnostic_log, Custom()],
+                                               backend="rust"),
+            "console-only": CallbackManager([ConsoleCallback(stream=io.StringIO())], backend="rust"),
+        }
+        samples: dict[str, list[float]] = {key: [] for key in managers}
+        order = list(managers)
+        warm = max(5, cfg.rlm_calls // 10)
         try:
-            for _ in range(max(5, cfg.rlm_calls // 10)):  # warm-up: connections, caches
-                for rlm in variants.values():
+            for _ in range(warm):  # warm-up: connections, caches
+                for manager in managers.values():
+                    rlm.callbacks = manager
                     rlm.run(prompt)
             for index in range(cfg.rlm_calls):
                 if progress and index % 100 == 0:
                     _log(f"  rlm-call: {index}/{cfg.rlm_calls}")
                 shift = index % len(order)
                 for key in order[shift:] + order[:shift]:
+                    rlm.callbacks = managers[key]
                     start = time.perf_counter_ns()
-                    variants[key].run(prompt)
+                    rlm.run(prompt)
                     samples[key].append(float(time.perf_counter_ns() - start))
                 if index % 50 == 49:
                     server.reset()
         finally:
-            for rlm in variants.values():
-                rlm.close()
+            rlm.close()
             for log in logs:
                 log.close()
                 _remove(log.log_path)
-    _expect(rust_callbacks[3].calls, 2 * (cfg.rlm_calls + max(5, cfg.rlm_calls // 10)), "custom callback calls")
+    _expect(rust_callbacks[3].calls, 2 * (cfg.rlm_calls + warm), "custom callback calls")
 
     # Direct estimate: the same 4 callbacks fed the 2 events of one call, outside the RLM (far less noisy).
     direct = direct_callback_cost(cfg)
     medians = {key: statistics.median(values) for key, values in samples.items()}
     base = medians["none"]
     rows = [Row("rlm-call", "none", "RLM.run, no callbacks", base, 1e9 / base, note="baseline", samples=samples["none"])]
-    for key, label in (("rust", "rlm_toolkit (rust)"), ("python", "rlm_toolkit (python)")):
+    labels = {"rust": "RLM.run, 4 callbacks, rlm_toolkit (rust)", "python": "RLM.run, 4 callbacks, rlm_toolkit (python)",
+              "rust-no-console": "RLM.run, Metrics + FileLog + custom (rust), no Console",
+              "console-only": "RLM.run, ConsoleCallback only"}
+    for key, label in labels.items():
         overhead = (medians[key] - base) / base * 100
-        direct_pct = direct[key] / base * 100
         paired = statistics.median(b - a for a, b in zip(samples["none"], samples[key])) / base * 100
-        rows.append(Row("rlm-call", key, f"RLM.run, 4 callbacks, {label}", medians[key], 1e9 / medians[key],
-                        note=(f"{overhead:+.2f}% vs none (medians); paired {paired:+.2f}%; "
-                              f"direct: callbacks {direct[key] / 1e3:.1f} us = {direct_pct:.2f}% of a call"),
-                        samples=samples[key], reference=key == "rust",
-                        extra={"overhead_pct": overhead, "paired_overhead_pct": paired,
-                               "direct_callback_ns": direct[key], "direct_overhead_pct": direct_pct}))
+        extra: dict[str, Any] = {"overhead_pct": overhead, "paired_overhead_pct": paired}
+        note = f"{overhead:+.2f}% vs none (medians); paired {paired:+.2f}%"
+        if key in direct:
+            extra.update(direct_callback_ns=direct[key], direct_overhead_pct=direct[key] / base * 100)
+            note += f"; direct: callbacks {direct[key] / 1e3:.1f} us = {direct[key] / base * 100:.2f}% of a call"
+        else:
+            note += " (diagnostic)"
+        rows.append(Row("rlm-call", key, label, medians[key], 1e9 / medians[key], note=note, samples=samples[key],
+                        reference=key == "rust", extra=extra))
     _fill_ratios(rows)
     return rows
 

@@ -53,6 +53,7 @@ from ._context import current_parent_run_id, new_run_id, parent_run
 from .callbacks import CallbackManager
 from .errors import LLMCallError, RLMToolkitError
 from .memory import Memory
+from .secrets import redact, register_secret
 from .tools import Tool, ToolCallError, ToolCallRecord, ToolDefinitionError, as_tool, format_tool_output
 from .types import LLMResponse, Usage
 
@@ -470,7 +471,7 @@ class RLM:
         if isinstance(error, openai.APIConnectionError):
             return f"could not connect to {where}{tries}; check the base URL and that the server is running"
         if not isinstance(error, openai.APIStatusError):
-            return f"bad answer from {where}: {self._connection.redact(str(error))}"
+            return f"bad answer from {where}: {redact(str(error))}"
         status = error.status_code
         if status == 404 and error.code == "model_not_found":
             return f"model {self.model!r} not found at {where}; check the model name"
@@ -482,7 +483,7 @@ class RLM:
             return f"rate limited (429) by {where}{tries}; lower the concurrency or raise max_attempts"
         if status >= 500:
             return f"server error {status} from {where}{tries}; try again later or raise max_attempts"
-        return f"{where} rejected the request ({status}): {self._connection.redact(error.message)}"
+        return f"{where} rejected the request ({status}): {redact(error.message)}"
 
 
 # -- effects: what the run logic asks its driver to do -------------------------------------------------
@@ -665,6 +666,8 @@ class _OpenAIConnection:
             )
         self.timeout = timeout
         self._api_key = api_key or _KEY_PLACEHOLDER
+        if api_key:
+            register_secret(api_key)
         self._client_options = {
             **options,
             "api_key": self._api_key,
@@ -694,10 +697,6 @@ class _OpenAIConnection:
             client = self._async_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.close()
-
-    def redact(self, text: str) -> str:
-        """``text`` with the API key masked (for server messages quoted in our errors)."""
-        return text.replace(self._api_key, "***") if self._api_key != _KEY_PLACEHOLDER else text
 
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import time
 from typing import Any, ClassVar, TextIO
 
 from ..pricing import cost_usd
+from ..secrets import redact
 from .base import BaseCallback
 
 _PROMPT_CHARS = 60
@@ -46,8 +47,11 @@ _LABEL_COLORS: dict[str, str] = {
 
 
 def _one_line(text: str, limit: int) -> str:
-    """``text`` with runs of whitespace collapsed to one space, cut to ``limit`` characters with ``...``."""
-    flat = " ".join(text.split())
+    """``text`` redacted, runs of whitespace collapsed to one space, cut to ``limit`` characters with ``...``.
+
+    Redacting before the cut matters: a cut key would no longer look like one.
+    """
+    flat = " ".join(redact(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
@@ -221,5 +225,5 @@ class ConsoleCallback(BaseCallback):
             short_id = f"[{str(run_id)[:_RUN_ID_CHARS]}]".ljust(_RUN_ID_CHARS + 3)
             line += f"{_DIM}{short_id}{_RESET}" if color else short_id
         line += "  ".join([padded_label, *(detail for detail in details if detail)])
-        stream.write(line.rstrip() + "\n")
+        stream.write(redact(line.rstrip()) + "\n")
         stream.flush()
