@@ -25,7 +25,7 @@ def test_get_metrics(benchmark: Any, bench_cfg: bench.Config, fed: bench.FeedRes
 
 @pytest.fixture(scope="module")
 def metrics_targets(bench_cfg: bench.Config, fed: bench.FeedResult) -> list[bench.Target]:
-    rows = bench.get_metrics_rows(bench_cfg, fed) + bench.rss_rows(fed)
+    rows = bench.get_metrics_rows(bench_cfg, fed) + bench.rss_rows(fed, bench.feed(bench_cfg, with_log=False))
     targets = bench.evaluate_targets(rows)
     print("\n" + bench.render_markdown(rows, targets, bench_cfg))
     return targets

@@ -135,15 +135,8 @@ impl PyMetrics {
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let kind = event_kind(event)?;
-        let event = EventValues {
-            kind,
-            args: &args,
-            run_id: run_id.as_ref(),
-            parent_run_id: parent_run_id.as_ref(),
-            model: model.as_ref(),
-            ts: timestamp.unwrap_or_else(now),
-            extra: extra.as_ref(),
-        };
+        let ts = timestamp.unwrap_or_else(now);
+        let event = EventValues::new(kind, &args, run_id.as_ref(), parent_run_id.as_ref(), model.as_ref(), ts, extra.as_ref());
         self.sink.record(&event);
         Ok(())
     }
@@ -212,15 +205,8 @@ impl PyJsonlSink {
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let kind = event_kind(event)?;
-        let event = EventValues {
-            kind,
-            args: &args,
-            run_id: run_id.as_ref(),
-            parent_run_id: parent_run_id.as_ref(),
-            model: model.as_ref(),
-            ts: timestamp.unwrap_or_else(now),
-            extra: extra.as_ref(),
-        };
+        let ts = timestamp.unwrap_or_else(now);
+        let event = EventValues::new(kind, &args, run_id.as_ref(), parent_run_id.as_ref(), model.as_ref(), ts, extra.as_ref());
         self.sink.record(py, &event).map(|_| ())
     }
 
@@ -380,12 +366,13 @@ fn not_none(value: Bound<'_, PyAny>) -> Option<Bound<'_, PyAny>> {
     if value.is_none() { None } else { Some(value) }
 }
 
-/// The body of every `on_*` builtin: parses a vectorcall and fires the event `KIND`.
+/// The body of every `on_*` builtin: sorts a vectorcall's arguments and fires the event `kind`.
+/// `values` holds the `positional` arguments, then one value per name in `kwnames`.
 fn fire_from_vectorcall<'py>(
     py: Python<'py>,
     dispatcher: &Dispatcher,
     kind: EventKind,
-    values: &[Bound<'py, PyAny>],
+    values: &[*mut ffi::PyObject],
     positional: usize,
     kwnames: Option<&Bound<'py, PyTuple>>,
 ) -> PyResult<()> {
@@ -394,16 +381,18 @@ fn fire_from_vectorcall<'py>(
     if positional > spec.args.len() {
         return Err(PyTypeError::new_err(format!("on_{hook}() takes {} positional arguments {:?}, got {positional}", spec.args.len(), spec.args)));
     }
+    // SAFETY: CPython guarantees every pointer in `values` is a live object for the duration of the call.
+    let value_at = |index: usize| unsafe { Bound::from_borrowed_ptr(py, values[index]) };
     let mut args: [Option<Bound<'py, PyAny>>; 3] = [None, None, None];
-    for (slot, value) in args.iter_mut().zip(&values[..positional]) {
-        *slot = Some(value.clone());
+    for (index, slot) in args.iter_mut().enumerate().take(positional) {
+        *slot = Some(value_at(index));
     }
     let mut keywords = EventKeywords::default();
     if let Some(kwnames) = kwnames {
         let names = context_names(py);
-        for (name, value) in kwnames.iter().zip(&values[positional..]) {
+        for (offset, name) in kwnames.iter().enumerate() {
             let name = name.cast_into::<PyString>()?;
-            let value = value.clone();
+            let value = value_at(positional + offset);
             if name.is(names.run_id.bind(py)) || name == "run_id" {
                 keywords.run_id = not_none(value);
             } else if name.is(names.parent_run_id.bind(py)) || name == "parent_run_id" {
@@ -425,15 +414,15 @@ fn fire_from_vectorcall<'py>(
             }
         }
     }
-    let args: Vec<Bound<'py, PyAny>> = args[..spec.args.len()]
-        .iter()
-        .zip(spec.args)
-        .map(|(value, name)| value.clone().ok_or_else(|| PyTypeError::new_err(format!("on_{hook}() missing required argument {name:?}"))))
-        .collect::<PyResult<_>>()?;
+    let none = py.None().into_bound(py);
+    let mut event_args = [none.clone(), none.clone(), none];
+    for ((target, value), name) in event_args.iter_mut().zip(args).zip(spec.args) {
+        *target = value.ok_or_else(|| PyTypeError::new_err(format!("on_{hook}() missing required argument {name:?}")))?;
+    }
     dispatcher.fire(
         py,
         kind,
-        &args,
+        &event_args[..spec.args.len()],
         keywords.run_id.as_ref(),
         keywords.parent_run_id.as_ref(),
         keywords.model.as_ref(),
@@ -455,11 +444,11 @@ unsafe extern "C" fn fire_event<const KIND: usize>(
         let dispatcher = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<PyDispatcher>();
         let keyword_count = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
         let positional = nargs as usize;
-        let values: Vec<Bound<'_, PyAny>> =
-            (0..positional + keyword_count).map(|index| Bound::from_borrowed_ptr(py, *args.add(index))).collect();
+        let values: &[*mut ffi::PyObject] =
+            if positional + keyword_count == 0 { &[] } else { std::slice::from_raw_parts(args, positional + keyword_count) };
         let kwnames = if kwnames.is_null() { None } else { Some(Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>()) };
         let kind = EVENTS[KIND].kind;
-        match fire_from_vectorcall(py, &dispatcher.get().inner, kind, &values, positional, kwnames.as_ref()) {
+        match fire_from_vectorcall(py, &dispatcher.get().inner, kind, values, positional, kwnames.as_ref()) {
             Ok(()) => py.None().into_ptr(),
             Err(error) => {
                 error.restore(py);

@@ -16,7 +16,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use crate::events::{EventKind, EVENTS, EVENT_COUNT};
 use crate::jsonl::{Appended, JsonlWriter, WriteError, WriterConfig};
 use crate::metrics::{Metrics, Usage};
-use crate::pyjson::{push_record, response_model, usage_of, EventValues, RecordOptions};
+use crate::pyjson::{push_record, EventValues, RecordOptions};
 
 pub struct MetricsSink(pub Mutex<Metrics>);
 
@@ -31,14 +31,13 @@ impl MetricsSink {
         match event.kind {
             EventKind::LlmStart => self.lock().llm_start(&run_key, model, event.ts),
             EventKind::LlmEnd => {
-                let response = &event.args[0];
-                let model_name = response_model(response, event.model);
-                let usage = usage_of(response).map(|(prompt_tokens, completion_tokens, total_tokens)| Usage {
+                let usage = event.usage().map(|(prompt_tokens, completion_tokens, total_tokens)| Usage {
                     prompt_tokens,
                     completion_tokens,
                     total_tokens,
                 });
-                self.lock().llm_end(&run_key, model_name.as_ref().and_then(|name| name.to_str().ok()), usage, event.ts)
+                let model = event.response_model().and_then(|name| name.to_str().ok());
+                self.lock().llm_end(&run_key, model, usage, event.ts)
             }
             EventKind::Error => self.lock().llm_error(&run_key, model, event.ts),
             EventKind::LlmNewToken => self.lock().token(),
@@ -308,7 +307,8 @@ impl Dispatcher {
         let registry = self.registry.load();
         let table = &registry.events[kind.index()];
         if !table.sinks.is_empty() {
-            let event = EventValues { kind, args, run_id, parent_run_id, model, ts: timestamp.unwrap_or_else(crate::bindings::now), extra };
+            let ts = timestamp.unwrap_or_else(crate::bindings::now);
+            let event = EventValues::new(kind, args, run_id, parent_run_id, model, ts, extra);
             for sink in &table.sinks {
                 self.record(py, sink, &event, &registry)?;
             }

@@ -39,43 +39,53 @@ fn push_unicode_escape(out: &mut Vec<u8>, unit: u16) {
     }
 }
 
-/// Whether any of the 8 bytes of `word` is a control character, `"` or `\\` (exact, no false positives).
-fn word_needs_escape(word: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
-    let quote = word ^ (ONES * b'"' as u64);
-    let backslash = word ^ (ONES * b'\\' as u64);
-    let is_quote = quote.wrapping_sub(ONES) & !quote;
-    let is_backslash = backslash.wrapping_sub(ONES) & !backslash;
-    (below_space | is_quote | is_backslash) & HIGHS != 0
+/// The index of the first byte at or after `from` that JSON must escape (control character, `"`, `\\`).
+#[cfg(target_arch = "x86_64")]
+fn next_special(bytes: &[u8], mut from: usize) -> usize {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and stay within `bytes`.
+    unsafe {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        let last_control = _mm_set1_epi8(0x1f);
+        while from + 16 <= bytes.len() {
+            let chunk = _mm_loadu_si128(bytes.as_ptr().add(from) as *const __m128i);
+            let is_control = _mm_cmpeq_epi8(_mm_max_epu8(chunk, last_control), last_control);
+            let is_special =
+                _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(chunk, quote), _mm_cmpeq_epi8(chunk, backslash)), is_control);
+            let mask = _mm_movemask_epi8(is_special);
+            if mask != 0 {
+                return from + mask.trailing_zeros() as usize;
+            }
+            from += 16;
+        }
+    }
+    from + bytes[from..].iter().position(|&byte| needs_escape(byte)).unwrap_or(bytes.len() - from)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn next_special(bytes: &[u8], from: usize) -> usize {
+    from + bytes[from..].iter().position(|&byte| needs_escape(byte)).unwrap_or(bytes.len() - from)
+}
+
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
 /// Appends the body of a JSON string (no quotes) for valid UTF-8 text.
 pub fn push_escaped(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     let mut clean_from = 0;
-    let mut index = 0;
-    while index < bytes.len() {
-        if index + 8 <= bytes.len() {
-            let word = u64::from_le_bytes(bytes[index..index + 8].try_into().expect("8 bytes"));
-            if !word_needs_escape(word) {
-                index += 8;
-                continue;
-            }
+    loop {
+        let special = next_special(bytes, clean_from);
+        out.extend_from_slice(&bytes[clean_from..special]);
+        let Some(&byte) = bytes.get(special) else { return };
+        match escape_byte(byte) {
+            Some(escaped) => out.extend_from_slice(escaped),
+            None => push_unicode_escape(out, byte as u16),
         }
-        let byte = bytes[index];
-        if byte < 0x20 || byte == b'"' || byte == b'\\' {
-            out.extend_from_slice(&bytes[clean_from..index]);
-            match escape_byte(byte) {
-                Some(escaped) => out.extend_from_slice(escaped),
-                None => push_unicode_escape(out, byte as u16),
-            }
-            clean_from = index + 1;
-        }
-        index += 1;
+        clean_from = special + 1;
     }
-    out.extend_from_slice(&bytes[clean_from..]);
 }
 
 /// Appends the body of a JSON string for UTF-16 code units that may hold lone surrogates
@@ -109,7 +119,25 @@ pub fn push_f64(out: &mut Vec<u8>, value: f64) {
 }
 
 pub fn push_i64(out: &mut Vec<u8>, value: i64) {
-    write!(out, "{value}").expect("writing to a Vec cannot fail");
+    if value < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, value.unsigned_abs());
+}
+
+pub fn push_u64(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 fn push_digits(out: &mut Vec<u8>, value: u64, width: usize) {
@@ -494,6 +522,24 @@ mod tests {
         }
         out.push('"');
         out
+    }
+
+    #[test]
+    fn integers() {
+        let render = |value: i64| {
+            let mut out = Vec::new();
+            push_i64(&mut out, value);
+            String::from_utf8(out).unwrap()
+        };
+        for value in [0, 7, -7, 10, 1234567890, i64::MIN, i64::MAX] {
+            assert_eq!(render(value), value.to_string());
+        }
+    }
+
+    #[test]
+    fn long_text_with_specials_far_apart() {
+        let text = format!("{}\"{}\\{}", "a".repeat(37), "é".repeat(20), "b".repeat(3));
+        assert_eq!(encoded(&text), serde_like_escape(&text));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, Py
 
 use crate::events::{EventKind, EventSpec};
 use crate::redact::redact;
-use crate::jsonl::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_iso_utc, push_string};
+use crate::jsonl::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_iso_utc, push_string, push_u64};
 
 pub const MAX_DEPTH: usize = 64;
 const DEPTH_EXCEEDED: &str = "<max depth exceeded>";
@@ -36,6 +36,34 @@ pub struct EventValues<'a, 'py> {
     pub model: Option<&'a Bound<'py, PyString>>,
     pub ts: f64,
     pub extra: Option<&'a Bound<'py, PyDict>>,
+    /// Read from an `llm_end` response once, for every sink.
+    response_usage: std::cell::OnceCell<Option<(u64, u64, u64)>>,
+    response_model: std::cell::OnceCell<Option<Bound<'py, PyString>>>,
+}
+
+impl<'a, 'py> EventValues<'a, 'py> {
+    pub fn new(
+        kind: EventKind,
+        args: &'a [Bound<'py, PyAny>],
+        run_id: Option<&'a Bound<'py, PyAny>>,
+        parent_run_id: Option<&'a Bound<'py, PyAny>>,
+        model: Option<&'a Bound<'py, PyString>>,
+        ts: f64,
+        extra: Option<&'a Bound<'py, PyDict>>,
+    ) -> Self {
+        let (response_usage, response_model) = (std::cell::OnceCell::new(), std::cell::OnceCell::new());
+        EventValues { kind, args, run_id, parent_run_id, model, ts, extra, response_usage, response_model }
+    }
+
+    /// (prompt, completion, total) tokens of the `llm_end` response, or None when it carries no usage.
+    pub fn usage(&self) -> Option<(u64, u64, u64)> {
+        *self.response_usage.get_or_init(|| usage_of(&self.args[0]))
+    }
+
+    /// The `model` keyword, else the `llm_end` response's own `model` when it is a str.
+    pub fn response_model(&self) -> Option<&Bound<'py, PyString>> {
+        self.response_model.get_or_init(|| response_model(&self.args[0], self.model)).as_ref()
+    }
 }
 
 struct Encoder<'s> {
@@ -208,7 +236,7 @@ fn token_count(usage: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> u64 {
 }
 
 /// (prompt, completion, total) tokens of an LLM response, or None when it carries no usage.
-pub fn usage_of(response: &Bound<'_, PyAny>) -> Option<(u64, u64, u64)> {
+fn usage_of(response: &Bound<'_, PyAny>) -> Option<(u64, u64, u64)> {
     let py = response.py();
     let usage = response.getattr(intern!(py, "usage")).ok().filter(|usage| !usage.is_none())?;
     Some((
@@ -219,7 +247,7 @@ pub fn usage_of(response: &Bound<'_, PyAny>) -> Option<(u64, u64, u64)> {
 }
 
 /// The `model` keyword, else the response's own `model` when it is a str.
-pub fn response_model<'py>(response: &Bound<'py, PyAny>, model: Option<&Bound<'py, PyString>>) -> Option<Bound<'py, PyString>> {
+fn response_model<'py>(response: &Bound<'py, PyAny>, model: Option<&Bound<'py, PyString>>) -> Option<Bound<'py, PyString>> {
     if let Some(model) = model {
         return Some(model.clone());
     }
@@ -240,10 +268,11 @@ impl Encoder<'_> {
     }
 }
 
+/// `,"name":` — record keys are plain identifiers, so no escaping is needed.
 fn push_key(out: &mut Vec<u8>, name: &str) {
-    out.push(b',');
-    push_string(out, name);
-    out.push(b':');
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
 /// Appends one JSONL line (with its newline) for `event`.
@@ -268,11 +297,11 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
             push_key(out, "response");
             encoder.push_response_text(out, response, max_chars);
         }
-        let (prompt_tokens, completion_tokens, total_tokens) = usage_of(response).unwrap_or((0, 0, 0));
+        let (prompt_tokens, completion_tokens, total_tokens) = event.usage().unwrap_or((0, 0, 0));
         let total = if total_tokens > 0 { total_tokens } else { prompt_tokens.saturating_add(completion_tokens) };
         for (name, count) in [("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens), ("total_tokens", total)] {
             push_key(out, name);
-            write_u64(out, count);
+            push_u64(out, count);
         }
     } else {
         for field in spec.fields {
@@ -291,9 +320,4 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
         encoder.push_value(out, extra.as_any(), max_chars, 0);
     }
     out.extend_from_slice(b"}\n");
-}
-
-fn write_u64(out: &mut Vec<u8>, value: u64) {
-    use std::io::Write;
-    write!(out, "{value}").expect("writing to a Vec cannot fail");
 }

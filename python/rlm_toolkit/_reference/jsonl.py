@@ -1,7 +1,9 @@
-"""Pure-Python JSONL sink: whole lines into a buffered file, flushed on an interval, at flush() and close()."""
+"""Pure-Python JSONL sink: whole lines gathered in a buffer, written with one ``os.write`` per batch when
+the buffer passes ``buffer_bytes``, on an interval, at ``flush()`` and at ``close()``."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -13,9 +15,31 @@ from .records import build_record
 
 def _open_private(path: str) -> int:
     try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise LogFileError(f"cannot open log file {path!r}: {exc.strerror or exc}") from exc
+
+
+def _repair_torn_tail(fd: int) -> None:
+    """Cut a partial last line left by a killed writer, unless another writer holds the file (shared lock)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - 65536)
+            newline = os.pread(fd, end - start, start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        os.ftruncate(fd, keep)
+    fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 class JsonlSink:
@@ -26,11 +50,13 @@ class JsonlSink:
         self._include_prompts = include_prompts
         self._include_responses = include_responses
         self._max_chars = max_field_chars
-        self._file = os.fdopen(_open_private(path), "ab", buffering=buffer_bytes)
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
         self._flush_interval = flush_interval
         self._buffer_bytes = buffer_bytes
+        self._fd = _open_private(path)
+        _repair_torn_tail(self._fd)
+        self._pending = bytearray()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
         self._error: OSError | None = None
         self._unannounced_error: str | None = None
         self._latest_error: str | None = None
@@ -38,28 +64,15 @@ class JsonlSink:
         self._start_flusher()
 
     def _start_flusher(self) -> None:
-        threading.Thread(target=self._flush_periodically, args=(self._flush_interval,), daemon=True,
-                         name="rlm_toolkit-jsonl-flush").start()
+        threading.Thread(target=self._flush_periodically, daemon=True, name="rlm_toolkit-jsonl-flush").start()
 
     def reopen_after_fork(self) -> None:
-        """In a forked child: a file object, lock and flusher of its own. The parent's buffered lines are the
-        parent's to write, so the inherited file object is abandoned without flushing."""
-        abandoned = self._file
-        os.close(abandoned.fileno())  # its buffer can no longer reach the file, even when it is collected
-        self._file = os.fdopen(_open_private(self.path), "ab", buffering=self._buffer_bytes)
+        """In a forked child: a descriptor, lock, buffer and flusher of its own; the parent's pending lines
+        are the parent's to write."""
+        self._fd = _open_private(self.path)
+        self._pending = bytearray()
         self._lock = threading.Lock()
         self._start_flusher()
-
-    def _remember(self, error: OSError) -> None:
-        self._error = self._error or error
-        text = str(error.strerror or error)
-        if text != self._latest_error:
-            self._latest_error = self._unannounced_error = text
-
-    def announce_error(self) -> str | None:
-        """A new write error, once, for reporting it as it happens; flush()/close() still raise it."""
-        text, self._unannounced_error = self._unannounced_error, None
-        return text
 
     @property
     def closed(self) -> bool:
@@ -78,16 +91,29 @@ class JsonlSink:
         with self._lock:
             if self.closed:
                 raise LogClosedError(f"FileLogCallback for {self.path!r} is closed; create a new one to log more")
-            try:
-                self._file.write(line)
-            except OSError as exc:
-                self._remember(exc)
+            self._pending += line
+            if len(self._pending) >= self._buffer_bytes:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        batch, self._pending = bytes(self._pending), bytearray()
+        try:
+            written = 0
+            while written < len(batch):
+                written += os.write(self._fd, batch[written:])
+        except OSError as exc:
+            self._error = self._error or exc
+            text = str(exc.strerror or exc)
+            if text != self._latest_error:
+                self._latest_error = self._unannounced_error = text
+
+    def announce_error(self) -> str | None:
+        """A new write error, once, for reporting it as it happens; flush()/close() still raise it."""
+        text, self._unannounced_error = self._unannounced_error, None
+        return text
 
     def _flush_locked(self) -> None:
-        try:
-            self._file.flush()
-        except OSError as exc:
-            self._remember(exc)
+        self._write_pending()
         if self._error is not None:
             error, self._error = self._error, None
             raise LogFileError(f"writing log file {self.path!r} failed: {error.strerror or error}") from error
@@ -105,17 +131,11 @@ class JsonlSink:
             try:
                 self._flush_locked()
             finally:
-                try:
-                    self._file.close()
-                except OSError:
-                    pass
+                os.close(self._fd)
 
-    def _flush_periodically(self, interval: float) -> None:
-        while not self._closed.wait(interval):
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(self._flush_interval):
             with self._lock:
                 if self.closed:
                     return
-                try:
-                    self._file.flush()
-                except OSError as exc:
-                    self._remember(exc)
+                self._write_pending()
