@@ -5,7 +5,7 @@
            show a retry); otherwise it talks to that endpoint with ``--model``.
 ``run``    answer one prompt (``--stream`` prints it as it arrives, ``--log`` writes a JSONL event log).
 ``serve``  run the local OpenAI-compatible server in the foreground, for testing apps offline.
-``bench``  benchmarks (from ``rlm_toolkit.bench``, when installed).
+``bench``  the benchmark suite (``rlm_toolkit.bench``).
 
 Problems the user can fix (no key, unreachable server, unknown model, unwritable log) print one line to
 stderr and exit with status 2.
@@ -14,7 +14,6 @@ stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import tempfile
@@ -39,7 +38,11 @@ class _CommandError(RLMToolkitError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, bench_args = parser.parse_known_args(argv)
+    if bench_args and args.command is not _bench:
+        parser.error(f"unrecognized arguments: {' '.join(bench_args)}")
+    args.bench_args = bench_args
     try:
         return int(args.command(args) or 0)
     except RLMToolkitError as error:
@@ -71,7 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(command=_serve)
 
     bench = commands.add_parser("bench", help="run the benchmarks (rlm_toolkit.bench)", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(command=_bench)
     return parser
 
@@ -119,12 +121,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    try:
-        bench = importlib.import_module("rlm_toolkit.bench")
-    except ModuleNotFoundError as error:
-        if error.name != "rlm_toolkit.bench":
-            raise
-        raise _CommandError("the bench command is not available: this install has no rlm_toolkit.bench") from error
+    """Options after ``bench`` are the suite's own (``rlm-toolkit bench --help``)."""
+    from . import bench
+
     return int(bench.main(args.bench_args) or 0)
 
 
