@@ -31,10 +31,7 @@ pub fn now() -> f64 {
 /// Never write `value` to a log from now on (see `rlm_toolkit.secrets.register_secret`).
 #[pyfunction]
 fn add_secret(value: String) {
-    let mut secrets = crate::pyjson::SECRETS.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !secrets.contains(&value) {
-        secrets.push(value);
-    }
+    crate::redact::add_secret(value);
 }
 
 #[pyfunction(name = "now")]
@@ -352,6 +349,13 @@ fn context_names(py: Python<'_>) -> &'static ContextNames {
     })
 }
 
+enum ContextKeyword {
+    RunId,
+    ParentRunId,
+    Model,
+    Timestamp,
+}
+
 /// The keyword arguments of one event call, sorted into context fields, named event arguments and extras.
 #[derive(Default)]
 struct EventKeywords<'py> {
@@ -393,24 +397,42 @@ fn fire_from_vectorcall<'py>(
         for (offset, name) in kwnames.iter().enumerate() {
             let name = name.cast_into::<PyString>()?;
             let value = value_at(positional + offset);
-            if name.is(names.run_id.bind(py)) || name == "run_id" {
-                keywords.run_id = not_none(value);
-            } else if name.is(names.parent_run_id.bind(py)) || name == "parent_run_id" {
-                keywords.parent_run_id = not_none(value);
-            } else if name.is(names.model.bind(py)) || name == "model" {
-                keywords.model = match not_none(value) {
-                    None => None,
-                    Some(model) => Some(model.cast_into::<PyString>().map_err(|_| PyTypeError::new_err(format!("on_{hook}(): model must be a str or None")))?),
-                };
-            } else if name.is(names.timestamp.bind(py)) || name == "timestamp" {
-                keywords.timestamp = not_none(value).map(|ts| ts.extract::<f64>()).transpose()?;
-            } else if let Some(position) = spec.args.iter().position(|arg| name == *arg) {
-                if args[position].is_some() {
-                    return Err(PyTypeError::new_err(format!("on_{hook}() got multiple values for argument {:?}", spec.args[position])));
-                }
-                args[position] = Some(value);
+            // Callers' keyword names are interned by CPython, so identity settles nearly every name;
+            // comparing text is the fallback for names built at run time.
+            let context = if name.is(names.run_id.bind(py)) {
+                Some(ContextKeyword::RunId)
+            } else if name.is(names.parent_run_id.bind(py)) {
+                Some(ContextKeyword::ParentRunId)
+            } else if name.is(names.model.bind(py)) {
+                Some(ContextKeyword::Model)
+            } else if name.is(names.timestamp.bind(py)) {
+                Some(ContextKeyword::Timestamp)
             } else {
-                keywords.extra.get_or_insert_with(|| PyDict::new(py)).set_item(name, value)?;
+                match name.to_str()? {
+                    "run_id" => Some(ContextKeyword::RunId),
+                    "parent_run_id" => Some(ContextKeyword::ParentRunId),
+                    "model" => Some(ContextKeyword::Model),
+                    "timestamp" => Some(ContextKeyword::Timestamp),
+                    _ => None,
+                }
+            };
+            match context {
+                Some(ContextKeyword::RunId) => keywords.run_id = not_none(value),
+                Some(ContextKeyword::ParentRunId) => keywords.parent_run_id = not_none(value),
+                Some(ContextKeyword::Model) => {
+                    keywords.model = match not_none(value) {
+                        None => None,
+                        Some(model) => Some(model.cast_into::<PyString>().map_err(|_| PyTypeError::new_err(format!("on_{hook}(): model must be a str or None")))?),
+                    }
+                }
+                Some(ContextKeyword::Timestamp) => keywords.timestamp = not_none(value).map(|ts| ts.extract::<f64>()).transpose()?,
+                None => match spec.args.iter().position(|arg| name == *arg) {
+                    Some(position) if args[position].is_some() => {
+                        return Err(PyTypeError::new_err(format!("on_{hook}() got multiple values for argument {:?}", spec.args[position])));
+                    }
+                    Some(position) => args[position] = Some(value),
+                    None => keywords.extra.get_or_insert_with(|| PyDict::new(py)).set_item(name, value)?,
+                },
             }
         }
     }

@@ -62,8 +62,12 @@ fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> Cow<'a, str> {
 }
 
 pub struct JsonlSink {
-    /// Replaced, never closed, in a forked child: the parent's writer thread does not exist there.
-    writer: ArcSwap<JsonlWriter>,
+    /// Replaced, never closed, in a forked child (the parent's writer thread does not exist there). Only
+    /// `reopen_after_fork` writes it, once per new process, from the at-fork hook that runs before the
+    /// child has any other Python thread; every other access reads.
+    writer: std::cell::UnsafeCell<Arc<JsonlWriter>>,
+    /// The process the current writer belongs to.
+    writer_pid: std::sync::atomic::AtomicU32,
     config: WriterConfig,
     pub options: RecordOptions,
     pub path: String,
@@ -72,6 +76,9 @@ pub struct JsonlSink {
 thread_local! {
     static RECORD_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
+
+// SAFETY: see the `writer` field: shared access only reads the cell, except once in a forked child.
+unsafe impl Sync for JsonlSink {}
 
 /// What became of one record, for the dispatcher to count and report.
 pub struct Recorded {
@@ -82,19 +89,28 @@ pub struct Recorded {
 impl JsonlSink {
     pub fn open(path: String, config: WriterConfig, options: RecordOptions) -> std::io::Result<JsonlSink> {
         let writer = JsonlWriter::open(std::path::Path::new(&path), config)?;
-        Ok(JsonlSink { writer: ArcSwap::from_pointee(writer), config, options, path })
+        let writer_pid = std::sync::atomic::AtomicU32::new(std::process::id());
+        Ok(JsonlSink { writer: std::cell::UnsafeCell::new(Arc::new(writer)), writer_pid, config, options, path })
     }
 
-    pub fn writer(&self) -> arc_swap::Guard<Arc<JsonlWriter>> {
-        self.writer.load()
+    pub fn writer(&self) -> &JsonlWriter {
+        // SAFETY: the only write happens in `reopen_after_fork` with no other thread alive to read.
+        unsafe { &*self.writer.get() }
     }
 
     /// In a child process after `fork()`: a writer of its own on the same file. The parent's writer is
     /// leaked, not closed: its lock may have been held by its thread at the fork, and its pending lines
     /// are the parent's to write.
     pub fn reopen_after_fork(&self) -> std::io::Result<()> {
+        let pid = std::process::id();
+        if self.writer_pid.load(std::sync::atomic::Ordering::Acquire) == pid {
+            return Err(std::io::Error::other("this log's writer already belongs to this process; reopen only after fork()"));
+        }
         let writer = JsonlWriter::open(std::path::Path::new(&self.path), self.config)?;
-        std::mem::forget(self.writer.swap(Arc::new(writer)));
+        // SAFETY: first reopen in this new process, from the at-fork hook: no other thread reads the cell.
+        let parents = unsafe { std::ptr::replace(self.writer.get(), Arc::new(writer)) };
+        std::mem::forget(parents);
+        self.writer_pid.store(pid, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -105,7 +121,7 @@ impl JsonlSink {
         let mut line = RECORD_BUFFER.with(|slot| slot.take());
         line.clear();
         push_record(&mut line, event, &self.options);
-        let writer = self.writer.load();
+        let writer = self.writer();
         let outcome = loop {
             match writer.append(&line) {
                 Ok(Appended::MustWait) => py.detach(|| writer.wait_for_room(line.len())),

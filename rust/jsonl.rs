@@ -412,7 +412,8 @@ impl JsonlWriter {
 
     /// A new I/O error, once: for announcing it as it happens. It stays kept for `flush`/`close` to return.
     pub fn announce_error(&self) -> Option<String> {
-        if !self.shared.error_unannounced.swap(false, Ordering::Acquire) {
+        // A plain load first: the swap, a locked instruction, is only paid when there is news.
+        if !self.shared.error_unannounced.load(Ordering::Relaxed) || !self.shared.error_unannounced.swap(false, Ordering::Acquire) {
             return None;
         }
         self.shared.lock().latest_error.clone()

@@ -11,14 +11,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
 
 use crate::events::{EventKind, EventSpec};
-use crate::redact::redact;
+use crate::redact::{redact, registered_secrets};
 use crate::jsonl::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_iso_utc, push_string, push_u64};
 
 pub const MAX_DEPTH: usize = 64;
 const DEPTH_EXCEEDED: &str = "<max depth exceeded>";
-
-/// Secrets registered with `add_secret`: never written to a log.
-pub static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
 /// Options of one JSONL sink that shape its records.
 pub struct RecordOptions {
@@ -279,7 +276,7 @@ fn push_key(out: &mut Vec<u8>, name: &str) {
 pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &RecordOptions) {
     let spec: &EventSpec = event.kind.spec();
     let max_chars = options.max_chars;
-    let secrets = SECRETS.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let secrets = registered_secrets();
     let encoder = Encoder { secrets: &secrets };
     out.extend_from_slice(b"{\"ts\":");
     push_iso_utc(out, event.ts);
