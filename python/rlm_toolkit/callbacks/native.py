@@ -103,7 +103,7 @@ class FileLogCallback(NativeSinkCallback):
         max_field_chars: int = 1_000_000,
         flush_interval: float = 1.0,
         buffer_bytes: int = 64 * 1024,
-        max_pending_bytes: int = 16 * 1024 * 1024,
+        max_pending_bytes: int = 4 * 1024 * 1024,
         on_full: Literal["block", "drop"] = "block",
         backend: _backend.BackendName | None = None,
     ) -> None:
