@@ -34,6 +34,16 @@ fn add_secret(value: String) {
     crate::redact::add_secret(value);
 }
 
+/// `text` with registered secrets and key-shaped tokens replaced (see `rlm_toolkit.secrets`).
+#[pyfunction]
+fn redact<'py>(text: Bound<'py, PyString>) -> PyResult<Bound<'py, PyString>> {
+    let Ok(utf8) = text.to_str() else { return Ok(text) };
+    Ok(match crate::redact::redact(utf8, &crate::redact::registered_secrets()) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(redacted) => PyString::new(text.py(), &redacted),
+    })
+}
+
 #[pyfunction(name = "now")]
 fn py_now() -> f64 {
     now()
@@ -499,6 +509,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyJsonlSink>()?;
     module.add_function(wrap_pyfunction!(py_now, module)?)?;
     module.add_function(wrap_pyfunction!(add_secret, module)?)?;
+    module.add_function(wrap_pyfunction!(redact, module)?)?;
     let events: Vec<Bound<'_, PyTuple>> = catalogue()
         .into_iter()
         .map(|(name, args, fields, has_model)| (name, PyTuple::new(py, args)?, PyTuple::new(py, fields)?, has_model).into_pyobject(py))

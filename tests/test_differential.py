@@ -99,3 +99,18 @@ def test_backends_agree_on_metrics_and_records(tmp_path_factory: Any, stream: li
     assert len(rust_records) == len(python_records) == len(stream)
     for rust_record, python_record in zip(rust_records, python_records):
         assert same(rust_record, python_record), (rust_record, python_record)
+
+
+KEYISH = st.builds(lambda prefix, body: prefix + body, st.sampled_from(["sk-", "Bearer ", "xsk-", "sk", "B"]),
+                   st.text(alphabet="abcXYZ019_-./+=~ ", min_size=0, max_size=40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.one_of(st.text(max_size=20), KEYISH), max_size=5))
+def test_rust_and_reference_redaction_agree(parts: list[str]) -> None:
+    from rlm_toolkit.secrets import redact, reference_redact, register_secret
+
+    register_secret("registered-secret-for-tests")
+    text = "".join(parts) + " registered-secret-for-tests"
+    assert redact(text) == reference_redact(text)
+    assert "registered-secret-for-tests" not in redact(text)

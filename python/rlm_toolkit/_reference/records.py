@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..events import EVENTS_BY_NAME
-from ..secrets import redact
+from ..secrets import reference_redact as redact
 
 MAX_DEPTH = 64
 DEPTH_EXCEEDED = "<max depth exceeded>"
