@@ -58,63 +58,29 @@ pub struct PyMetrics {
     pub sink: Arc<MetricsSink>,
 }
 
+/// Sets `dict[name] = source.name` for each field name, in order.
+macro_rules! copy_fields {
+    ($dict:expr, $source:expr, $($field:ident),+ $(,)?) => {
+        $( $dict.set_item(stringify!($field), $source.$field)?; )+
+    };
+}
+
+/// The snapshot as the dict `MetricsCallback.get_metrics()` returns, keys in the reference's order.
 fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    let counters: [(&str, u64); 5] = [
-        ("total_calls", snapshot.total_calls),
-        ("completed_calls", snapshot.completed_calls),
-        ("total_tokens", snapshot.total_tokens),
-        ("prompt_tokens", snapshot.prompt_tokens),
-        ("completion_tokens", snapshot.completion_tokens),
-    ];
-    for (key, value) in counters {
-        dict.set_item(key, value)?;
-    }
-    let latencies: [(&str, f64); 6] = [
-        ("avg_latency_ms", snapshot.avg_latency_ms),
-        ("min_latency_ms", snapshot.min_latency_ms),
-        ("max_latency_ms", snapshot.max_latency_ms),
-        ("p50_latency_ms", snapshot.p50_latency_ms),
-        ("p95_latency_ms", snapshot.p95_latency_ms),
-        ("p99_latency_ms", snapshot.p99_latency_ms),
-    ];
-    for (key, value) in latencies {
-        dict.set_item(key, value)?;
-    }
-    let event_counters: [(&str, u64); 7] = [
-        ("errors", snapshot.errors),
-        ("retries", snapshot.retries),
-        ("tool_calls", snapshot.tool_calls),
-        ("tool_results", snapshot.tool_results),
-        ("tokens_streamed", snapshot.tokens_streamed),
-        ("memory_stores", snapshot.memory_stores),
-        ("memory_recalls", snapshot.memory_recalls),
-    ];
-    for (key, value) in event_counters {
-        dict.set_item(key, value)?;
-    }
-    dict.set_item("total_cost_usd", snapshot.total_cost_usd)?;
-    let health: [(&str, u64); 5] = [
-        ("unpriced_calls", snapshot.unpriced_calls),
-        ("open_runs", snapshot.open_runs),
-        ("evicted_runs", snapshot.evicted_runs),
-        ("dropped_events", snapshot.dropped_events),
-        ("handler_errors", snapshot.handler_errors),
-    ];
-    for (key, value) in health {
-        dict.set_item(key, value)?;
-    }
+    copy_fields!(
+        dict, snapshot, total_calls, completed_calls, total_tokens, prompt_tokens, completion_tokens,
+        avg_latency_ms, min_latency_ms, max_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms,
+        errors, retries, tool_calls, tool_results, tokens_streamed, memory_stores, memory_recalls,
+        total_cost_usd, unpriced_calls, open_runs, evicted_runs, dropped_events, handler_errors,
+    );
     let by_model = PyDict::new(py);
     for (model, stats) in &snapshot.by_model {
         let entry = PyDict::new(py);
-        entry.set_item("calls", stats.calls)?;
-        entry.set_item("completed_calls", stats.completed_calls)?;
-        entry.set_item("errors", stats.errors)?;
-        entry.set_item("prompt_tokens", stats.prompt_tokens)?;
-        entry.set_item("completion_tokens", stats.completion_tokens)?;
-        entry.set_item("total_tokens", stats.total_tokens)?;
-        entry.set_item("cost_usd", stats.cost_usd)?;
-        entry.set_item("avg_latency_ms", stats.avg_latency_ms)?;
+        copy_fields!(
+            entry, stats, calls, completed_calls, errors, prompt_tokens, completion_tokens, total_tokens,
+            cost_usd, avg_latency_ms,
+        );
         by_model.set_item(model, entry)?;
     }
     dict.set_item("by_model", by_model)?;

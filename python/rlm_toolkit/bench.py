@@ -488,13 +488,18 @@ class PlainJsonPair:
         self.calls = self.completed = self.prompt_tokens = self.completion_tokens = 0
         self.cost = 0.0
 
+    def _timestamp(self, now: float) -> Any:
+        return datetime.fromtimestamp(now, _UTC).isoformat()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+
     def on_llm_start(self, prompt: str, run_id: str, model: str) -> None:
         now = time.time()
         self._starts[run_id] = now
         self.calls += 1
-        record = {"ts": datetime.fromtimestamp(now, _UTC).isoformat(), "event": "llm_start", "run_id": run_id,
-                  "parent_run_id": None, "model": model, "prompt": prompt}
-        self._file.write(json.dumps(record) + "\n")
+        self._write({"ts": self._timestamp(now), "event": "llm_start", "run_id": run_id, "parent_run_id": None,
+                     "model": model, "prompt": prompt})
 
     def on_llm_end(self, response: Any, run_id: str, model: str) -> None:
         now = time.time()
@@ -508,11 +513,9 @@ class PlainJsonPair:
         price = self._prices.get(model)
         if price is not None:
             self.cost += (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6
-        record = {"ts": datetime.fromtimestamp(now, _UTC).isoformat(), "event": "llm_end", "run_id": run_id,
-                  "parent_run_id": None, "model": model, "response": response.content,
-                  "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens}
-        self._file.write(json.dumps(record) + "\n")
+        self._write({"ts": self._timestamp(now), "event": "llm_end", "run_id": run_id, "parent_run_id": None,
+                     "model": model, "response": response.content, "prompt_tokens": usage.prompt_tokens,
+                     "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens})
 
     def close(self) -> None:
         self._file.close()
@@ -530,30 +533,10 @@ class PlainOrjsonPair(PlainJsonPair):
         self._dumps = orjson.dumps
         self._option = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 
-    def on_llm_start(self, prompt: str, run_id: str, model: str) -> None:
-        now = time.time()
-        self._starts[run_id] = now
-        self.calls += 1
-        record = {"ts": datetime.fromtimestamp(now, _UTC), "event": "llm_start", "run_id": run_id,
-                  "parent_run_id": None, "model": model, "prompt": prompt}
-        self._file.write(self._dumps(record, option=self._option))  # type: ignore[arg-type]
+    def _timestamp(self, now: float) -> Any:
+        return datetime.fromtimestamp(now, _UTC)
 
-    def on_llm_end(self, response: Any, run_id: str, model: str) -> None:
-        now = time.time()
-        start = self._starts.pop(run_id, None)
-        if start is not None:
-            self.latencies.append(now - start)
-        usage = response.usage
-        self.completed += 1
-        self.prompt_tokens += usage.prompt_tokens
-        self.completion_tokens += usage.completion_tokens
-        price = self._prices.get(model)
-        if price is not None:
-            self.cost += (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6
-        record = {"ts": datetime.fromtimestamp(now, _UTC), "event": "llm_end", "run_id": run_id,
-                  "parent_run_id": None, "model": model, "response": response.content,
-                  "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens}
+    def _write(self, record: dict[str, Any]) -> None:
         self._file.write(self._dumps(record, option=self._option))  # type: ignore[arg-type]
 
 
