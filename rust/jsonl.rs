@@ -41,26 +41,47 @@ fn push_unicode_escape(out: &mut Vec<u8>, unit: u16) {
 
 /// The index of the first byte at or after `from` that JSON must escape (control character, `"`, `\\`).
 #[cfg(target_arch = "x86_64")]
-fn next_special(bytes: &[u8], mut from: usize) -> usize {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and stay within `bytes`.
-    unsafe {
-        let quote = _mm_set1_epi8(b'"' as i8);
-        let backslash = _mm_set1_epi8(b'\\' as i8);
-        let last_control = _mm_set1_epi8(0x1f);
-        while from + 16 <= bytes.len() {
-            let chunk = _mm_loadu_si128(bytes.as_ptr().add(from) as *const __m128i);
-            let is_control = _mm_cmpeq_epi8(_mm_max_epu8(chunk, last_control), last_control);
-            let is_special =
-                _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(chunk, quote), _mm_cmpeq_epi8(chunk, backslash)), is_control);
-            let mask = _mm_movemask_epi8(is_special);
-            if mask != 0 {
-                return from + mask.trailing_zeros() as usize;
-            }
-            from += 16;
-        }
+fn next_special(bytes: &[u8], from: usize) -> usize {
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { next_special_avx2(bytes, from) }
+    } else {
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe { next_special_sse2(bytes, from) }
     }
-    from + bytes[from..].iter().position(|&byte| needs_escape(byte)).unwrap_or(bytes.len() - from)
+}
+
+macro_rules! scan_chunks {
+    ($bytes:ident, $from:ident, $width:literal, $load:ident, $set1:ident, $max:ident, $cmpeq:ident, $or:ident, $movemask:ident) => {{
+        use std::arch::x86_64::*;
+        let quote = $set1(b'"' as i8);
+        let backslash = $set1(b'\\' as i8);
+        let last_control = $set1(0x1f);
+        while $from + $width <= $bytes.len() {
+            let chunk = $load($bytes.as_ptr().add($from) as *const _);
+            let is_control = $cmpeq($max(chunk, last_control), last_control);
+            let is_special = $or($or($cmpeq(chunk, quote), $cmpeq(chunk, backslash)), is_control);
+            let mask = $movemask(is_special);
+            if mask != 0 {
+                return $from + mask.trailing_zeros() as usize;
+            }
+            $from += $width;
+        }
+        $from + $bytes[$from..].iter().position(|&byte| needs_escape(byte)).unwrap_or($bytes.len() - $from)
+    }};
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn next_special_avx2(bytes: &[u8], mut from: usize) -> usize {
+    // Loads are unaligned and stay within `bytes`.
+    scan_chunks!(bytes, from, 32, _mm256_loadu_si256, _mm256_set1_epi8, _mm256_max_epu8, _mm256_cmpeq_epi8, _mm256_or_si256, _mm256_movemask_epi8)
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn next_special_sse2(bytes: &[u8], mut from: usize) -> usize {
+    // Loads are unaligned and stay within `bytes`.
+    scan_chunks!(bytes, from, 16, _mm_loadu_si128, _mm_set1_epi8, _mm_max_epu8, _mm_cmpeq_epi8, _mm_or_si128, _mm_movemask_epi8)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -534,6 +555,24 @@ mod tests {
         };
         for value in [0, 7, -7, 10, 1234567890, i64::MIN, i64::MAX] {
             assert_eq!(render(value), value.to_string());
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn both_vector_widths_find_the_same_bytes() {
+        for length in 0..80 {
+            for position in 0..length {
+                let mut text = vec![b'x'; length];
+                text[position] = b'"';
+                // SAFETY: SSE2 is baseline; AVX2 only when detected.
+                unsafe {
+                    assert_eq!(next_special_sse2(&text, 0), position);
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        assert_eq!(next_special_avx2(&text, 0), position);
+                    }
+                }
+            }
         }
     }
 
