@@ -285,6 +285,8 @@ fn event_method_definitions() -> &'static EventMethodDefinitions {
             fire_event::<6>,
             fire_event::<7>,
             fire_event::<8>,
+            fire_event::<9>,
+            fire_event::<10>,
         ];
         let leak = |text: String| -> *const std::os::raw::c_char {
             Box::leak(CString::new(text).expect("no NUL in names").into_boxed_c_str()).as_ptr()

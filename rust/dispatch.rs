@@ -46,6 +46,7 @@ impl MetricsSink {
             EventKind::MemoryStore => self.lock().memory_store(),
             EventKind::MemoryRecall => self.lock().memory_recall(),
             EventKind::Retry => self.lock().retry(),
+            EventKind::RunStart | EventKind::RunEnd => {}
         }
     }
 }

@@ -12,9 +12,11 @@ pub enum EventKind {
     MemoryRecall,
     Retry,
     Error,
+    RunStart,
+    RunEnd,
 }
 
-pub const EVENT_COUNT: usize = 9;
+pub const EVENT_COUNT: usize = 11;
 
 pub struct EventSpec {
     pub kind: EventKind,
@@ -64,6 +66,8 @@ pub const EVENTS: [EventSpec; EVENT_COUNT] = [
         has_model: true,
     },
     EventSpec { kind: EventKind::Error, name: "error", args: &["error"], fields: &["model", "error"], has_model: true },
+    EventSpec { kind: EventKind::RunStart, name: "run_start", args: &["prompt"], fields: &["model", "prompt"], has_model: true },
+    EventSpec { kind: EventKind::RunEnd, name: "run_end", args: &["answer"], fields: &["model", "answer"], has_model: true },
 ];
 
 impl EventKind {

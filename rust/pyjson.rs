@@ -305,7 +305,7 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
             if *field == "model" {
                 push_key(out, field);
                 encoder.push_optional(out, event.model.map(|model| model.as_any()), usize::MAX);
-            } else if *field != "prompt" || options.include_prompts {
+            } else if (*field != "prompt" || options.include_prompts) && (*field != "answer" || options.include_responses) {
                 let position = spec.args.iter().position(|arg| arg == field).expect("fields name arguments");
                 push_key(out, field);
                 encoder.push_value(out, &event.args[position], max_chars, 0);

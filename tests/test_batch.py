@@ -35,13 +35,19 @@ def test_thousand_prompts_give_exact_metrics_and_log(server: LocalServer, tmp_pa
     assert totals["total_tokens"] == sum(result.usage.total_tokens for result in results) == 1000 * (6 + 6)
     assert totals["errors"] == 0
 
-    records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert len(records) == 2 * 1000
-    assert Counter(record["event"] for record in records) == {"llm_start": 1000, "llm_end": 1000}
-    assert all(count == 2 for count in Counter(record["run_id"] for record in records).values())
+    records = [json.loads(line) for line in log_path.read_text().split("\n") if line]
+    assert Counter(record["event"] for record in records) == {
+        "run_start": 1000, "llm_start": 1000, "llm_end": 1000, "run_end": 1000,
+    }
+    calls = [record for record in records if record["event"].startswith("llm_")]
+    assert all(count == 2 for count in Counter(record["run_id"] for record in calls).values())
     run_ids = {result.run_id for result in results}
     assert len(run_ids) == 1000
-    assert {record["parent_run_id"] for record in records} == run_ids
+    logged_runs = {record["run_id"] for record in records if record["event"] == "run_start"}
+    assert logged_runs == run_ids
+    # Every parent id points at a run whose own records are in the log.
+    assert {record["parent_run_id"] for record in calls} == logged_runs
+    assert {record["parent_run_id"] for record in records if record["event"] == "run_start"} == {None}
     assert elapsed < 20, f"1,000 prompts took {elapsed:.1f} s"
 
 

@@ -49,8 +49,8 @@ def test_demo_without_a_key_shows_every_event_metrics_and_the_log(tmp_path: Path
         assert row in out
     assert f"JSONL log (FileLogCallback): {log_path}" in out
     events = {json.loads(line)["event"] for line in log_path.read_text().splitlines()}
-    assert events == {"llm_start", "llm_end", "tool_start", "tool_end", "memory_recall", "memory_store",
-                      "retry", "error"}
+    assert events == {"run_start", "llm_start", "llm_end", "tool_start", "tool_end", "memory_recall",
+                      "memory_store", "retry", "error", "run_end"}
 
 
 def test_demo_against_a_base_url_skips_the_injected_retry(server: LocalServer, tmp_path: Path,
@@ -77,7 +77,7 @@ def test_run_streams_and_logs(server: LocalServer, no_openai_env: None, tmp_path
     assert captured.err == f"log: {log_path}\n"
     assert server.requests[-1]["stream"] is True
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert [record["event"] for record in records] == ["llm_start", "llm_end"]
+    assert [record["event"] for record in records] == ["run_start", "llm_start", "llm_end", "run_end"]
     assert records[0]["model"] == "gpt-4o"
 
 

@@ -154,9 +154,12 @@ def assert_lines_match(lines: list[str], patterns: list[str]) -> None:
 
 
 def assert_hello_log(records: list[dict[str, Any]], run_id: str, usage: Usage) -> None:
-    """The JSONL records of the added ``rlm.run("Hello!")``: one LLM call, prompts and responses included."""
-    assert [record["event"] for record in records] == ["llm_start", "llm_end"]
-    start, end = records
+    """The JSONL records of the added ``rlm.run("Hello!")``: the run and its one LLM call, prompts and
+    responses included."""
+    assert [record["event"] for record in records] == ["run_start", "llm_start", "llm_end", "run_end"]
+    run_start, start, end, run_end = records
+    assert run_start["run_id"] == run_end["run_id"] == run_id
+    assert run_start["prompt"] == "Hello!" and run_end["answer"] == HELLO_ANSWER
     assert start["run_id"] == end["run_id"] != run_id
     assert start["parent_run_id"] == end["parent_run_id"] == run_id
     assert all(ISO_UTC.match(record["ts"]) for record in records)

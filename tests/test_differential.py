@@ -51,6 +51,8 @@ EVENT = st.one_of(
     st.tuples(st.just("on_memory_recall"), st.tuples(TEXT, st.lists(VALUES, max_size=3))),
     st.tuples(st.just("on_retry"), st.tuples(st.integers(1, 5), st.integers(1, 5), ERRORS)),
     st.tuples(st.just("on_error"), st.tuples(ERRORS)),
+    st.tuples(st.just("on_run_start"), st.tuples(TEXT)),
+    st.tuples(st.just("on_run_end"), st.tuples(TEXT)),
 )
 STREAM = st.lists(
     st.tuples(EVENT, RUN_IDS, RUN_IDS, MODELS, st.floats(0, 5, allow_nan=False), EXTRAS), max_size=40

@@ -335,7 +335,7 @@ async def test_cancelling_arun_loses_no_emitted_event(backend: str, tmp_path: Pa
         await task
     log.close()
     assert seen == ["to be cancelled"]
-    assert [json.loads(line)["event"] for line in read_lines(path)][:1] == ["llm_start"]
+    assert [json.loads(line)["event"] for line in read_lines(path)] == ["run_start", "llm_start"]
 
 
 # -- fork ---------------------------------------------------------------------------------------------

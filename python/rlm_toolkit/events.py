@@ -41,6 +41,8 @@ EVENTS: tuple[EventSpec, ...] = (
     EventSpec("memory_recall", ("query", "results"), ("query", "results"), has_model=False),
     EventSpec("retry", ("attempt", "max_attempts", "error"), ("model", "attempt", "max_attempts", "error"), has_model=True),
     EventSpec("error", ("error",), ("model", "error"), has_model=True),
+    EventSpec("run_start", ("prompt",), ("model", "prompt"), has_model=True),
+    EventSpec("run_end", ("answer",), ("model", "answer"), has_model=True),
 )
 
 EVENTS_BY_NAME: dict[str, EventSpec] = {spec.name: spec for spec in EVENTS}

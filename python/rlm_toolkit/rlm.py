@@ -4,7 +4,8 @@ One run (``run``/``arun``/``stream``/``astream``, or one item of ``batch``/``aba
 
     memory recall -> LLM call -> [tool calls -> LLM call]... -> memory store
 
-Every step fires its event through the ``CallbackManager``: ``on_memory_recall``, ``on_llm_start``, streamed
+A run is framed by ``on_run_start``/``on_run_end``, and every step fires its event through the
+``CallbackManager``: ``on_memory_recall``, ``on_llm_start``, streamed
 ``on_llm_new_token``, ``on_retry``, ``on_llm_end``, ``on_tool_start``/``on_tool_end``, ``on_memory_store``, and
 ``on_error``. Each run has a ``run_id``; each LLM call, tool call and memory operation inside it gets its own
 ``run_id`` with ``parent_run_id`` set to the run's. A run started inside a tool (a nested ``RLM``) takes the
@@ -366,6 +367,8 @@ class RLM:
     # -- the run logic, shared by both drivers -------------------------------------------------------
 
     def _run_steps(self, prompt: str, run: _RunScope, *, stream: bool) -> _RunSteps:
+        run_ids = {"run_id": run.run_id, "parent_run_id": run.parent_run_id, "model": self.model}
+        self.callbacks.on_run_start(prompt, **run_ids)
         messages: list[dict[str, Any]] = []
         if self.system_prompt:
             messages.append({"role": "system", "content": self.system_prompt})
@@ -399,6 +402,7 @@ class RLM:
             messages += [invocation.tool_message() for invocation in invocations]
             tool_records += [invocation.record() for invocation in invocations]
         self._remember(prompt, response.content, run)
+        self.callbacks.on_run_end(response.content, **run_ids)
         return RunResult(
             answer=response.content,
             usage=usage,

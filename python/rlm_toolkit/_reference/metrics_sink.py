@@ -29,6 +29,8 @@ class Metrics(ReferenceMetrics):
             self.llm_end(run_key(run_id), response_model(args[0], model), usage_of(args[0]), ts)
         elif event == "error":
             self.llm_error(run_key(run_id), model, ts)
+        elif event in ("run_start", "run_end"):
+            return
         else:
             counter = {"llm_new_token": self.token, "tool_start": self.tool_start, "tool_end": self.tool_end,
                        "memory_store": self.memory_store, "memory_recall": self.memory_recall,

@@ -130,7 +130,7 @@ def build_record(event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: 
         for name in spec.fields:
             if name == "model":
                 record[name] = jsonable(model, sys.maxsize)
-            elif name != "prompt" or include_prompts:
+            elif (name != "prompt" or include_prompts) and (name != "answer" or include_responses):
                 record[name] = jsonable(args[spec.args.index(name)], max_chars)
     if extra:
         record["extra"] = jsonable(extra, max_chars)

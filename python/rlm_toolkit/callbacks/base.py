@@ -45,6 +45,12 @@ class BaseCallback:
     def on_error(self, error: BaseException, **kwargs: Any) -> None:
         """When an LLM call fails for good, or a tool fails."""
 
+    def on_run_start(self, prompt: str, **kwargs: Any) -> None:
+        """When an ``RLM`` run starts: its ``run_id`` is the ``parent_run_id`` of every event inside it."""
+
+    def on_run_end(self, answer: str, **kwargs: Any) -> None:
+        """When an ``RLM`` run has its final answer (a failed run ends with ``on_error`` instead)."""
+
 
 class AsyncBaseCallback(BaseCallback):
     """Base for callbacks whose hooks are ``async def`` (plain ``def`` hooks may be mixed in).
