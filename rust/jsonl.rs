@@ -265,12 +265,17 @@ struct Shared {
     state: Mutex<State>,
     /// Set with `first_error`; lets producers notice a new I/O error without taking the lock.
     error_unannounced: AtomicBool,
+
     wake_writer: Condvar,
     wake_producers: Condvar,
     config: WriterConfig,
 }
 
 impl Shared {
+    fn wake_writer(&self) {
+        self.wake_writer.notify_one();
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave State inconsistent (plain fields), so recover.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -373,7 +378,7 @@ impl JsonlWriter {
         let was_below = state.pending.len() < config.buffer_bytes;
         state.pending.extend_from_slice(line);
         if was_below && state.pending.len() >= config.buffer_bytes {
-            self.shared.wake_writer.notify_one();
+            self.shared.wake_writer();
         }
         Ok(Appended::Queued)
     }
@@ -384,7 +389,7 @@ impl JsonlWriter {
         let mut state = self.shared.lock();
         state.producers_waiting += 1;
         while !state.closing && !state.pending.is_empty() && state.pending.len() + line_len > config.max_pending_bytes {
-            self.shared.wake_writer.notify_one();
+            self.shared.wake_writer();
             state = self.shared.wake_producers.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         state.producers_waiting -= 1;
@@ -398,7 +403,7 @@ impl JsonlWriter {
         }
         state.flush_requested += 1;
         let generation = state.flush_requested;
-        self.shared.wake_writer.notify_one();
+        self.shared.wake_writer();
         while state.flush_done < generation && !state.writer_exited {
             state = self.shared.wake_producers.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
@@ -410,7 +415,7 @@ impl JsonlWriter {
         {
             let mut state = self.shared.lock();
             state.closing = true;
-            self.shared.wake_writer.notify_one();
+            self.shared.wake_writer();
             self.shared.wake_producers.notify_all();
         }
         let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
@@ -475,8 +480,11 @@ fn write_loop(shared: &Shared, mut file: File) {
         let closing = state.closing;
         let spare = std::mem::take(&mut state.spare);
         let mut batch = std::mem::replace(&mut state.pending, spare);
+        let producers_waiting = state.producers_waiting > 0;
         drop(state);
-        shared.wake_producers.notify_all();
+        if producers_waiting {
+            shared.wake_producers.notify_all();
+        }
 
         let result = if batch.is_empty() { Ok(()) } else { file.write_all(&batch) };
         batch.clear();
