@@ -84,6 +84,58 @@ unsafe fn next_special_sse2(bytes: &[u8], mut from: usize) -> usize {
     scan_chunks!(bytes, from, 16, _mm_loadu_si128, _mm_set1_epi8, _mm_max_epu8, _mm_cmpeq_epi8, _mm_or_si128, _mm_movemask_epi8)
 }
 
+/// What one pass over a text found: whether it needs JSON escaping, and whether it holds `-` or `B`,
+/// the bytes every secret-shaped token (`sk-…`, `Bearer …`) contains, so redaction can be skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextScan {
+    pub needs_escape: bool,
+    pub may_hold_token: bool,
+}
+
+fn scan_scalar(bytes: &[u8]) -> TextScan {
+    TextScan {
+        needs_escape: bytes.iter().any(|&byte| needs_escape(byte)),
+        may_hold_token: bytes.iter().any(|&byte| byte == b'-' || byte == b'B'),
+    }
+}
+
+pub fn scan_text(bytes: &[u8]) -> TextScan {
+    #[cfg(target_arch = "x86_64")]
+    if bytes.len() >= 32 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { scan_text_avx2(bytes) };
+    }
+    scan_scalar(bytes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_text_avx2(bytes: &[u8]) -> TextScan {
+    use std::arch::x86_64::*;
+    let quote = _mm256_set1_epi8(b'"' as i8);
+    let backslash = _mm256_set1_epi8(b'\\' as i8);
+    let last_control = _mm256_set1_epi8(0x1f);
+    let dash = _mm256_set1_epi8(b'-' as i8);
+    let capital_b = _mm256_set1_epi8(b'B' as i8);
+    let mut specials = _mm256_setzero_si256();
+    let mut token_bytes = _mm256_setzero_si256();
+    let mut at = 0;
+    while at + 32 <= bytes.len() {
+        // Unaligned loads within `bytes`.
+        let chunk = _mm256_loadu_si256(bytes.as_ptr().add(at) as *const __m256i);
+        let is_control = _mm256_cmpeq_epi8(_mm256_max_epu8(chunk, last_control), last_control);
+        let is_special = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, quote), _mm256_cmpeq_epi8(chunk, backslash)), is_control);
+        specials = _mm256_or_si256(specials, is_special);
+        token_bytes = _mm256_or_si256(token_bytes, _mm256_or_si256(_mm256_cmpeq_epi8(chunk, dash), _mm256_cmpeq_epi8(chunk, capital_b)));
+        at += 32;
+    }
+    let tail = scan_scalar(&bytes[at..]);
+    TextScan {
+        needs_escape: _mm256_movemask_epi8(specials) != 0 || tail.needs_escape,
+        may_hold_token: _mm256_movemask_epi8(token_bytes) != 0 || tail.may_hold_token,
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn next_special(bytes: &[u8], from: usize) -> usize {
     from + bytes[from..].iter().position(|&byte| needs_escape(byte)).unwrap_or(bytes.len() - from)
@@ -581,6 +633,25 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn one_scan_finds_escapes_and_token_bytes_anywhere() {
+        for length in [0, 5, 31, 32, 33, 64, 100] {
+            for position in 0..length {
+                for (byte, expected) in [
+                    (b'"', TextScan { needs_escape: true, may_hold_token: false }),
+                    (0x01, TextScan { needs_escape: true, may_hold_token: false }),
+                    (b'-', TextScan { needs_escape: false, may_hold_token: true }),
+                    (b'B', TextScan { needs_escape: false, may_hold_token: true }),
+                ] {
+                    let mut text = vec![b'x'; length];
+                    text[position] = byte;
+                    assert_eq!(scan_text(&text), expected, "{byte:#x} at {position} of {length}");
+                }
+            }
+            assert_eq!(scan_text(&vec![0xc3; length]), TextScan { needs_escape: false, may_hold_token: false });
         }
     }
 

@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
 
 use crate::events::{EventKind, EventSpec};
-use crate::redact::{redact, registered_secrets};
-use crate::jsonl::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_iso_utc, push_string, push_u64};
+use crate::redact::{redact_after_scan, registered_secrets};
+use crate::jsonl::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_iso_utc, push_string, push_u64, scan_text};
 
 pub const MAX_DEPTH: usize = 64;
 const DEPTH_EXCEEDED: &str = "<max depth exceeded>";
@@ -77,10 +77,13 @@ impl Encoder<'_> {
 
     /// Redacted, then capped at `max_chars` code points (as Python's `len` counts them).
     fn push_text(&self, out: &mut Vec<u8>, text: &str, max_chars: usize) {
-        let redacted = redact(text, self.secrets);
+        let scan = scan_text(text.as_bytes());
+        let redacted = redact_after_scan(text, self.secrets, scan.may_hold_token);
+        let needs_escape = scan.needs_escape || matches!(redacted, std::borrow::Cow::Owned(_));
         out.push(b'"');
         let cut = if redacted.len() > max_chars { redacted.char_indices().nth(max_chars).map(|(at, _)| at) } else { None };
         match cut {
+            None if !needs_escape => out.extend_from_slice(redacted.as_bytes()),
             None => push_escaped(out, &redacted),
             Some(at) => {
                 push_escaped(out, &redacted[..at]);

@@ -97,6 +97,11 @@ fn may_hold_token(bytes: &[u8]) -> bool {
 }
 
 pub fn redact<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
+    redact_after_scan(text, secrets, true)
+}
+
+/// `redact` for a text whose scan (`jsonl::scan_text`) told whether it holds `-` or `B` at all.
+pub fn redact_after_scan<'a>(text: &'a str, secrets: &[String], may_hold_token_bytes: bool) -> Cow<'a, str> {
     static KEY_PREFIX: OnceLock<Finder<'static>> = OnceLock::new();
     static BEARER_PREFIX: OnceLock<Finder<'static>> = OnceLock::new();
     let mut redacted = Cow::Borrowed(text);
@@ -105,7 +110,8 @@ pub fn redact<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
             redacted = Cow::Owned(redacted.replace(secret.as_str(), REDACTED));
         }
     }
-    if !may_hold_token(redacted.as_bytes()) {
+    // A registered secret's replacement holds neither `-` nor `B`, so the scan's answer still stands.
+    if !may_hold_token_bytes || !may_hold_token(redacted.as_bytes()) {
         return redacted;
     }
     let redacted = redact_tokens(redacted, finder(&KEY_PREFIX, "sk-"), is_key_byte, true);
