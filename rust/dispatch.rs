@@ -125,7 +125,7 @@ impl JsonlSink {
         let writer = self.writer();
         let outcome = loop {
             match writer.append(&line) {
-                Ok(Appended::MustWait) => py.detach(|| writer.wait_for_room(line.len())),
+                Ok(Appended::MustWait) => py.detach(|| writer.make_room()),
                 Ok(appended) => {
                     break Ok(Recorded { dropped: appended == Appended::Dropped, new_io_error: writer.announce_error() })
                 }

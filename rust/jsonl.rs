@@ -294,19 +294,15 @@ pub enum WriteError {
 pub enum Appended {
     Queued,
     Dropped,
-    /// The pending buffer is full and the policy is to block: call `wait_for_room` (without holding
-    /// locks other threads need, e.g. Python's) and append again.
+    /// The pending buffer is full and the policy is to block: call `make_room` (without holding locks
+    /// other threads need, e.g. Python's) and append again.
     MustWait,
 }
 
 struct State {
     pending: Vec<u8>,
     spare: Vec<u8>,
-    flush_requested: u64,
-    flush_done: u64,
     closing: bool,
-    writer_exited: bool,
-    producers_waiting: usize,
     first_error: Option<String>,
     /// The latest I/O error, kept after `first_error` was reported, for `announce_error`.
     latest_error: Option<String>,
@@ -315,22 +311,43 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Held while a batch is taken from `pending` and written, so batches reach the file in order
+    /// whichever thread writes them. Lock order: `file`, then `state`.
+    file: Mutex<File>,
     /// Set with `first_error`; lets producers notice a new I/O error without taking the lock.
     error_unannounced: AtomicBool,
-
     wake_writer: Condvar,
-    wake_producers: Condvar,
     config: WriterConfig,
 }
 
 impl Shared {
-    fn wake_writer(&self) {
-        self.wake_writer.notify_one();
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave State inconsistent (plain fields), so recover.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes every pending line and writes it with one `write_all`.
+    fn write_pending(&self) {
+        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.lock();
+        if state.pending.is_empty() {
+            return;
+        }
+        let spare = std::mem::take(&mut state.spare);
+        let mut batch = std::mem::replace(&mut state.pending, spare);
+        drop(state);
+        let result = file.write_all(&batch);
+        batch.clear();
+        let mut state = self.lock();
+        state.spare = batch;
+        if let Err(error) = result {
+            let message = error.to_string();
+            state.first_error.get_or_insert_with(|| message.clone());
+            if state.latest_error.as_ref() != Some(&message) {
+                state.latest_error = Some(message);
+                self.error_unannounced.store(true, Ordering::Release);
+            }
+        }
     }
 }
 
@@ -392,24 +409,20 @@ impl JsonlWriter {
             state: Mutex::new(State {
                 pending: Vec::with_capacity(config.buffer_bytes * 2),
                 spare: Vec::with_capacity(config.buffer_bytes * 2),
-                flush_requested: 0,
-                flush_done: 0,
                 closing: false,
-                writer_exited: false,
-                producers_waiting: 0,
                 first_error: None,
                 latest_error: None,
                 dropped_lines: 0,
             }),
+            file: Mutex::new(file),
             error_unannounced: AtomicBool::new(false),
             wake_writer: Condvar::new(),
-            wake_producers: Condvar::new(),
             config,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("rlm_toolkit-jsonl".into())
-            .spawn(move || write_loop(&thread_shared, file))?;
+            .spawn(move || write_loop(&thread_shared))?;
         Ok(JsonlWriter { shared, thread: Mutex::new(Some(thread)) })
     }
 
@@ -430,46 +443,28 @@ impl JsonlWriter {
         let was_below = state.pending.len() < config.buffer_bytes;
         state.pending.extend_from_slice(line);
         if was_below && state.pending.len() >= config.buffer_bytes {
-            self.shared.wake_writer();
+            self.shared.wake_writer.notify_one();
         }
         Ok(Appended::Queued)
     }
 
-    /// Blocks until the pending buffer has room for `line_len` more bytes, or the writer is closing.
-    pub fn wait_for_room(&self, line_len: usize) {
-        let config = &self.shared.config;
-        let mut state = self.shared.lock();
-        state.producers_waiting += 1;
-        while !state.closing && !state.pending.is_empty() && state.pending.len() + line_len > config.max_pending_bytes {
-            self.shared.wake_writer();
-            state = self.shared.wake_producers.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        state.producers_waiting -= 1;
+    /// Makes room when the pending buffer is full by writing it from the calling thread: the writer
+    /// thread may be slow to get a CPU, and the caller is running anyway.
+    pub fn make_room(&self) {
+        self.shared.write_pending();
     }
 
-    /// Writes everything appended so far and waits for it; returns the first I/O error since the last report.
+    /// Writes everything appended so far (from the calling thread) and returns the first I/O error since
+    /// the last report.
     pub fn flush(&self) -> Result<(), WriteError> {
-        let mut state = self.shared.lock();
-        if state.writer_exited {
-            return Self::report(&mut state);
-        }
-        state.flush_requested += 1;
-        let generation = state.flush_requested;
-        self.shared.wake_writer();
-        while state.flush_done < generation && !state.writer_exited {
-            state = self.shared.wake_producers.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        Self::report(&mut state)
+        self.shared.write_pending();
+        Self::report(&mut self.shared.lock())
     }
 
     /// Flushes, stops the writer thread and closes the file. Idempotent.
     pub fn close(&self) -> Result<(), WriteError> {
-        {
-            let mut state = self.shared.lock();
-            state.closing = true;
-            self.shared.wake_writer();
-            self.shared.wake_producers.notify_all();
-        }
+        self.shared.lock().closing = true;
+        self.shared.wake_writer.notify_one();
         let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         if let Some(thread) = thread {
             if thread.join().is_err() {
@@ -477,6 +472,7 @@ impl JsonlWriter {
                 state.first_error.get_or_insert_with(|| "the JSONL writer thread panicked".into());
             }
         }
+        self.shared.write_pending();
         Self::report(&mut self.shared.lock())
     }
 
@@ -511,51 +507,21 @@ impl Drop for JsonlWriter {
     }
 }
 
-fn write_loop(shared: &Shared, mut file: File) {
+/// The writer thread: writes when a batch's worth is pending, every `flush_interval`, and at close.
+fn write_loop(shared: &Shared) {
     let config = shared.config;
-    let mut state = shared.lock();
     loop {
-        let wants_write = |state: &State| {
-            state.closing
-                || state.flush_requested > state.flush_done
-                || state.pending.len() >= config.buffer_bytes
-                || (state.producers_waiting > 0 && !state.pending.is_empty())
-        };
-        if !wants_write(&state) {
-            let (next, _) = shared
-                .wake_writer
-                .wait_timeout_while(state, config.flush_interval, |state| !wants_write(state))
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            state = next;
-        }
-        let flush_generation = state.flush_requested;
+        let state = shared.lock();
+        let (state, _) = shared
+            .wake_writer
+            .wait_timeout_while(state, config.flush_interval, |state| {
+                !state.closing && state.pending.len() < config.buffer_bytes
+            })
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let closing = state.closing;
-        let spare = std::mem::take(&mut state.spare);
-        let mut batch = std::mem::replace(&mut state.pending, spare);
-        let producers_waiting = state.producers_waiting > 0;
         drop(state);
-        if producers_waiting {
-            shared.wake_producers.notify_all();
-        }
-
-        let result = if batch.is_empty() { Ok(()) } else { file.write_all(&batch) };
-        batch.clear();
-
-        state = shared.lock();
-        state.spare = batch;
-        if let Err(error) = result {
-            let message = error.to_string();
-            state.first_error.get_or_insert_with(|| message.clone());
-            if state.latest_error.as_ref() != Some(&message) {
-                state.latest_error = Some(message);
-                shared.error_unannounced.store(true, Ordering::Release);
-            }
-        }
-        state.flush_done = state.flush_done.max(flush_generation);
-        shared.wake_producers.notify_all();
-        if closing && state.pending.is_empty() {
-            state.writer_exited = true;
-            shared.wake_producers.notify_all();
+        shared.write_pending();
+        if closing {
             return;
         }
     }
@@ -763,7 +729,7 @@ mod tests {
             loop {
                 match writer.append(b"{\"x\":12345}\n").unwrap() {
                     Appended::Queued => break,
-                    Appended::MustWait => writer.wait_for_room(12),
+                    Appended::MustWait => writer.make_room(),
                     Appended::Dropped => unreachable!(),
                 }
             }
