@@ -12,8 +12,8 @@ from rlm_toolkit._reference.metrics import (
     bucket_index,
     bucket_range,
     latency_micros,
-    lookup_price,
 )
+from rlm_toolkit.pricing import price_for
 
 PRICES = {"gpt-4o": (2.5, 10.0), "gpt-4o-mini": (0.15, 0.6), "claude": (3.0, 15.0)}
 
@@ -180,8 +180,8 @@ def test_empty_snapshot() -> None:
         ("", None),
     ],
 )
-def test_lookup_price(model: str, price: tuple[float, float] | None) -> None:
-    assert lookup_price(PRICES, model) == price
+def test_price_lookup(model: str, price: tuple[float, float] | None) -> None:
+    assert price_for(model, PRICES) == price
 
 
 def test_completed_call() -> None:

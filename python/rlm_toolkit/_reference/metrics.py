@@ -15,7 +15,7 @@ Semantics:
   start of the open run, else ``"unknown"``. If ``run_id`` is open it is closed and its latency
   ``(ts - start_ts) * 1000.0`` ms (negative, NaN and -0.0 become +0.0) is recorded overall and for the key.
   Tokens: no usage counts 0; total = ``total_tokens`` if > 0 else prompt + completion. Cost with a price
-  from ``lookup_price``: ``prompt * p_in / 1e6 + completion * p_out / 1e6``, added to ``total_cost_usd``
+  from ``rlm_toolkit.pricing.price_for``: ``prompt * p_in / 1e6 + completion * p_out / 1e6``, added to ``total_cost_usd``
   and to the key's ``cost_usd``; without a price ``unpriced_calls`` += 1 and the key's ``cost_usd`` is None.
 - ``llm_error``: ``errors`` += 1; closes ``run_id`` if open without recording a latency, since failed calls
   would distort it; the key = model, else the start model, gets ``errors`` += 1 if such a model is known.
@@ -39,6 +39,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from ..pricing import price_for
+
 UNKNOWN_MODEL = "unknown"
 U64_MAX = 2**64 - 1
 MAX_LATENCY_MICROS = 2**40 - 1
@@ -46,16 +48,6 @@ SUB_BUCKETS = 2048
 HALF_SUB_BUCKETS = 1024
 SUB_BUCKET_BITS = 11
 PERCENTILES = (50, 95, 99)
-
-
-def lookup_price(prices: dict[str, tuple[float, float]], model: str) -> tuple[float, float] | None:
-    """The exact entry for ``model``, else the longest key ``k`` with ``model.startswith(k + "-")``, else None."""
-    if model in prices:
-        return prices[model]
-    prefixes = [key for key in prices if model.startswith(key + "-")]
-    if not prefixes:
-        return None
-    return prices[max(prefixes, key=len)]
 
 
 def latency_micros(latency_ms: float) -> int:
@@ -201,7 +193,7 @@ class ReferenceMetrics:
             stats.completion_tokens = _saturating_add(stats.completion_tokens, completion_tokens)
             stats.total_tokens = _saturating_add(stats.total_tokens, total_tokens)
 
-            price = lookup_price(self._prices, key)
+            price = price_for(key, self._prices)
             if price is None:
                 self._unpriced_calls += 1
                 stats.cost_usd = None
