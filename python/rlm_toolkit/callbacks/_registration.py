@@ -12,6 +12,7 @@ from typing import Any, Callable
 from ..errors import CallbackConfigError
 from ..events import EVENTS, EventSpec
 from .base import BaseCallback
+from .native import NativeSinkCallback
 
 _POSITIONAL_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -130,8 +131,6 @@ def plan_hook(callback: Any, spec: EventSpec, method: Callable[..., Any]) -> Hoo
 
 def register(callbacks: list[Any]) -> list[EventRegistration]:
     """One ``EventRegistration`` per event of the catalogue, in catalogue order."""
-    from .native import NativeSinkCallback
-
     registrations = [EventRegistration() for _ in EVENTS]
     for callback in callbacks:
         for spec, registration in zip(EVENTS, registrations):
