@@ -49,6 +49,23 @@ fn py_now() -> f64 {
     now()
 }
 
+/// Runs `record` on the event a sink's `handle(...)` was called with from Python.
+#[allow(clippy::too_many_arguments)]
+fn with_event<'py>(
+    event: &str,
+    args: &[Bound<'py, PyAny>],
+    run_id: Option<Bound<'py, PyAny>>,
+    parent_run_id: Option<Bound<'py, PyAny>>,
+    model: Option<Bound<'py, PyString>>,
+    timestamp: Option<f64>,
+    extra: Option<Bound<'py, PyDict>>,
+    record: impl FnOnce(&EventValues<'_, 'py>) -> PyResult<()>,
+) -> PyResult<()> {
+    let ts = timestamp.unwrap_or_else(now);
+    let event = EventValues::new(event_kind(event)?, args, run_id.as_ref(), parent_run_id.as_ref(), model.as_ref(), ts, extra.as_ref());
+    record(&event)
+}
+
 fn event_kind(name: &str) -> PyResult<EventKind> {
     EventKind::from_name(name).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown event {name:?}")))
 }
@@ -107,11 +124,10 @@ impl PyMetrics {
         timestamp: Option<f64>,
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let kind = event_kind(event)?;
-        let ts = timestamp.unwrap_or_else(now);
-        let event = EventValues::new(kind, &args, run_id.as_ref(), parent_run_id.as_ref(), model.as_ref(), ts, extra.as_ref());
-        self.sink.record(&event);
-        Ok(())
+        with_event(event, &args, run_id, parent_run_id, model, timestamp, extra, |event| {
+            self.sink.record(event);
+            Ok(())
+        })
     }
 
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -177,10 +193,7 @@ impl PyJsonlSink {
         timestamp: Option<f64>,
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let kind = event_kind(event)?;
-        let ts = timestamp.unwrap_or_else(now);
-        let event = EventValues::new(kind, &args, run_id.as_ref(), parent_run_id.as_ref(), model.as_ref(), ts, extra.as_ref());
-        self.sink.record(py, &event).map(|_| ())
+        with_event(event, &args, run_id, parent_run_id, model, timestamp, extra, |event| self.sink.record(py, event).map(|_| ()))
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
