@@ -1,11 +1,13 @@
 //! JSON Lines output: string/number encoding primitives and a buffered file writer on its own thread.
 //!
 //! The writer never touches the Python interpreter. Producers append whole lines to a pending buffer
-//! under a short lock; the writer thread swaps that buffer out and writes it with one `write_all`, so the
-//! file only ever receives whole lines. It writes when the buffer passes `buffer_bytes`, every
-//! `flush_interval`, on `flush()` (acknowledged) and on `close()`. Pending bytes are bounded by
-//! `max_pending_bytes`: producers then wait (`block_when_full`) or the line is dropped and counted.
-//! The first I/O error is kept and returned by the next `flush()`/`close()`/`take_error()`.
+//! under a short lock; whoever writes swaps that buffer out and writes it with one `write_all`, so the
+//! file only ever receives whole lines, in order (a file lock is held from taking a batch to writing it).
+//! The writer thread writes when the buffer passes `buffer_bytes`, every `flush_interval` and at
+//! `close()`; `flush()` writes from the calling thread and returns once the lines are in the file.
+//! Pending bytes are bounded by `max_pending_bytes`: a producer that finds the buffer full writes it
+//! itself (`block_when_full`, see `make_room`) or the line is dropped and counted. The first I/O error
+//! is kept and returned by the next `flush()`/`close()`; `announce_error` tells of each new one once.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -680,7 +682,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_whole_lines_and_flush_is_acknowledged() {
+    fn writes_whole_lines_and_flush_returns_once_they_are_written() {
         let path = temp_path("flush");
         let writer = JsonlWriter::open(&path, config(true, 1 << 20)).unwrap();
         for index in 0..1000 {
