@@ -103,13 +103,13 @@ def run_child(script: str, backend: str, **kwargs: Any) -> subprocess.Popen[str]
 STREAMING_CHILD = """
     import os, sys
     from rlm_toolkit.callbacks import CallbackManager, FileLogCallback
-    manager = CallbackManager([FileLogCallback(sys.argv[1], buffer_bytes=4096)])
+    manager = CallbackManager([FileLogCallback(sys.argv[1], buffer_bytes=1 << 20)])
     print("ready", flush=True)
     index = 0
     while True:
-        manager.on_llm_start("x" * (index % 9000), run_id=str(index))
+        manager.on_llm_start("x" * (index % 20_000), run_id=str(index))
         index += 1
-        if sys.argv[2] == "exit" and index == 30_000:
+        if sys.argv[2] == "exit" and index == 5_000:
             os._exit(3)
 """
 
@@ -122,7 +122,10 @@ def test_a_killed_writer_leaves_only_whole_lines(backend: str, tmp_path: Path, h
                              env={**os.environ, "RLM_TOOLKIT_BACKEND": backend})
     assert child.stdout is not None and child.stdout.readline() == "ready\n"
     if how == "sigkill":
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while (not path.exists() or path.stat().st_size == 0) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # big multi-page writes are under way by now: a kill usually cuts one
         child.send_signal(signal.SIGKILL)
     child.wait(timeout=60)
     # A write cut by the kernel when the process died leaves a partial tail; the next writer on the file
