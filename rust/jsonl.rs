@@ -95,10 +95,12 @@ pub struct TextScan {
 }
 
 fn scan_scalar(bytes: &[u8]) -> TextScan {
-    TextScan {
-        needs_escape: bytes.iter().any(|&byte| needs_escape(byte)),
-        may_hold_token: bytes.iter().any(|&byte| byte == b'-' || byte == b'B'),
+    let mut scan = TextScan { needs_escape: false, may_hold_token: false };
+    for &byte in bytes {
+        scan.needs_escape |= needs_escape(byte);
+        scan.may_hold_token |= byte == b'-' || byte == b'B';
     }
+    scan
 }
 
 pub fn scan_text(bytes: &[u8]) -> TextScan {

@@ -10,7 +10,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
 
-use crate::events::{EventKind, EventSpec};
+use crate::events::{EventKind, EventSpec, EVENTS};
 use crate::redact::{redact_after_scan, registered_secrets};
 use crate::jsonl::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_iso_utc, push_string, push_u64, scan_text};
 
@@ -275,6 +275,12 @@ fn push_key(out: &mut Vec<u8>, name: &str) {
     out.extend_from_slice(b"\":");
 }
 
+/// `,"event":"<name>","run_id":` for each event kind, in catalogue order.
+fn record_heads() -> &'static [Vec<u8>] {
+    static HEADS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    HEADS.get_or_init(|| EVENTS.iter().map(|spec| format!(",\"event\":\"{}\",\"run_id\":", spec.name).into_bytes()).collect())
+}
+
 /// Appends one JSONL line (with its newline) for `event`.
 pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &RecordOptions) {
     let spec: &EventSpec = event.kind.spec();
@@ -283,26 +289,25 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
     let encoder = Encoder { secrets: &secrets };
     out.extend_from_slice(b"{\"ts\":");
     push_iso_utc(out, event.ts);
-    out.extend_from_slice(b",\"event\":");
-    push_string(out, spec.name);
-    push_key(out, "run_id");
+    out.extend_from_slice(&record_heads()[event.kind.index()]);
     encoder.push_optional(out, event.run_id, max_chars);
-    push_key(out, "parent_run_id");
+    out.extend_from_slice(b",\"parent_run_id\":");
     encoder.push_optional(out, event.parent_run_id, max_chars);
     if event.kind == EventKind::LlmEnd {
-        let response = &event.args[0];
-        push_key(out, "model");
-        encoder.push_optional(out, response_model(response, event.model).as_ref().map(|model| model.as_any()), usize::MAX);
+        out.extend_from_slice(b",\"model\":");
+        encoder.push_optional(out, event.response_model().map(|model| model.as_any()), usize::MAX);
         if options.include_responses {
-            push_key(out, "response");
-            encoder.push_response_text(out, response, max_chars);
+            out.extend_from_slice(b",\"response\":");
+            encoder.push_response_text(out, &event.args[0], max_chars);
         }
         let (prompt_tokens, completion_tokens, total_tokens) = event.usage().unwrap_or((0, 0, 0));
         let total = if total_tokens > 0 { total_tokens } else { prompt_tokens.saturating_add(completion_tokens) };
-        for (name, count) in [("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens), ("total_tokens", total)] {
-            push_key(out, name);
-            push_u64(out, count);
-        }
+        out.extend_from_slice(b",\"prompt_tokens\":");
+        push_u64(out, prompt_tokens);
+        out.extend_from_slice(b",\"completion_tokens\":");
+        push_u64(out, completion_tokens);
+        out.extend_from_slice(b",\"total_tokens\":");
+        push_u64(out, total);
     } else {
         for field in spec.fields {
             if *field == "model" {

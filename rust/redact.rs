@@ -85,8 +85,12 @@ fn redact_tokens<'a>(text: Cow<'a, str>, prefix: &Finder<'_>, token_byte: fn(u8)
     Cow::Owned(out)
 }
 
-/// Whether `bytes` holds `sk-` or `Bearer `: one vectorised scan for their rarest bytes, `-` and `B`.
+/// Whether `bytes` holds `sk-` or `Bearer `: a plain loop for short texts (ids, model names), where a
+/// vectorised search costs more to set up than it saves; else one scan for their rarest bytes, `-`, `B`.
 fn may_hold_token(bytes: &[u8]) -> bool {
+    if bytes.len() < 64 {
+        return bytes.windows(3).any(|window| window == b"sk-") || bytes.windows(7).any(|window| window == b"Bearer ");
+    }
     memchr::memchr2_iter(b'-', b'B', bytes).any(|at| {
         if bytes[at] == b'-' {
             at >= 2 && &bytes[at - 2..at] == b"sk"
