@@ -86,19 +86,23 @@ unsafe fn next_special_sse2(bytes: &[u8], mut from: usize) -> usize {
     scan_chunks!(bytes, from, 16, _mm_loadu_si128, _mm_set1_epi8, _mm_max_epu8, _mm_cmpeq_epi8, _mm_or_si128, _mm_movemask_epi8)
 }
 
-/// What one pass over a text found: whether it needs JSON escaping, and whether it holds `-` or `B`,
-/// the bytes every secret-shaped token (`sk-…`, `Bearer …`) contains, so redaction can be skipped.
+/// What one pass over a text found: whether it needs JSON escaping, and whether it may hold a
+/// secret-shaped token (`sk-…`, `Bearer …`): long texts are only checked for the `-` and `B` such
+/// tokens contain, short ones for the prefixes themselves. When it is false, redaction is skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextScan {
     pub needs_escape: bool,
     pub may_hold_token: bool,
 }
 
+/// For short texts (ids, model names) the token check is exact about the prefixes, so redaction is
+/// skipped for the dashes of a UUID or of `gpt-4o`.
 fn scan_scalar(bytes: &[u8]) -> TextScan {
     let mut scan = TextScan { needs_escape: false, may_hold_token: false };
-    for &byte in bytes {
+    for (at, &byte) in bytes.iter().enumerate() {
         scan.needs_escape |= needs_escape(byte);
-        scan.may_hold_token |= byte == b'-' || byte == b'B';
+        scan.may_hold_token |= (byte == b'-' && at >= 2 && &bytes[at - 2..at] == b"sk")
+            || (byte == b'B' && bytes[at..].starts_with(b"Bearer "));
     }
     scan
 }
@@ -133,10 +137,10 @@ unsafe fn scan_text_avx2(bytes: &[u8]) -> TextScan {
         token_bytes = _mm256_or_si256(token_bytes, _mm256_or_si256(_mm256_cmpeq_epi8(chunk, dash), _mm256_cmpeq_epi8(chunk, capital_b)));
         at += 32;
     }
-    let tail = scan_scalar(&bytes[at..]);
+    let tail = &bytes[at..];
     TextScan {
-        needs_escape: _mm256_movemask_epi8(specials) != 0 || tail.needs_escape,
-        may_hold_token: _mm256_movemask_epi8(token_bytes) != 0 || tail.may_hold_token,
+        needs_escape: _mm256_movemask_epi8(specials) != 0 || tail.iter().any(|&byte| needs_escape(byte)),
+        may_hold_token: _mm256_movemask_epi8(token_bytes) != 0 || tail.iter().any(|&byte| byte == b'-' || byte == b'B'),
     }
 }
 
@@ -613,14 +617,20 @@ mod tests {
                 for (byte, expected) in [
                     (b'"', TextScan { needs_escape: true, may_hold_token: false }),
                     (0x01, TextScan { needs_escape: true, may_hold_token: false }),
-                    (b'-', TextScan { needs_escape: false, may_hold_token: true }),
-                    (b'B', TextScan { needs_escape: false, may_hold_token: true }),
                 ] {
                     let mut text = vec![b'x'; length];
                     text[position] = byte;
                     assert_eq!(scan_text(&text), expected, "{byte:#x} at {position} of {length}");
                 }
+                for prefix in [&b"sk-"[..], &b"Bearer "[..]] {
+                    if position + prefix.len() <= length {
+                        let mut text = vec![b'x'; length];
+                        text[position..position + prefix.len()].copy_from_slice(prefix);
+                        assert!(scan_text(&text).may_hold_token, "{prefix:?} at {position} of {length}");
+                    }
+                }
             }
+            assert!(!scan_text(&b"0f8c-4a-gpt-4o-B"[..]).may_hold_token);
             assert_eq!(scan_text(&vec![0xc3; length]), TextScan { needs_escape: false, may_hold_token: false });
         }
     }
