@@ -361,6 +361,34 @@ fn not_none(value: Bound<'_, PyAny>) -> Option<Bound<'_, PyAny>> {
     if value.is_none() { None } else { Some(value) }
 }
 
+/// Which context keyword the keyword name at `name` is, or the name itself when it is none of them.
+/// Callers' keyword names are interned by CPython, so pointer identity settles nearly every name without
+/// reading it; comparing text is the fallback for names built at run time.
+fn context_keyword<'py>(
+    py: Python<'py>,
+    names: &ContextNames,
+    name: *mut ffi::PyObject,
+) -> PyResult<Result<ContextKeyword, Bound<'py, PyString>>> {
+    let by_identity = [
+        (&names.run_id, ContextKeyword::RunId),
+        (&names.parent_run_id, ContextKeyword::ParentRunId),
+        (&names.model, ContextKeyword::Model),
+        (&names.timestamp, ContextKeyword::Timestamp),
+    ];
+    if let Some((_, keyword)) = by_identity.into_iter().find(|(interned, _)| interned.as_ptr() == name) {
+        return Ok(Ok(keyword));
+    }
+    // SAFETY: `name` is a live borrowed item of the call's kwnames tuple.
+    let name = unsafe { Bound::from_borrowed_ptr(py, name) }.cast_into::<PyString>()?;
+    Ok(match name.to_str()? {
+        "run_id" => Ok(ContextKeyword::RunId),
+        "parent_run_id" => Ok(ContextKeyword::ParentRunId),
+        "model" => Ok(ContextKeyword::Model),
+        "timestamp" => Ok(ContextKeyword::Timestamp),
+        _ => Err(name),
+    })
+}
+
 /// The body of every `on_*` builtin: sorts a vectorcall's arguments and fires the event `kind`.
 /// `values` holds the `positional` arguments, then one value per name in `kwnames`.
 fn fire_from_vectorcall<'py>(
@@ -385,39 +413,21 @@ fn fire_from_vectorcall<'py>(
     let mut keywords = EventKeywords::default();
     if let Some(kwnames) = kwnames {
         let names = context_names(py);
-        for (offset, name) in kwnames.iter().enumerate() {
-            let name = name.cast_into::<PyString>()?;
+        for offset in 0..kwnames.len() {
+            // SAFETY: `offset` is within the tuple, which holds only str objects (CPython checks that).
+            let name = unsafe { ffi::PyTuple_GET_ITEM(kwnames.as_ptr(), offset as ffi::Py_ssize_t) };
             let value = value_at(positional + offset);
-            // Callers' keyword names are interned by CPython, so identity settles nearly every name;
-            // comparing text is the fallback for names built at run time.
-            let context = if name.is(names.run_id.bind(py)) {
-                Some(ContextKeyword::RunId)
-            } else if name.is(names.parent_run_id.bind(py)) {
-                Some(ContextKeyword::ParentRunId)
-            } else if name.is(names.model.bind(py)) {
-                Some(ContextKeyword::Model)
-            } else if name.is(names.timestamp.bind(py)) {
-                Some(ContextKeyword::Timestamp)
-            } else {
-                match name.to_str()? {
-                    "run_id" => Some(ContextKeyword::RunId),
-                    "parent_run_id" => Some(ContextKeyword::ParentRunId),
-                    "model" => Some(ContextKeyword::Model),
-                    "timestamp" => Some(ContextKeyword::Timestamp),
-                    _ => None,
-                }
-            };
-            match context {
-                Some(ContextKeyword::RunId) => keywords.run_id = not_none(value),
-                Some(ContextKeyword::ParentRunId) => keywords.parent_run_id = not_none(value),
-                Some(ContextKeyword::Model) => {
+            match context_keyword(py, names, name)? {
+                Ok(ContextKeyword::RunId) => keywords.run_id = not_none(value),
+                Ok(ContextKeyword::ParentRunId) => keywords.parent_run_id = not_none(value),
+                Ok(ContextKeyword::Model) => {
                     keywords.model = match not_none(value) {
                         None => None,
                         Some(model) => Some(model.cast_into::<PyString>().map_err(|_| PyTypeError::new_err(format!("on_{hook}(): model must be a str or None")))?),
                     }
                 }
-                Some(ContextKeyword::Timestamp) => keywords.timestamp = not_none(value).map(|ts| ts.extract::<f64>()).transpose()?,
-                None => match spec.args.iter().position(|arg| name == *arg) {
+                Ok(ContextKeyword::Timestamp) => keywords.timestamp = not_none(value).map(|ts| ts.extract::<f64>()).transpose()?,
+                Err(name) => match spec.args.iter().position(|arg| name == *arg) {
                     Some(position) if args[position].is_some() => {
                         return Err(PyTypeError::new_err(format!("on_{hook}() got multiple values for argument {:?}", spec.args[position])));
                     }

@@ -109,7 +109,7 @@ fn scan_scalar(bytes: &[u8]) -> TextScan {
 
 pub fn scan_text(bytes: &[u8]) -> TextScan {
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 32 && std::arch::is_x86_feature_detected!("avx2") {
+    if bytes.len() >= 64 && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { scan_text_avx2(bytes) };
     }
