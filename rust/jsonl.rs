@@ -86,34 +86,39 @@ unsafe fn next_special_sse2(bytes: &[u8], mut from: usize) -> usize {
     scan_chunks!(bytes, from, 16, _mm_loadu_si128, _mm_set1_epi8, _mm_max_epu8, _mm_cmpeq_epi8, _mm_or_si128, _mm_movemask_epi8)
 }
 
-/// What one pass over a text found: whether it needs JSON escaping, and whether it may hold a
-/// secret-shaped token (`sk-…`, `Bearer …`): long texts are only checked for the `-` and `B` such
-/// tokens contain, short ones for the prefixes themselves. When it is false, redaction is skipped.
+/// What one pass over a text found: whether it needs JSON escaping, and whether it holds the start of
+/// a secret-shaped token (`sk-`, `Bearer `). When it holds none, redaction is skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextScan {
     pub needs_escape: bool,
     pub may_hold_token: bool,
 }
 
-/// For short texts (ids, model names) the token check is exact about the prefixes, so redaction is
-/// skipped for the dashes of a UUID or of `gpt-4o`.
-fn scan_scalar(bytes: &[u8]) -> TextScan {
+/// Whether a token prefix is at `at`: `sk-` ending there, or `Bearer ` starting there.
+fn token_prefix_at(bytes: &[u8], at: usize) -> bool {
+    match bytes[at] {
+        b'-' => at >= 2 && &bytes[at - 2..at] == b"sk",
+        b'B' => bytes[at..].starts_with(b"Bearer "),
+        _ => false,
+    }
+}
+
+fn scan_scalar(bytes: &[u8], from: usize) -> TextScan {
     let mut scan = TextScan { needs_escape: false, may_hold_token: false };
-    for (at, &byte) in bytes.iter().enumerate() {
-        scan.needs_escape |= needs_escape(byte);
-        scan.may_hold_token |= (byte == b'-' && at >= 2 && &bytes[at - 2..at] == b"sk")
-            || (byte == b'B' && bytes[at..].starts_with(b"Bearer "));
+    for at in from..bytes.len() {
+        scan.needs_escape |= needs_escape(bytes[at]);
+        scan.may_hold_token = scan.may_hold_token || token_prefix_at(bytes, at);
     }
     scan
 }
 
 pub fn scan_text(bytes: &[u8]) -> TextScan {
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 64 && std::arch::is_x86_feature_detected!("avx2") {
+    if bytes.len() >= 32 && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { scan_text_avx2(bytes) };
     }
-    scan_scalar(bytes)
+    scan_scalar(bytes, 0)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -126,7 +131,7 @@ unsafe fn scan_text_avx2(bytes: &[u8]) -> TextScan {
     let dash = _mm256_set1_epi8(b'-' as i8);
     let capital_b = _mm256_set1_epi8(b'B' as i8);
     let mut specials = _mm256_setzero_si256();
-    let mut token_bytes = _mm256_setzero_si256();
+    let mut may_hold_token = false;
     let mut at = 0;
     while at + 32 <= bytes.len() {
         // Unaligned loads within `bytes`.
@@ -134,13 +139,20 @@ unsafe fn scan_text_avx2(bytes: &[u8]) -> TextScan {
         let is_control = _mm256_cmpeq_epi8(_mm256_max_epu8(chunk, last_control), last_control);
         let is_special = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, quote), _mm256_cmpeq_epi8(chunk, backslash)), is_control);
         specials = _mm256_or_si256(specials, is_special);
-        token_bytes = _mm256_or_si256(token_bytes, _mm256_or_si256(_mm256_cmpeq_epi8(chunk, dash), _mm256_cmpeq_epi8(chunk, capital_b)));
+        if !may_hold_token {
+            // Only the few `-` and `B` bytes are looked at more closely.
+            let mut candidates = _mm256_movemask_epi8(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, dash), _mm256_cmpeq_epi8(chunk, capital_b))) as u32;
+            while candidates != 0 && !may_hold_token {
+                may_hold_token = token_prefix_at(bytes, at + candidates.trailing_zeros() as usize);
+                candidates &= candidates - 1;
+            }
+        }
         at += 32;
     }
-    let tail = &bytes[at..];
+    let tail = scan_scalar(bytes, at);
     TextScan {
-        needs_escape: _mm256_movemask_epi8(specials) != 0 || tail.iter().any(|&byte| needs_escape(byte)),
-        may_hold_token: _mm256_movemask_epi8(token_bytes) != 0 || tail.iter().any(|&byte| byte == b'-' || byte == b'B'),
+        needs_escape: _mm256_movemask_epi8(specials) != 0 || tail.needs_escape,
+        may_hold_token: may_hold_token || tail.may_hold_token,
     }
 }
 

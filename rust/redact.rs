@@ -104,7 +104,7 @@ pub fn redact<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
     redact_after_scan(text, secrets, true)
 }
 
-/// `redact` for a text whose scan (`jsonl::scan_text`) told whether it holds `-` or `B` at all.
+/// `redact` for a text whose scan (`jsonl::scan_text`) told whether it holds a token prefix at all.
 pub fn redact_after_scan<'a>(text: &'a str, secrets: &[String], may_hold_token_bytes: bool) -> Cow<'a, str> {
     static KEY_PREFIX: OnceLock<Finder<'static>> = OnceLock::new();
     static BEARER_PREFIX: OnceLock<Finder<'static>> = OnceLock::new();
@@ -114,7 +114,8 @@ pub fn redact_after_scan<'a>(text: &'a str, secrets: &[String], may_hold_token_b
             redacted = Cow::Owned(redacted.replace(secret.as_str(), REDACTED));
         }
     }
-    // A registered secret's replacement holds neither `-` nor `B`, so the scan's answer still stands.
+    // A registered secret's replacement, `[REDACTED]`, cannot complete a token prefix, so the scan's
+    // answer still stands.
     if !may_hold_token_bytes || !may_hold_token(redacted.as_bytes()) {
         return redacted;
     }
