@@ -475,6 +475,14 @@ def _run_ids(n: int) -> list[str]:
     return [str(uuid.uuid4()) for _ in range(n)]
 
 
+def _fire_pairs(manager: Any, log: Any, run_ids: list[str], prompt: str, response: Any, model: str) -> None:
+    """One LLM start and end per run id through ``manager``, then close ``log`` (its writing is timed too)."""
+    for run_id in run_ids:
+        manager.on_llm_start(prompt, run_id=run_id, model=model)
+        manager.on_llm_end(response, run_id=run_id, model=model)
+    log.close()
+
+
 class PlainJsonPair:
     """The hand-written pure-Python equivalent: counters, a latency list, cost, ``json.dumps`` + buffered text."""
 
@@ -592,11 +600,7 @@ def _pair_contenders(cfg: Config) -> list[Contender]:
                     "manager": CallbackManager([metrics, log], backend=backend)}
 
         def run(state: Any) -> None:
-            manager, log = state["manager"], state["log"]
-            for run_id in state["ids"]:
-                manager.on_llm_start(prompt, run_id=run_id, model=model)
-                manager.on_llm_end(response, run_id=run_id, model=model)
-            log.close()
+            _fire_pairs(state["manager"], state["log"], state["ids"], prompt, response, model)
 
         def teardown(state: Any) -> None:
             n = len(state["ids"])
@@ -795,11 +799,7 @@ def _jsonl_contenders(cfg: Config) -> list[Contender]:
         if n not in bytes_cache:
             path = _temp_path(cfg, "jsonl-source")
             log = FileLogCallback(path, backend="rust")
-            manager = CallbackManager([log], backend="rust")
-            for run_id in ids(n):
-                manager.on_llm_start(prompt, run_id=run_id, model=model)
-                manager.on_llm_end(response, run_id=run_id, model=model)
-            log.close()
+            _fire_pairs(CallbackManager([log], backend="rust"), log, ids(n), prompt, response, model)
             with open(path, "rb") as handle:
                 bytes_cache[n] = handle.read()
             _remove(path)
@@ -812,11 +812,7 @@ def _jsonl_contenders(cfg: Config) -> list[Contender]:
             return {"ids": ids(n), "path": path, "log": log, "manager": CallbackManager([log], backend=backend)}
 
         def run(state: Any) -> None:
-            manager, log = state["manager"], state["log"]
-            for run_id in state["ids"]:
-                manager.on_llm_start(prompt, run_id=run_id, model=model)
-                manager.on_llm_end(response, run_id=run_id, model=model)
-            log.close()
+            _fire_pairs(state["manager"], state["log"], state["ids"], prompt, response, model)
 
         def teardown(state: Any) -> None:
             try:
