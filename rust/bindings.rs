@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::dispatch::{catalogue, python_error, Dispatcher, JsonlSink, MetricsSink, Registry};
 use crate::events::{EventKind, EVENTS, EVENT_COUNT};
-use crate::jsonl::WriterConfig;
+use crate::writer::WriterConfig;
 use crate::metrics::{Metrics, Prices, Snapshot};
 use crate::pyjson::{EventValues, RecordOptions};
 

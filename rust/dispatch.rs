@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::events::{EventKind, EVENTS, EVENT_COUNT};
-use crate::jsonl::{Appended, JsonlWriter, WriteError, WriterConfig};
+use crate::writer::{Appended, JsonlWriter, WriteError, WriterConfig};
 use crate::metrics::{Metrics, Usage};
 use crate::pyjson::{push_record, EventValues, RecordOptions};
 

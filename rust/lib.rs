@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod jsonl;
+pub mod writer;
 pub mod metrics;
 pub mod redact;
 
