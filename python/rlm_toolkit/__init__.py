@@ -1,5 +1,8 @@
 """rlm_toolkit: fast, dependable event hooks (callbacks) for LLM apps, with a Rust core."""
 
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BackendError,
     CallbackConfigError,
@@ -8,8 +11,23 @@ from .errors import (
     LogFileError,
     RLMToolkitError,
 )
-from .rlm import RLM, RunResult
 from .types import LLMResponse, Usage
+
+if TYPE_CHECKING:
+    from .rlm import RLM, RunResult
+
+__version__ = version("rlm_toolkit")
+
+_LAZY = {"RLM", "RunResult"}
+"""Imported on first use: they need ``openai``, which a job that only wants fast callbacks need not load."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import rlm
+
+        return getattr(rlm, name)
+    raise AttributeError(f"module 'rlm_toolkit' has no attribute {name!r}")
 
 __all__ = [
     "RLM",
