@@ -23,6 +23,19 @@ class LogClosedError(RLMToolkitError):
     """An event reached a FileLogCallback after ``close()``."""
 
 
+class MemoryConfigError(RLMToolkitError, ValueError):
+    """A memory was constructed with a bad option."""
+
+
+class ToolDefinitionError(RLMToolkitError, TypeError):
+    """A function cannot be turned into a tool (bad name, unsupported parameter kind or type hint)."""
+
+
+class ToolCallError(RLMToolkitError):
+    """The model's tool call could not be run: unknown tool name, or arguments that are not valid JSON or do
+    not fit the tool's parameters. The run goes on; the model is told the message."""
+
+
 class LLMCallError(RLMToolkitError):
     """An LLM call failed for good (after retries, or with an error that is not retried).
 

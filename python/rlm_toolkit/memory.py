@@ -11,13 +11,9 @@ import threading
 from collections import deque
 from typing import Protocol, runtime_checkable
 
-from .errors import RLMToolkitError
+from .errors import MemoryConfigError
 
 __all__ = ["BufferMemory", "Memory", "MemoryConfigError"]
-
-
-class MemoryConfigError(RLMToolkitError, ValueError):
-    """A memory was constructed with a bad option."""
 
 
 @runtime_checkable

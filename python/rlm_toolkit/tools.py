@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from .errors import RLMToolkitError
+from .errors import ToolCallError, ToolDefinitionError
 
 __all__ = [
     "Tool",
@@ -55,15 +55,6 @@ _PLAIN_TYPE_SCHEMAS: dict[Any, dict[str, Any]] = {
     tuple: {"type": "array"},
     dict: {"type": "object"},
 }
-
-
-class ToolDefinitionError(RLMToolkitError, TypeError):
-    """A function cannot be turned into a tool (bad name, unsupported parameter kind or type hint)."""
-
-
-class ToolCallError(RLMToolkitError):
-    """The model's tool call could not be run: unknown tool name, or arguments that are not valid JSON or do
-    not fit the tool's parameters. The run goes on; the model is told the message."""
 
 
 @dataclass(frozen=True, slots=True)
