@@ -51,9 +51,9 @@ def run_workload(case: str, implementation: str, count: int) -> None:
                     pass
         return
 
-    from rlm_toolkit.bench import PlainJsonPair, PlainOrjsonPair, _pair_payload
+    from rlm_toolkit.bench import PlainJsonPair, PlainOrjsonPair, pair_payload
 
-    prompt, response = _pair_payload()
+    prompt, response = pair_payload()
     run_ids = [f"{index:08d}-0000-4000-8000-000000000000" for index in range(count)]
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "pair.jsonl")

@@ -1,5 +1,5 @@
-"""Issue 4, cases 1 and 2: ``on_llm_start`` fan-out to N = 1, 4, 16 Python handlers, and 16 registered
-handlers of which one overrides the event against a single handler."""
+"""The fan-out cases: ``on_llm_start`` fan-out to N = 1, 4, 16 Python handlers, and 16 registered handlers of
+which one overrides the event against a single handler."""
 
 from __future__ import annotations
 
@@ -21,25 +21,25 @@ def test_one_of_16(run_contender, key: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def fanout_targets(bench_cfg: bench.Config) -> list[bench.Target]:
+def fanout(interleaved) -> dict[str, dict[str, bench.Row]]:
     """All fan-out implementations measured interleaved in this one run (medians)."""
-    rows = bench.run_cases([*FANOUT_CASES, "one-of-16"], bench_cfg)
-    targets = bench.evaluate_targets(rows)
-    print("\n" + bench.render_markdown(rows, targets, bench_cfg))
-    return targets
+    return interleaved([*FANOUT_CASES, "one-of-16"])
 
 
-# -- TARGET ASSERTIONS (issue 4) -----------------------------------------------------------------------------
+# -- TARGET ASSERTIONS ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.target
 @pytest.mark.parametrize("n", bench.FANOUT_SIZES)
-def test_target_fanout_within_1_3x_of_inlined_loop(fanout_targets, check_target, n: int) -> None:
+def test_target_fanout_within_1_3x_of_inlined_loop(fanout, check_target, n: int) -> None:
     """TARGET: the Rust backend's fan-out to n Python handlers takes <= 1.3x a plain inlined for-loop."""
-    check_target(fanout_targets, f"fan-out to {n}:")
+    rows = fanout[f"fanout-{n}"]
+    check_target(f"fan-out to {n}: rust / plain inlined loop", rows["rust"].ns_ratio_to(rows["plain-inline"]),
+                 "<=", 1.3, "x")
 
 
 @pytest.mark.target
-def test_target_16_with_one_overrider_within_1_2x_of_one_handler(fanout_targets, check_target) -> None:
+def test_target_16_with_one_overrider_within_1_2x_of_one_handler(fanout, check_target) -> None:
     """TARGET: 16 registered handlers of which 1 overrides on_llm_start take <= 1.2x a single handler (Rust)."""
-    check_target(fanout_targets, "16 with 1 overrider")
+    rows = fanout["one-of-16"]
+    check_target("16 with 1 overrider / 1 handler (rust)", rows["rust"].ns_ratio_to(rows["rust-1"]), "<=", 1.2, "x")

@@ -1,5 +1,5 @@
-"""Issue 4, case 7: JSONL bytes/s of ``FileLogCallback`` against a raw 64 KiB-buffered write of the same bytes
-(close included). No target in the issue: figures only (MB/s in ``extra_info`` and the CLI table)."""
+"""The JSONL case: bytes/s of ``FileLogCallback`` against a raw 64 KiB-buffered write of the same bytes
+(close included). No target: figures only (MB/s in ``extra_info`` and the command's table)."""
 
 from __future__ import annotations
 

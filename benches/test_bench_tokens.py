@@ -1,5 +1,5 @@
-"""Issue 4, case 4: the token hook, ``manager.on_llm_new_token`` to a ``StreamingCallback(on_token=fn)``,
-10^6 tokens per round (10^4-scale with --bench-quick). No target in the issue: figures only."""
+"""The token hook: ``manager.on_llm_new_token`` to a ``StreamingCallback(on_token=fn)``, 10^6 tokens per round
+(2*10^4 with --bench-quick). No target: figures only."""
 
 from __future__ import annotations
 
