@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::events::{EventKind, EVENTS, EVENT_COUNT};
-use crate::writer::{Appended, JsonlWriter, WriteError, WriterConfig};
+use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
 use crate::metrics::{Metrics, Usage};
 use crate::pyjson::{push_record, EventValues, RecordOptions};
 
@@ -84,7 +84,8 @@ unsafe impl Sync for JsonlSink {}
 /// What became of one record, for the dispatcher to count and report.
 pub struct Recorded {
     pub dropped: bool,
-    pub new_io_error: Option<String>,
+    /// A new write error or lines lost since the last record, to report once.
+    pub news: Option<Announcement>,
 }
 
 impl JsonlSink {
@@ -127,7 +128,7 @@ impl JsonlSink {
             match writer.append(&line) {
                 Ok(Appended::MustWait) => py.detach(|| writer.make_room()),
                 Ok(appended) => {
-                    break Ok(Recorded { dropped: appended == Appended::Dropped, new_io_error: writer.announce_error() })
+                    break Ok(Recorded { dropped: appended == Appended::Dropped, news: writer.announce() })
                 }
                 Err(error) => break Err(self.error_to_python(py, error)),
             }
@@ -310,6 +311,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn fire<'py>(
         &self,
         py: Python<'py>,
@@ -365,26 +367,51 @@ impl Dispatcher {
         match sink {
             Sink::Metrics(metrics) => metrics.record(event),
             Sink::Jsonl(jsonl) => {
-                let recorded = jsonl.record(py, event)?;
+                let recorded = match jsonl.record(py, event) {
+                    Ok(recorded) => recorded,
+                    Err(error) => return self.sink_refused(py, registry, &jsonl.path, event.kind, error),
+                };
                 if recorded.dropped {
                     for counter in &registry.error_counters {
-                        count_on(py, counter, Counter::Dropped)?;
+                        count_on(py, counter, Counter::Dropped(1))?;
                     }
                 }
-                if let Some(reason) = recorded.new_io_error {
-                    self.report_write_error(py, registry, jsonl, event.kind, reason)?;
+                if let Some(news) = recorded.news {
+                    if news.lost_lines > 0 {
+                        for counter in &registry.error_counters {
+                            count_on(py, counter, Counter::Lost(news.lost_lines))?;
+                        }
+                    }
+                    if let Some(reason) = news.error {
+                        self.report_write_error(py, registry, jsonl, event.kind, reason)?;
+                    }
                 }
             }
             Sink::Python(core) => {
                 let args = PyTuple::new(py, event.args)?;
-                core.call_method1(
+                let handled = core.call_method1(
                     py,
                     intern!(py, "handle"),
                     (event.kind.spec().name, args, event.run_id, event.parent_run_id, event.model, event.ts, event.extra),
-                )?;
+                );
+                if let Err(error) = handled {
+                    let path = core.getattr(py, intern!(py, "path")).and_then(|path| path.extract::<String>(py)).unwrap_or_default();
+                    return self.sink_refused(py, registry, &path, event.kind, error);
+                }
             }
         }
         Ok(())
+    }
+
+    /// A closed log refusing an event is isolated like a failing hook (logged, counted): the other sinks
+    /// and hooks still get the event. Any other error propagates.
+    fn sink_refused(&self, py: Python<'_>, registry: &Registry, path: &str, kind: EventKind, error: PyErr) -> PyResult<()> {
+        let closed = py.import("rlm_toolkit.errors").and_then(|module| module.getattr("LogClosedError"))?;
+        if !error.matches(py, closed)? {
+            return Err(error);
+        }
+        let label = PyString::new(py, &format!("FileLogCallback({path})"));
+        self.hook_failed(py, registry, &label, kind.spec().name, error.into_value(py).into_bound(py).into_any())
     }
 
     /// A log write failed on the writer thread: log and count it like a failing hook, and fire `on_error`
@@ -408,18 +435,23 @@ impl Dispatcher {
 
 enum Counter {
     HandlerError,
-    Dropped,
+    Dropped(u64),
+    Lost(u64),
 }
 
 fn count_on(py: Python<'_>, sink: &Sink, counter: Counter) -> PyResult<()> {
     match (sink, counter) {
         (Sink::Metrics(metrics), Counter::HandlerError) => metrics.lock().handler_error(),
-        (Sink::Metrics(metrics), Counter::Dropped) => metrics.lock().dropped(1),
+        (Sink::Metrics(metrics), Counter::Dropped(count)) => metrics.lock().dropped(count),
+        (Sink::Metrics(metrics), Counter::Lost(count)) => metrics.lock().lost(count),
         (Sink::Python(core), Counter::HandlerError) => {
             core.call_method0(py, intern!(py, "handler_error"))?;
         }
-        (Sink::Python(core), Counter::Dropped) => {
-            core.call_method1(py, intern!(py, "dropped"), (1,))?;
+        (Sink::Python(core), Counter::Dropped(count)) => {
+            core.call_method1(py, intern!(py, "dropped"), (count,))?;
+        }
+        (Sink::Python(core), Counter::Lost(count)) => {
+            core.call_method1(py, intern!(py, "lost"), (count,))?;
         }
         (Sink::Jsonl(_), _) => {}
     }

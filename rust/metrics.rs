@@ -20,8 +20,8 @@
 //! - `llm_error`: `errors` += 1; closes `run_id` if open without recording a latency, since failed calls
 //!   would distort it; the key = model, else the start model, gets `errors` += 1 if such a model is known.
 //! - Plain counters: `retries`, `tokens_streamed`, `tool_calls` (tool starts), `tool_results` (tool ends),
-//!   `memory_stores`, `memory_recalls`, `dropped_events` (+= n), `handler_errors`.
-//! - Token sums and `dropped_events` saturate at `u64::MAX`.
+//!   `memory_stores`, `memory_recalls`, `dropped_events` (+= n), `lost_events` (+= n), `handler_errors`.
+//! - Token sums, `dropped_events` and `lost_events` saturate at `u64::MAX`.
 //! - Latency: `avg_latency_ms` = sum of latencies in event order / count, `min_latency_ms` and
 //!   `max_latency_ms` exact, all 0.0 without samples. Percentiles come from a log-linear histogram over
 //!   integer microseconds `v = floor(ms * 1000.0 + 0.5)` clamped to `[0, 2^40 - 1]`: values below 2048 have
@@ -116,6 +116,7 @@ pub struct Snapshot {
     pub open_runs: u64,
     pub evicted_runs: u64,
     pub dropped_events: u64,
+    pub lost_events: u64,
     pub handler_errors: u64,
     /// In first-seen order.
     pub by_model: Vec<(String, ModelSnapshot)>,
@@ -240,6 +241,11 @@ impl Metrics {
         self.counters.dropped_events = self.counters.dropped_events.saturating_add(n);
     }
 
+    /// Counts `n` events a writer accepted but could not write (a failed or abandoned write).
+    pub fn lost(&mut self, n: u64) {
+        self.counters.lost_events = self.counters.lost_events.saturating_add(n);
+    }
+
     /// Counts a callback that raised.
     pub fn handler_error(&mut self) {
         self.counters.handler_errors += 1;
@@ -272,6 +278,7 @@ impl Metrics {
             open_runs: self.open_runs.len() as u64,
             evicted_runs: counters.evicted_runs,
             dropped_events: counters.dropped_events,
+            lost_events: counters.lost_events,
             handler_errors: counters.handler_errors,
             by_model: self
                 .models
@@ -321,6 +328,7 @@ struct Counters {
     unpriced_calls: u64,
     evicted_runs: u64,
     dropped_events: u64,
+    lost_events: u64,
     handler_errors: u64,
 }
 

@@ -41,6 +41,7 @@ SNAPSHOT_KEYS = [
     "open_runs",
     "evicted_runs",
     "dropped_events",
+    "lost_events",
     "handler_errors",
     "by_model",
 ]

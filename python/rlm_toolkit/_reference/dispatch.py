@@ -7,9 +7,10 @@ from typing import Any, Callable
 
 from ..callbacks._async import PendingHook
 from ..callbacks._registration import HookPlan
-from ..errors import LogFileError
+from ..errors import LogClosedError, LogFileError
 from ..events import EVENTS, EventSpec
 from .clock import now
+from .records import checked_timestamp
 
 FailureReporter = Callable[[str, str, BaseException], None]
 
@@ -35,10 +36,17 @@ class Dispatcher:
             metrics.handler_error()
         self._report_failure(label, event, error)
 
-    def _report_write_error(self, sink: Any, event: str, reason: str) -> None:
-        error = LogFileError(f"writing log file {sink.path!r} failed: {reason}")
-        self.hook_failed(f"FileLogCallback({sink.path})", event, error)
-        self.on_error(error)  # type: ignore[attr-defined]
+    def _report_news(self, sink: Any, event: str, reason: str | None, lost: int, dropped: int) -> None:
+        """Counts what a log lost or dropped; a write error is logged, counted and fired as ``on_error``."""
+        for metrics in self._error_counters:
+            if dropped:
+                metrics.dropped(dropped)
+            if lost:
+                metrics.lost(lost)
+        if reason is not None:
+            error = LogFileError(f"writing log file {sink.path!r} failed: {reason}")
+            self.hook_failed(f"FileLogCallback({sink.path})", event, error)
+            self.on_error(error)  # type: ignore[attr-defined]
 
     def _fire(self, index: int, spec: EventSpec, args: tuple[Any, ...], run_id: Any, parent_run_id: Any,
               model: str | None, timestamp: float | None, extra: dict[str, Any]) -> None:
@@ -46,11 +54,15 @@ class Dispatcher:
         if sinks:
             ts = now() if timestamp is None else timestamp
             for sink in sinks:
-                sink.handle(spec.name, args, run_id, parent_run_id, model, ts, extra or None)
-                announce_error = getattr(sink, "announce_error", None)
-                reason = announce_error() if announce_error is not None else None
-                if reason is not None:
-                    self._report_write_error(sink, spec.name, reason)
+                try:
+                    sink.handle(spec.name, args, run_id, parent_run_id, model, ts, extra or None)
+                except LogClosedError as error:  # a closed log never silences the other sinks and hooks
+                    self.hook_failed(f"FileLogCallback({sink.path})", spec.name, error)
+                    continue
+                announce = getattr(sink, "announce", None)
+                news = announce() if announce is not None else None
+                if news is not None:
+                    self._report_news(sink, spec.name, *news)
         if not hooks:
             return
         slots = args + ((run_id, parent_run_id, model) if spec.has_model else (run_id, parent_run_id))
@@ -85,7 +97,7 @@ def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
             args += (extra.pop(name),)
         if model is not None and not isinstance(model, str):
             raise TypeError(f"{spec.hook}(): model must be a str or None")
-        self._fire(index, spec, args, run_id, parent_run_id, model, timestamp, extra)
+        self._fire(index, spec, args, run_id, parent_run_id, model, checked_timestamp(spec.hook, timestamp), extra)
 
     fire.__name__ = fire.__qualname__ = spec.hook
     keyword = inspect.Parameter.KEYWORD_ONLY

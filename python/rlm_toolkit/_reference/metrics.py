@@ -20,8 +20,9 @@ Semantics:
 - ``llm_error``: ``errors`` += 1; closes ``run_id`` if open without recording a latency, since failed calls
   would distort it; the key = model, else the start model, gets ``errors`` += 1 if such a model is known.
 - Plain counters: ``retries``, ``tokens_streamed``, ``tool_calls`` (tool starts), ``tool_results`` (tool
-  ends), ``memory_stores``, ``memory_recalls``, ``dropped_events`` (+= n), ``handler_errors``.
-- Token sums and ``dropped_events`` saturate at 2**64 - 1, like the Rust ``u64`` counters.
+  ends), ``memory_stores``, ``memory_recalls``, ``dropped_events`` (+= n), ``lost_events`` (+= n),
+  ``handler_errors``.
+- Token sums, ``dropped_events`` and ``lost_events`` saturate at 2**64 - 1, like the Rust ``u64`` counters.
 - Latency: ``avg_latency_ms`` = sum of latencies in event order / count, ``min_latency_ms`` and
   ``max_latency_ms`` exact, all 0.0 without samples. Percentiles come from a log-linear histogram over
   integer microseconds ``v = floor(ms * 1000.0 + 0.5)`` clamped to ``[0, 2**40 - 1]``: values below 2048 have
@@ -140,6 +141,7 @@ class ReferenceMetrics:
         self._unpriced_calls = 0
         self._evicted_runs = 0
         self._dropped_events = 0
+        self._lost_events = 0
         self._handler_errors = 0
         self._latency_count = 0
         self._latency_sum_ms = 0.0
@@ -256,6 +258,11 @@ class ReferenceMetrics:
         with self._lock:
             self._dropped_events = _saturating_add(self._dropped_events, n)
 
+    def lost(self, n: int) -> None:
+        """Counts ``n`` events a writer accepted but could not write (a failed or abandoned write)."""
+        with self._lock:
+            self._lost_events = _saturating_add(self._lost_events, n)
+
     def handler_error(self) -> None:
         """Counts a callback that raised."""
         with self._lock:
@@ -300,6 +307,7 @@ class ReferenceMetrics:
                 "open_runs": len(self._open_runs),
                 "evicted_runs": self._evicted_runs,
                 "dropped_events": self._dropped_events,
+                "lost_events": self._lost_events,
                 "handler_errors": self._handler_errors,
                 "by_model": {key: stats.snapshot() for key, stats in self._models.items()},
             }

@@ -6,15 +6,14 @@ A subclass that overrides a hook is called in Python for that hook; ``super().on
 
 from __future__ import annotations
 
-import atexit
 import os
-import weakref
 from typing import Any, Literal
 
 from .. import _backend
 from ..errors import CallbackConfigError, LogFileError
 from ..events import EVENTS, EventSpec
 from ..pricing import PRICES_PER_MILLION
+from . import _lifecycle
 from .base import BaseCallback
 
 
@@ -46,13 +45,32 @@ for _spec in EVENTS:
     setattr(NativeSinkCallback, _spec.hook, _forwarder(_spec))
 
 
+def _checked_int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CallbackConfigError(f"{name} must be an int from {low:,} to {high:,}, got {value!r}")
+    return value
+
+
+def _checked_seconds(name: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise CallbackConfigError(f"{name} must be a number of seconds from {low:g} to {high:g}, got {value!r}")
+    return float(value)
+
+
+MAX_OPEN_RUNS = 10_000_000
+MAX_FIELD_CHARS = 2**30
+MAX_BUFFER_BYTES = 64 * 2**20
+MAX_PENDING_BYTES = 2**30
+MAX_FLUSH_INTERVAL = 86_400.0
+MAX_CLOSE_TIMEOUT = 3_600.0
+
+
 class MetricsCallback(NativeSinkCallback):
     """Aggregates calls, tokens, latency percentiles, cost, errors and retries with bounded memory."""
 
     def __init__(self, *, prices: dict[str, tuple[float, float]] | None = None, max_open_runs: int = 10_000,
                  backend: _backend.BackendName | None = None) -> None:
-        if max_open_runs < 1:
-            raise CallbackConfigError(f"max_open_runs must be at least 1, got {max_open_runs}")
+        _checked_int("max_open_runs", max_open_runs, 1, MAX_OPEN_RUNS)
         table = PRICES_PER_MILLION if prices is None else prices
         self.core = _backend.load(backend).Metrics(
             [(name, float(p_in), float(p_out)) for name, (p_in, p_out) in table.items()], max_open_runs
@@ -67,30 +85,27 @@ class MetricsCallback(NativeSinkCallback):
         self.core.reset()
 
 
-_open_logs: "weakref.WeakSet[FileLogCallback]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_logs() -> None:
-    for log in list(_open_logs):
-        log.close()
-
-
-def _reopen_logs_in_child() -> None:
-    for log in list(_open_logs):
-        if not log.closed:
-            log.core.reopen_after_fork()
-
-
-os.register_at_fork(after_in_child=_reopen_logs_in_child)
-
-
 class FileLogCallback(NativeSinkCallback):
     """Writes one JSON object per event to ``log_path`` (JSON Lines), from a writer thread of its own.
 
     Records hold ``ts`` (ISO 8601 UTC), ``event``, ``run_id``, ``parent_run_id`` and the event's fields
-    (see ``rlm_toolkit.events``). The file is appended to, created with mode 0600, parent folders made.
+    (see ``rlm_toolkit.events``). The file is appended to, created with mode 0600, parent folders made; an
+    existing file that is not a JSONL log is refused (``NotAJsonlLogError``) and left untouched.
     Everything written is flushed at interpreter exit; call ``flush()`` to force it earlier.
+
+    ``include_prompts`` and ``include_responses`` decide which conversation text the records hold, field by
+    field as ``rlm_toolkit.events.CONTENT_FIELDS`` lists: prompts are the ``llm_start``/``run_start``
+    prompt, the ``memory_recall`` query and ``memory_store`` content of role ``user``; responses are the
+    ``llm_end`` response, streamed tokens, the ``run_end`` answer and ``memory_store`` content of role
+    ``assistant``. Text that may quote either side (tool inputs and outputs, recalled messages, memory
+    content of other roles, exception messages) is written only when both are on. With both off, no text
+    of the conversation is written: a withheld field is left out, an ``error`` is ``{"type": ...}`` alone.
+    Extra keywords of an event (``role=``, ``tool_name=``, your own) are written as passed.
+    ``include_tokens`` records ``llm_new_token`` events at all (and makes LLM calls stream).
+
+    Accepted ranges: ``max_field_chars`` 16 to 2**30; ``flush_interval`` 0.001 to 86,400 s;
+    ``buffer_bytes`` 1 to 64 MiB; ``max_pending_bytes`` ``buffer_bytes`` to 1 GiB; ``close_timeout``
+    (how long ``close()`` waits for the file before it gives up on the unwritten lines) 0.001 to 3,600 s.
     """
 
     def __init__(
@@ -105,16 +120,18 @@ class FileLogCallback(NativeSinkCallback):
         buffer_bytes: int = 64 * 1024,
         max_pending_bytes: int = 4 * 1024 * 1024,
         on_full: Literal["block", "drop"] = "block",
+        close_timeout: float = 5.0,
         backend: _backend.BackendName | None = None,
     ) -> None:
-        if max_field_chars < 16:
-            raise CallbackConfigError(f"max_field_chars must be at least 16, got {max_field_chars}")
-        if flush_interval <= 0:
-            raise CallbackConfigError(f"flush_interval must be positive seconds, got {flush_interval}")
-        if buffer_bytes < 1 or max_pending_bytes < buffer_bytes:
-            raise CallbackConfigError("buffer_bytes must be positive and max_pending_bytes at least buffer_bytes")
+        _checked_int("max_field_chars", max_field_chars, 16, MAX_FIELD_CHARS)
+        flush_interval = _checked_seconds("flush_interval", flush_interval, 0.001, MAX_FLUSH_INTERVAL)
+        _checked_int("buffer_bytes", buffer_bytes, 1, MAX_BUFFER_BYTES)
+        _checked_int("max_pending_bytes", max_pending_bytes, buffer_bytes, MAX_PENDING_BYTES)
+        close_timeout = _checked_seconds("close_timeout", close_timeout, 0.001, MAX_CLOSE_TIMEOUT)
         if on_full not in ("block", "drop"):
             raise CallbackConfigError(f"on_full must be 'block' or 'drop', got {on_full!r}")
+        if os.fspath(log_path) in ("", b""):
+            raise LogFileError("log_path is empty; give a file path such as 'rlm.jsonl'")
         path = os.path.abspath(os.fspath(log_path))
         if os.path.isdir(path):
             raise LogFileError(f"log_path {path!r} is a directory; give a file path such as {path}/rlm.jsonl")
@@ -125,25 +142,46 @@ class FileLogCallback(NativeSinkCallback):
         self.log_path = path
         self.core = _backend.load(backend).JsonlSink(
             path, include_prompts, include_responses, max_field_chars,
-            flush_interval, buffer_bytes, max_pending_bytes, on_full == "block",
+            flush_interval, buffer_bytes, max_pending_bytes, on_full == "block", close_timeout,
         )
         self.native_events = frozenset(
             spec.name for spec in EVENTS if include_tokens or spec.name != "llm_new_token"
         )
         self.wants_token_stream = include_tokens
-        _open_logs.add(self)
+        _lifecycle.track(self)
 
-    def flush(self) -> None:
-        """Write everything accepted so far to the file; raises LogFileError if a write failed."""
-        self.core.flush()
+    def flush(self, timeout: float | None = None) -> None:
+        """Write everything accepted so far to the file; raises LogFileError if a write failed.
+
+        With ``timeout`` (seconds) it waits at most that long, whatever holds the file (a FIFO nobody reads,
+        a stuck writer), then raises LogFileError saying how many lines still wait; they stay queued.
+        Safe to call from a signal handler."""
+        if timeout is None:
+            self.core.flush()
+        else:
+            self.core.flush(_checked_seconds("timeout", timeout, 0.0, MAX_CLOSE_TIMEOUT))
 
     def close(self) -> None:
-        """Flush and close the file. Idempotent; events after it raise LogClosedError."""
+        """Flush and close the file, waiting at most ``close_timeout`` seconds. Idempotent; events sent to
+        this callback after it raise LogClosedError (through a manager they are reported, not raised).
+
+        Raises LogFileError for a write that failed since the last ``flush()``, or when the file did not
+        accept the last lines in time: those are counted in ``lost_events`` and the message says how many."""
         self.core.close()
 
     @property
     def closed(self) -> bool:
         return self.core.closed
+
+    @property
+    def dropped_events(self) -> int:
+        """Events dropped because the queue was full (``on_full="drop"``)."""
+        return self.core.dropped
+
+    @property
+    def lost_events(self) -> int:
+        """Events accepted but not written: a write that failed (disk full) or a ``close()`` that gave up."""
+        return self.core.lost
 
     def __enter__(self) -> "FileLogCallback":
         return self
