@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+import traceback
 from collections.abc import Iterable
 from typing import Any
 
 from .. import _backend
+from ..errors import CallbackConfigError
 from ..events import EVENTS
+from ..secrets import redact
 from ._async import AsyncHookRunner
 from ._registration import register
 from .base import BaseCallback
@@ -19,7 +24,27 @@ logger = logging.getLogger("rlm_toolkit")
 
 
 def _report_hook_failure(label: str, event: str, error: BaseException) -> None:
-    logger.error("callback %s raised while handling %r: %r", label, event, error, exc_info=error)
+    """Log a hook's failure with its traceback, both redacted: the error's text and the traceback (its
+    chained errors too) often quote the event's text, which may hold a secret. The traceback is formatted
+    here and logged as text, so no handler formats the raw exception."""
+    try:
+        described = repr(error)
+        details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    except Exception:  # an exception whose repr or str raises: its type and traceback only
+        described = type(error).__name__
+        details = "".join(traceback.format_tb(error.__traceback__))
+    message = f"callback {label} raised while handling {event!r}: {described}\n{details.rstrip()}"
+    logger.error("%s", redact(message))
+
+
+def _checked_async_timeout(async_timeout: object) -> float | None:
+    if async_timeout is None:
+        return None
+    if isinstance(async_timeout, numbers.Real) and not isinstance(async_timeout, bool) and 0 < async_timeout < math.inf:
+        return float(async_timeout)
+    raise CallbackConfigError(
+        f"async_timeout must be None (no timeout) or a finite number of seconds above 0, got {async_timeout!r}"
+    )
 
 
 class CallbackManager(BaseCallback):
@@ -33,13 +58,21 @@ class CallbackManager(BaseCallback):
     added; a hook that is not overridden is never called. A hook that raises is logged on the
     ``rlm_toolkit`` logger and counted in ``handler_errors`` (and in registered ``MetricsCallback``
     metrics) while the other hooks still run, unless its callback sets ``raise_error = True``.
+
+    Async hooks (``async def``) run concurrently. Fired from sync code, or from a sync entry point of the RLM
+    (``run``, ``stream``, ``batch``) even inside a running event loop, an event's async hooks have completed
+    when the event call returns; they run on a background event loop of this manager's own. Fired directly
+    inside a running event loop, they are scheduled on that loop and ``await manager.wait_pending()`` awaits
+    them (``arun``/``astream``/``abatch`` do). A hook still running after ``async_timeout`` seconds (None: no
+    limit) is cancelled, and counted and logged as a failure; so is a hook that raises ``CancelledError``
+    itself. A sync caller never waits longer than ``async_timeout``, even for a hook that blocks its thread.
     """
 
     def __init__(self, callbacks: Iterable[Any] | None = None, *, backend: _backend.BackendName | None = None,
                  async_timeout: float | None = 30.0) -> None:
         self.backend = _backend.resolve(backend)
         self._callbacks: list[Any] = list(callbacks or [])
-        self._async_hooks = AsyncHookRunner(self._async_hook_failed, async_timeout)
+        self._async_hooks = AsyncHookRunner(self._async_hook_failed, _checked_async_timeout(async_timeout))
         self._dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
         for spec in EVENTS:
             setattr(self, spec.hook, self._dispatcher.event_method(spec.name))
