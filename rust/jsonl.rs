@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use crate::redact::token_prefix_at;
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn escape_byte(byte: u8) -> Option<&'static [u8]> {
@@ -70,20 +72,12 @@ unsafe fn next_special_sse2(bytes: &[u8], mut from: usize) -> usize {
 }
 
 /// What one pass over a text found: whether it needs JSON escaping, and whether it holds the start of
-/// a secret-shaped token (`sk-`, `Bearer `). When it holds none, redaction is skipped.
+/// a secret-shaped pattern (`sk-`, `bearer ` and its URL-encoded forms, `://`, see
+/// `redact::token_prefix_at`). When it holds none, redaction is skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextScan {
     pub needs_escape: bool,
     pub may_hold_token: bool,
-}
-
-/// Whether a token prefix is at `at`: `sk-` ending there, or `Bearer ` starting there.
-fn token_prefix_at(bytes: &[u8], at: usize) -> bool {
-    match bytes[at] {
-        b'-' => at >= 2 && &bytes[at - 2..at] == b"sk",
-        b'B' => bytes[at..].starts_with(b"Bearer "),
-        _ => false,
-    }
 }
 
 fn scan_scalar(bytes: &[u8], from: usize) -> TextScan {
@@ -97,7 +91,7 @@ fn scan_scalar(bytes: &[u8], from: usize) -> TextScan {
 
 pub fn scan_text(bytes: &[u8]) -> TextScan {
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 32 && std::arch::is_x86_feature_detected!("avx2") {
+    if bytes.len() > 32 && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { scan_text_avx2(bytes) };
     }
@@ -111,20 +105,26 @@ unsafe fn scan_text_avx2(bytes: &[u8]) -> TextScan {
     let quote = _mm256_set1_epi8(b'"' as i8);
     let backslash = _mm256_set1_epi8(b'\\' as i8);
     let last_control = _mm256_set1_epi8(0x1f);
-    let dash = _mm256_set1_epi8(b'-' as i8);
-    let capital_b = _mm256_set1_epi8(b'B' as i8);
+    let lower_case_bit = _mm256_set1_epi8(0x20);
+    let [s, k, b, e, colon, slash] = [b's', b'k', b'b', b'e', b':', b'/'].map(|byte| _mm256_set1_epi8(byte as i8));
     let mut specials = _mm256_setzero_si256();
     let mut may_hold_token = false;
     let mut at = 0;
-    while at + 32 <= bytes.len() {
+    // Each chunk is compared with the chunk one byte further on too (hence the 33 bytes): only the rare
+    // pairs that begin a pattern's prefix, `sk`, `be` (any case) and `:/`, are looked at more closely.
+    while at + 33 <= bytes.len() {
         // Unaligned loads within `bytes`.
         let chunk = _mm256_loadu_si256(bytes.as_ptr().add(at) as *const __m256i);
         let is_control = _mm256_cmpeq_epi8(_mm256_max_epu8(chunk, last_control), last_control);
         let is_special = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, quote), _mm256_cmpeq_epi8(chunk, backslash)), is_control);
         specials = _mm256_or_si256(specials, is_special);
         if !may_hold_token {
-            // Only the few `-` and `B` bytes are looked at more closely.
-            let mut candidates = _mm256_movemask_epi8(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, dash), _mm256_cmpeq_epi8(chunk, capital_b))) as u32;
+            let next = _mm256_loadu_si256(bytes.as_ptr().add(at + 1) as *const __m256i);
+            let (chunk_lower, next_lower) = (_mm256_or_si256(chunk, lower_case_bit), _mm256_or_si256(next, lower_case_bit));
+            let sk = _mm256_and_si256(_mm256_cmpeq_epi8(chunk, s), _mm256_cmpeq_epi8(next, k));
+            let be = _mm256_and_si256(_mm256_cmpeq_epi8(chunk_lower, b), _mm256_cmpeq_epi8(next_lower, e));
+            let colon_slash = _mm256_and_si256(_mm256_cmpeq_epi8(chunk, colon), _mm256_cmpeq_epi8(next, slash));
+            let mut candidates = _mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(sk, be), colon_slash)) as u32;
             while candidates != 0 && !may_hold_token {
                 may_hold_token = token_prefix_at(bytes, at + candidates.trailing_zeros() as usize);
                 candidates &= candidates - 1;
@@ -182,15 +182,26 @@ pub fn push_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
-/// Finite floats in shortest round-trip form (always with a `.` or exponent, so they read back as
-/// floats); NaN and infinities, which JSON cannot hold, as the strings "NaN", "Infinity", "-Infinity".
+/// Finite floats exactly as Python's `repr` (and so `json.dumps`) writes them: shortest round-trip digits,
+/// a `.0` or an exponent so they read back as floats, exponents signed and of at least two digits
+/// (`1e+16`, `1.5e-05`); NaN and infinities, which JSON cannot hold, as the strings "NaN", "Infinity",
+/// "-Infinity".
 pub fn push_f64(out: &mut Vec<u8>, value: f64) {
     if value.is_nan() {
         out.extend_from_slice(b"\"NaN\"");
     } else if value.is_infinite() {
         out.extend_from_slice(if value > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" });
     } else {
+        // Rust's `{:?}` picks the same digits and the same switch to exponent form (below 1e-4, from
+        // 1e16 on) as Python; only its exponent is written bare (`1e16`, `1.5e-5`).
+        let start = out.len();
         write!(out, "{value:?}").expect("writing to a Vec cannot fail");
+        if let Some(e_at) = out[start..].iter().position(|&byte| byte == b'e').map(|at| start + at) {
+            let exponent: i32 = std::str::from_utf8(&out[e_at + 1..]).ok().and_then(|text| text.parse().ok()).expect("Rust writes a decimal exponent");
+            out.truncate(e_at + 1);
+            out.push(if exponent < 0 { b'-' } else { b'+' });
+            push_digits(out, u64::from(exponent.unsigned_abs()), if exponent.unsigned_abs() < 100 { 2 } else { 3 });
+        }
     }
 }
 
@@ -353,7 +364,7 @@ mod tests {
 
     #[test]
     fn one_scan_finds_escapes_and_token_bytes_anywhere() {
-        for length in [0, 5, 31, 32, 33, 64, 100] {
+        for length in [0, 5, 31, 32, 33, 63, 64, 65, 100] {
             for position in 0..length {
                 for (byte, expected) in [
                     (b'"', TextScan { needs_escape: true, may_hold_token: false }),
@@ -363,18 +374,30 @@ mod tests {
                     text[position] = byte;
                     assert_eq!(scan_text(&text), expected, "{byte:#x} at {position} of {length}");
                 }
-                for prefix in [&b"sk-"[..], &b"Bearer "[..]] {
+                for prefix in PATTERN_PREFIXES {
                     if position + prefix.len() <= length {
                         let mut text = vec![b'x'; length];
                         text[position..position + prefix.len()].copy_from_slice(prefix);
                         assert!(scan_text(&text).may_hold_token, "{prefix:?} at {position} of {length}");
                     }
                 }
+                for near_miss in NEAR_MISSES {
+                    let mut text = vec![b'x'; length];
+                    let end = (position + near_miss.len()).min(length);
+                    text[position..end].copy_from_slice(&near_miss[..end - position]);
+                    assert!(!scan_text(&text).may_hold_token, "{near_miss:?} at {position} of {length}");
+                }
             }
             assert!(!scan_text(&b"0f8c-4a-gpt-4o-B"[..]).may_hold_token);
             assert_eq!(scan_text(&vec![0xc3; length]), TextScan { needs_escape: false, may_hold_token: false });
         }
     }
+
+    /// Every start of a redaction pattern (see `redact.rs`), in each form.
+    const PATTERN_PREFIXES: [&[u8]; 9] =
+        [b"sk-", b"Bearer ", b"bearer ", b"BEARER ", b"bEaReR ", b"Bearer%20", b"bearer+", b"BEARER%20", b"://"];
+    /// Texts that look like a prefix but are none, also when cut short by the end of the text.
+    const NEAR_MISSES: [&[u8]; 9] = [b"sk_", b"s-k", b"Sk-", b"Bearer", b"Bearer%2x", b"Bearer\t", b"beare ", b":/x", b":-/"];
 
     #[test]
     fn long_text_with_specials_far_apart() {
@@ -398,7 +421,16 @@ mod tests {
         };
         assert_eq!(render(1.0), "1.0");
         assert_eq!(render(0.1), "0.1");
-        assert_eq!(render(1e16), "1e16");
+        assert_eq!(render(123.0), "123.0");
+        assert_eq!(render(-0.0), "-0.0");
+        assert_eq!(render(1e15), "1000000000000000.0");
+        assert_eq!(render(1e16), "1e+16");
+        assert_eq!(render(1.5e-5), "1.5e-05");
+        assert_eq!(render(1e-7), "1e-07");
+        assert_eq!(render(0.0001), "0.0001");
+        assert_eq!(render(1.7976931348623157e308), "1.7976931348623157e+308");
+        assert_eq!(render(5e-324), "5e-324");
+        assert_eq!(render(-2.5e-100), "-2.5e-100");
         assert_eq!(render(f64::NAN), "\"NaN\"");
         assert_eq!(render(f64::NEG_INFINITY), "\"-Infinity\"");
     }

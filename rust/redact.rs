@@ -1,8 +1,14 @@
 //! Redaction of secrets in logged text, shared by every string the JSONL encoder writes.
-//! Mirrors `python/rlm_toolkit/secrets.py` (the reference): registered secrets (e.g. the client's API key)
-//! become `[REDACTED]`; then tokens that look like API keys, `sk-` + 20 or more of `[A-Za-z0-9_-]` not
-//! preceded by such a character, become `sk-[REDACTED]`; then `Bearer ` + 20 or more of
-//! `[A-Za-z0-9._~+/=-]` becomes `Bearer [REDACTED]`.
+//! Mirrors `python/rlm_toolkit/secrets.py` (the reference), in its order: registered secrets (e.g. the
+//! client's API key) become `[REDACTED]`; tokens that look like API keys, `sk-` + 20 or more of
+//! `[A-Za-z0-9_-]` not preceded by such a character, become `sk-[REDACTED]`; `bearer` in any case, then a
+//! space, `%20` or `+`, then 20 or more of `[A-Za-z0-9._~+/=%-]`, keeps its prefix and loses its token; and
+//! the password of `scheme://user:password@host` becomes `[REDACTED]`.
+//!
+//! The passes work on bytes: valid UTF-8, or the bytes Python's `encode("utf-8", "surrogatepass")` gives for
+//! a text with lone surrogates (each surrogate three bytes of 0x80 or more, like any non-ASCII character).
+//! Every pattern is delimited by ASCII bytes and a registered secret is valid UTF-8, so a replacement never
+//! splits a character and the passes give what the reference's regular expressions give on the code points.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -21,8 +27,12 @@ thread_local! {
     static LOCAL_SECRETS: RefCell<(u64, Rc<Vec<String>>)> = RefCell::new((0, Rc::new(Vec::new())));
 }
 
-/// Registers a secret to redact from now on, in every thread.
+/// Registers a secret to redact from now on, in every thread (an empty one is ignored: it would match
+/// between every two characters).
 pub fn add_secret(value: String) {
+    if value.is_empty() {
+        return;
+    }
     let mut registered = REGISTERED.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !registered.contains(&value) {
         registered.push(value);
@@ -55,49 +65,119 @@ fn is_key_byte(byte: u8) -> bool {
 }
 
 fn is_bearer_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'-')
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'%' | b'-')
 }
 
-/// Replaces `prefix` + a run of at least MIN_TOKEN `token_byte`s with `prefix` + REDACTED.
-fn redact_tokens<'a>(text: Cow<'a, str>, prefix: &Finder<'_>, token_byte: fn(u8) -> bool, needs_boundary: bool) -> Cow<'a, str> {
-    let bytes = text.as_bytes();
-    let mut out = String::new();
+/// Ends the host part of a URL (and so its user info): `/`, `?`, `#`, a space or a control character.
+fn ends_url_authority(byte: u8) -> bool {
+    byte <= b' ' || byte == 0x7f || matches!(byte, b'/' | b'?' | b'#')
+}
+
+fn token_len(bytes: &[u8], token_byte: fn(u8) -> bool) -> usize {
+    bytes.iter().take_while(|&&byte| token_byte(byte)).count()
+}
+
+/// The length of `bearer` (any case) and its separator (a space, `%20` or `+`) at the start of `bytes`.
+#[inline]
+fn bearer_prefix_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 7 || !bytes[..6].eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    match bytes[6] {
+        b' ' | b'+' => Some(7),
+        b'%' if bytes[7..].starts_with(b"20") => Some(9),
+        _ => None,
+    }
+}
+
+/// Whether a pattern's prefix starts at `at`: `sk-`, `bearer` (any case) + separator, or `://`. Only `s`,
+/// `b`, `B` and `:` can start one; every pattern's match holds one of these prefixes, so a text without one
+/// needs no redaction beyond its registered secrets.
+#[inline(always)]
+pub fn token_prefix_at(bytes: &[u8], at: usize) -> bool {
+    match bytes[at] {
+        b's' => bytes[at..].starts_with(b"sk-"),
+        b'b' | b'B' => bearer_prefix_len(&bytes[at..]).is_some(),
+        b':' => bytes[at..].starts_with(b"://"),
+        _ => false,
+    }
+}
+
+/// Replaces each range `find` returns (searching from the end of the last one) with REDACTED.
+fn replace_ranges<'a>(text: Cow<'a, [u8]>, find: impl Fn(&[u8], usize) -> Option<(usize, usize)>) -> Cow<'a, [u8]> {
+    let bytes = text.as_ref();
+    let mut out = Vec::new();
     let mut copied_to = 0;
-    let mut search_from = 0;
-    while let Some(found) = prefix.find(&bytes[search_from..]) {
-        let start = search_from + found;
-        let token_start = start + prefix.needle().len();
-        let token_end = token_start + bytes[token_start..].iter().take_while(|&&byte| token_byte(byte)).count();
-        let at_boundary = !needs_boundary || start == 0 || !is_key_byte(bytes[start - 1]);
-        if at_boundary && token_end - token_start >= MIN_TOKEN {
-            out.push_str(&text[copied_to..token_start]);
-            out.push_str(REDACTED);
-            copied_to = token_end;
-            search_from = token_end;
-        } else {
-            search_from = token_start;
-        }
+    while let Some((start, end)) = find(bytes, copied_to) {
+        out.extend_from_slice(&bytes[copied_to..start]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        copied_to = end;
     }
     if copied_to == 0 {
         return text;
     }
-    out.push_str(&text[copied_to..]);
+    out.extend_from_slice(&bytes[copied_to..]);
     Cow::Owned(out)
 }
 
-/// Whether `bytes` holds `sk-` or `Bearer `: a plain loop for short texts (ids, model names), where a
-/// vectorised search costs more to set up than it saves; else one scan for their rarest bytes, `-`, `B`.
-fn may_hold_token(bytes: &[u8]) -> bool {
-    if bytes.len() < 64 {
-        return bytes.windows(3).any(|window| window == b"sk-") || bytes.windows(7).any(|window| window == b"Bearer ");
-    }
-    memchr::memchr2_iter(b'-', b'B', bytes).any(|at| {
-        if bytes[at] == b'-' {
-            at >= 2 && &bytes[at - 2..at] == b"sk"
-        } else {
-            bytes[at..].starts_with(b"Bearer ")
+/// The token of the first `sk-` key at or after `from`.
+fn next_key(bytes: &[u8], mut from: usize) -> Option<(usize, usize)> {
+    static KEY_PREFIX: OnceLock<Finder<'static>> = OnceLock::new();
+    while let Some(found) = finder(&KEY_PREFIX, "sk-").find(&bytes[from..]) {
+        let start = from + found;
+        let token_start = start + 3;
+        let token_end = token_start + token_len(&bytes[token_start..], is_key_byte);
+        if (start == 0 || !is_key_byte(bytes[start - 1])) && token_end - token_start >= MIN_TOKEN {
+            return Some((token_start, token_end));
         }
+        from = start + 1;
+    }
+    None
+}
+
+/// The token of the first bearer token at or after `from`.
+fn next_bearer(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
+    memchr::memchr2_iter(b'b', b'B', &bytes[from..]).find_map(|found| {
+        let start = from + found;
+        let token_start = start + bearer_prefix_len(&bytes[start..])?;
+        let token_end = token_start + token_len(&bytes[token_start..], is_bearer_byte);
+        (token_end - token_start >= MIN_TOKEN).then_some((token_start, token_end))
     })
+}
+
+/// The password of the first `://user:password@` at or after `from`: the user name ends at the first `:`,
+/// the password at the last `@` of the authority.
+fn next_url_password(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
+    static SCHEME_END: OnceLock<Finder<'static>> = OnceLock::new();
+    finder(&SCHEME_END, "://").find_iter(&bytes[from..]).find_map(|found| {
+        let authority_start = from + found + 3;
+        let authority = &bytes[authority_start..];
+        let authority = &authority[..authority.iter().position(|&byte| ends_url_authority(byte)).unwrap_or(authority.len())];
+        let at = memchr::memrchr(b'@', authority)?;
+        let colon = memchr::memchr(b':', &authority[..at])?;
+        (colon + 1 < at).then_some((authority_start + colon + 1, authority_start + at))
+    })
+}
+
+/// Whether `bytes` holds the start of a pattern anywhere.
+fn may_hold_token(bytes: &[u8]) -> bool {
+    crate::jsonl::scan_text(bytes).may_hold_token
+}
+
+/// `text` with every occurrence of `secret` replaced, left to right, as Python's `str.replace` does.
+fn replace_all<'a>(text: Cow<'a, [u8]>, secret: &[u8]) -> Cow<'a, [u8]> {
+    if memchr::memmem::find(&text, secret).is_none() {
+        return text;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut copied_to = 0;
+    for start in memchr::memmem::find_iter(&text, secret) {
+        out.extend_from_slice(&text[copied_to..start]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        copied_to = start + secret.len();
+    }
+    out.extend_from_slice(&text[copied_to..]);
+    Cow::Owned(out)
 }
 
 pub fn redact<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
@@ -105,22 +185,33 @@ pub fn redact<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
 }
 
 /// `redact` for a text whose scan (`jsonl::scan_text`) told whether it holds a token prefix at all.
+#[inline]
 pub fn redact_after_scan<'a>(text: &'a str, secrets: &[String], may_hold_token_bytes: bool) -> Cow<'a, str> {
-    static KEY_PREFIX: OnceLock<Finder<'static>> = OnceLock::new();
-    static BEARER_PREFIX: OnceLock<Finder<'static>> = OnceLock::new();
-    let mut redacted = Cow::Borrowed(text);
-    for secret in secrets {
-        if memchr::memmem::find(redacted.as_bytes(), secret.as_bytes()).is_some() {
-            redacted = Cow::Owned(redacted.replace(secret.as_str(), REDACTED));
-        }
+    // The common case, inlined: no pattern prefix and no registered secret in the text.
+    if !may_hold_token_bytes && secrets.iter().all(|secret| memchr::memmem::find(text.as_bytes(), secret.as_bytes()).is_none()) {
+        return Cow::Borrowed(text);
     }
-    // A registered secret's replacement, `[REDACTED]`, cannot complete a token prefix, so the scan's
-    // answer still stands.
-    if !may_hold_token_bytes || !may_hold_token(redacted.as_bytes()) {
+    match redact_bytes(text.as_bytes(), secrets, may_hold_token_bytes) {
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        // Only whole characters were replaced, by ASCII (see the module's comment).
+        Cow::Owned(redacted) => Cow::Owned(String::from_utf8(redacted).expect("redaction keeps UTF-8 valid")),
+    }
+}
+
+/// `redact_after_scan` for UTF-8 bytes or the surrogate-preserving bytes of a Python str.
+pub fn redact_bytes<'a>(text: &'a [u8], secrets: &[String], may_hold_token_bytes: bool) -> Cow<'a, [u8]> {
+    let mut redacted = Cow::Borrowed(text);
+    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+        redacted = replace_all(redacted, secret.as_bytes());
+    }
+    // A registered secret's replacement, `[REDACTED]`, holds no pattern prefix nor completes one with its
+    // neighbours (none holds `[` or `]`, and `[REDACTED]` has no `b`), so the scan's answer still stands.
+    if !may_hold_token_bytes || !may_hold_token(&redacted) {
         return redacted;
     }
-    let redacted = redact_tokens(redacted, finder(&KEY_PREFIX, "sk-"), is_key_byte, true);
-    redact_tokens(redacted, finder(&BEARER_PREFIX, "Bearer "), is_bearer_byte, false)
+    let redacted = replace_ranges(redacted, next_key);
+    let redacted = replace_ranges(redacted, next_bearer);
+    replace_ranges(redacted, next_url_password)
 }
 
 #[cfg(test)]
@@ -148,6 +239,56 @@ mod tests {
         let seen = std::thread::spawn(|| registered_secrets().contains(&"registered-in-a-test-0123".to_string()));
         assert!(seen.join().unwrap());
         assert!(registered_secrets().contains(&"registered-in-a-test-0123".to_string()));
+    }
+
+    #[test]
+    fn bearer_tokens_in_any_case_and_url_encoded() {
+        let token = "abcdefghijklmnopqrstuvwxyz0123";
+        for prefix in ["Bearer ", "bearer ", "BEARER ", "bEaReR ", "Bearer%20", "Bearer+", "bearer%20"] {
+            assert_eq!(redact(&format!("h: {prefix}{token}; x"), &[]), format!("h: {prefix}[REDACTED]; x"), "{prefix}");
+        }
+        assert_eq!(redact("Bearer%20abc%2Fdefghijklmnopqrstuv", &[]), "Bearer%20[REDACTED]");
+        assert!(matches!(redact(&format!("Bearer\t{token} Bearer%2{token} Bearers {token}"), &[]), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn url_passwords_are_redacted_user_names_kept() {
+        assert_eq!(redact("http://user:pass@host/v1", &[]), "http://user:[REDACTED]@host/v1");
+        assert_eq!(redact("see https://u:p@ss:w0rd@api.example.com:8443/v1?x=1", &[]), "see https://u:[REDACTED]@api.example.com:8443/v1?x=1");
+        assert_eq!(redact("a://u:1@h b://v:2@i", &[]), "a://u:[REDACTED]@h b://v:[REDACTED]@i");
+        assert_eq!(redact("x://u:p\u{e9}@h", &[]), "x://u:[REDACTED]@h");
+        for kept in ["https://user@host/v1", "http://host:8080/a@b", "http://u:@host", "http://h/p?u:p@x", "no url: u:p@h"] {
+            assert_eq!(redact(kept, &[]), kept);
+        }
+    }
+
+    #[test]
+    fn surrogate_bytes_are_one_more_non_ascii_character() {
+        // Python's "x\ud800sk-...".encode("utf-8", "surrogatepass"): the surrogate is ED A0 80.
+        let text = b"a\xed\xa0\x80sk-abcdefghijklmnopqrstuvwxyz \xed\xa0\x80hunter2-secret\xed\xb0\x80 http://u:p\xed\xa0\x80q@h";
+        let redacted = redact_bytes(text, &["hunter2-secret".to_string()], true);
+        assert_eq!(&redacted[..], &b"a\xed\xa0\x80sk-[REDACTED] \xed\xa0\x80[REDACTED]\xed\xb0\x80 http://u:[REDACTED]@h"[..]);
+    }
+
+    #[test]
+    fn the_scan_finds_every_text_a_pattern_changes() {
+        let texts = [
+            "sk-abcdefghijklmnopqrstuvwxyz", "bearer abcdefghijklmnopqrstuvwxyz", "BEARER+abcdefghijklmnopqrstuvwxyz",
+            "x Bearer%20abcdefghijklmnopqrstuvwxyz", "ftp://u:secret@host",
+        ];
+        for text in texts {
+            for padding in [0, 40, 70] {
+                let padded = format!("{}{text}", ". ".repeat(padding));
+                let scan = crate::jsonl::scan_text(padded.as_bytes());
+                assert_ne!(redact_after_scan(&padded, &[], scan.may_hold_token), padded, "{padded}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_registered_secrets_are_replaced_too() {
+        assert_eq!(redact("a-b-c", &["b".to_string()]), "a-[REDACTED]-c");
+        assert_eq!(redact("aaaa", &["aa".to_string()]), "[REDACTED][REDACTED]");
     }
 
     #[test]

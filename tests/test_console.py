@@ -219,6 +219,22 @@ def test_long_prompts_answers_and_errors_are_shortened_to_one_line(backend: str)
     assert retry_line.endswith("ValueError: " + ("word " * 40)[: 200 - len("ValueError: ") - 3] + "...")
 
 
+def test_a_key_cut_by_the_line_limit_shows_none_of_its_characters(backend: str) -> None:
+    key = "sk-proj-" + "A1b2C3d4" * 5
+    manager, stream = console(backend, show_tokens=False, show_cost=False)
+
+    for offset in range(44, 61):  # the line is cut: 44 + len("sk-[REDACTED] end") > 60
+        manager.on_llm_start("." * offset + key + " end", run_id=RUN_ID, parent_run_id=None, model="gpt-4o")
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 17
+    for offset, line in zip(range(44, 61), lines):
+        # Redacted first, then cut: whatever the cut leaves of the key is a prefix of "sk-[REDACTED]".
+        shown = ("." * offset + "sk-[REDACTED] end")[:57] + "..."
+        assert line == f'[1a2b3c4d] llm start      gpt-4o  "{shown}"'
+        assert "proj" not in line and "A1b2" not in line
+
+
 def test_tool_calls_and_tool_errors_are_named(backend: str) -> None:
     manager, stream = console(backend, show_tokens=False, show_cost=False)
     tool_call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}

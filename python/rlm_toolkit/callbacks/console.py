@@ -49,10 +49,23 @@ _LABEL_COLORS: dict[str, str] = {
 def _one_line(text: str, limit: int) -> str:
     """``text`` redacted, runs of whitespace collapsed to one space, cut to ``limit`` characters with ``...``.
 
-    Redacting before the cut matters: a cut key would no longer look like one.
+    Redacting before the cut matters: a cut key would no longer look like one. Redacting again after the
+    collapse catches a token that only the collapse makes whole (``Bearer\n<token>``).
     """
-    flat = " ".join(redact(text).split())
+    flat = redact(" ".join(redact(text).split()))
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _printable(text: str, stream: TextIO) -> str:
+    """``text`` as ``stream`` can encode it: lone surrogates (which no encoding holds) and characters outside
+    the stream's encoding become backslash escapes, so no line is lost to a UnicodeEncodeError."""
+    encoding = getattr(stream, "encoding", None)
+    if not isinstance(encoding, str):  # io.StringIO and other streams that encode nothing
+        encoding = "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _quoted(value: Any, limit: int = _PROMPT_CHARS) -> str:
@@ -225,5 +238,5 @@ class ConsoleCallback(BaseCallback):
             short_id = f"[{str(run_id)[:_RUN_ID_CHARS]}]".ljust(_RUN_ID_CHARS + 3)
             line += f"{_DIM}{short_id}{_RESET}" if color else short_id
         line += "  ".join([padded_label, *(detail for detail in details if detail)])
-        stream.write(redact(line.rstrip()) + "\n")
+        stream.write(_printable(redact(line.rstrip()), stream) + "\n")
         stream.flush()
