@@ -34,11 +34,15 @@ fn add_secret(value: String) {
     crate::redact::add_secret(value);
 }
 
-/// `text` with registered secrets and key-shaped tokens replaced (see `rlm_toolkit.secrets`).
+/// `text` with registered secrets, key-shaped and bearer tokens and URL passwords replaced (see
+/// `rlm_toolkit.secrets`); a text with lone surrogates is redacted around them.
 #[pyfunction]
 fn redact<'py>(text: Bound<'py, PyString>) -> PyResult<Bound<'py, PyString>> {
-    let Ok(utf8) = text.to_str() else { return Ok(text) };
-    Ok(match crate::redact::redact(utf8, &crate::redact::registered_secrets()) {
+    let secrets = crate::redact::registered_secrets();
+    let Ok(utf8) = text.to_str() else {
+        return Ok(crate::pyjson::redact_surrogate_text(&text, &secrets)?.unwrap_or(text));
+    };
+    Ok(match crate::redact::redact(utf8, &secrets) {
         std::borrow::Cow::Borrowed(_) => text,
         std::borrow::Cow::Owned(redacted) => PyString::new(text.py(), &redacted),
     })
@@ -49,6 +53,45 @@ fn py_now() -> f64 {
     now()
 }
 
+/// Epoch seconds of 10000-01-01T00:00:00Z: event timestamps are in `0 <= ts < END_OF_YEAR_9999`.
+const END_OF_YEAR_9999: f64 = 253_402_300_800.0;
+
+/// The `timestamp` keyword of `on_{event}()` as epoch seconds (None, or Python None, stays None). Raises
+/// TypeError for a value that is not a number and InvalidEventError for a number that is not such a time
+/// (NaN, infinities, negative, year 10000 on). Same rule and messages as `records.checked_timestamp`.
+fn checked_timestamp(py: Python<'_>, event: &str, timestamp: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
+    let Some(value) = timestamp.filter(|value| !value.is_none()) else { return Ok(None) };
+    let seconds = match value.cast::<pyo3::types::PyFloat>() {
+        Ok(number) => number.value(),
+        Err(_) => match value.extract::<f64>() {
+            Ok(seconds) => seconds,
+            Err(error) if error.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) => f64::INFINITY,
+            Err(error) if error.is_instance_of::<PyTypeError>(py) => {
+                let type_name = value.get_type().name().map(|name| name.to_string()).unwrap_or_default();
+                return Err(PyTypeError::new_err(format!("on_{event}(): timestamp must be epoch seconds as a float or int, not {type_name}")));
+            }
+            Err(error) => return Err(error),
+        },
+    };
+    if (0.0..END_OF_YEAR_9999).contains(&seconds) {
+        return Ok(Some(seconds));
+    }
+    // As `records._shown`: the repr, cut after 40 characters.
+    let shown = match value.repr() {
+        Ok(text) => text.to_string(),
+        Err(_) => format!("<{}>", value.get_type().name().map(|name| name.to_string()).unwrap_or_default()),
+    };
+    let shown = if shown.chars().count() <= 40 { shown } else { format!("{}…", shown.chars().take(40).collect::<String>()) };
+    Err(python_error(
+        py,
+        "InvalidEventError",
+        format!(
+            "on_{event}(): timestamp {shown} is not epoch seconds in 0 <= ts < {END_OF_YEAR_9999:.0} (before year 10000); \
+             pass a time such as time.time(), or leave it out to use the current time"
+        ),
+    ))
+}
+
 /// Runs `record` on the event a sink's `handle(...)` was called with from Python.
 #[allow(clippy::too_many_arguments)]
 fn with_event<'py>(
@@ -57,12 +100,16 @@ fn with_event<'py>(
     run_id: Option<Bound<'py, PyAny>>,
     parent_run_id: Option<Bound<'py, PyAny>>,
     model: Option<Bound<'py, PyString>>,
-    timestamp: Option<f64>,
+    timestamp: Option<Bound<'py, PyAny>>,
     extra: Option<Bound<'py, PyDict>>,
     record: impl FnOnce(&EventValues<'_, 'py>) -> PyResult<()>,
 ) -> PyResult<()> {
-    let ts = timestamp.unwrap_or_else(now);
-    let event = EventValues::new(event_kind(event)?, args, run_id.as_ref(), parent_run_id.as_ref(), model.as_ref(), ts, extra.as_ref());
+    let kind = event_kind(event)?;
+    let ts = match timestamp.as_ref() {
+        Some(value) => checked_timestamp(value.py(), event, Some(value))?.unwrap_or_else(now),
+        None => now(),
+    };
+    let event = EventValues::new(kind, args, run_id.as_ref(), parent_run_id.as_ref(), model.as_ref(), ts, extra.as_ref());
     record(&event)
 }
 
@@ -89,7 +136,7 @@ fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound
         dict, snapshot, total_calls, completed_calls, total_tokens, prompt_tokens, completion_tokens,
         avg_latency_ms, min_latency_ms, max_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms,
         errors, retries, tool_calls, tool_results, tokens_streamed, memory_stores, memory_recalls,
-        total_cost_usd, unpriced_calls, open_runs, evicted_runs, dropped_events, handler_errors,
+        total_cost_usd, unpriced_calls, open_runs, evicted_runs, dropped_events, lost_events, handler_errors,
     );
     let by_model = PyDict::new(py);
     for (model, stats) in &snapshot.by_model {
@@ -121,7 +168,7 @@ impl PyMetrics {
         run_id: Option<Bound<'_, PyAny>>,
         parent_run_id: Option<Bound<'_, PyAny>>,
         model: Option<Bound<'_, PyString>>,
-        timestamp: Option<f64>,
+        timestamp: Option<Bound<'_, PyAny>>,
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         with_event(event, &args, run_id, parent_run_id, model, timestamp, extra, |event| {
@@ -146,6 +193,10 @@ impl PyMetrics {
     fn dropped(&self, count: u64) {
         self.sink.lock().dropped(count);
     }
+
+    fn lost(&self, count: u64) {
+        self.sink.lock().lost(count);
+    }
 }
 
 #[pyclass(frozen, name = "JsonlSink", module = "rlm_toolkit._core")]
@@ -156,6 +207,7 @@ pub struct PyJsonlSink {
 #[pymethods]
 impl PyJsonlSink {
     #[new]
+    #[pyo3(signature = (path, include_prompts, include_responses, max_field_chars, flush_interval, buffer_bytes, max_pending_bytes, block_when_full, close_timeout=5.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -167,16 +219,29 @@ impl PyJsonlSink {
         buffer_bytes: usize,
         max_pending_bytes: usize,
         block_when_full: bool,
+        close_timeout: f64,
     ) -> PyResult<Self> {
+        let seconds = |name: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("{name} must be a finite number of seconds, got {value}")))
+        };
         let config = WriterConfig {
-            flush_interval: Duration::from_secs_f64(flush_interval),
+            flush_interval: seconds("flush_interval", flush_interval)?,
             buffer_bytes,
             max_pending_bytes,
             block_when_full,
+            close_timeout: seconds("close_timeout", close_timeout)?,
         };
         let options = RecordOptions { include_prompts, include_responses, max_chars: max_field_chars };
-        let sink = JsonlSink::open(path.clone(), config, options)
-            .map_err(|error| python_error(py, "LogFileError", format!("cannot open log file {path:?}: {error}")))?;
+        // Opening may wait for another process's writer to finish its batch (the file lock): not holding the GIL.
+        let opened = py.detach(|| JsonlSink::open(path.clone(), config, options));
+        let sink = opened.map_err(|error| {
+            if error.kind() == std::io::ErrorKind::InvalidData {
+                python_error(py, "NotAJsonlLogError", not_a_log_message(&path, &error.to_string()))
+            } else {
+                python_error(py, "LogFileError", format!("cannot open log file {path:?}: {error}"))
+            }
+        })?;
         Ok(PyJsonlSink { sink: Arc::new(sink) })
     }
 
@@ -190,15 +255,24 @@ impl PyJsonlSink {
         run_id: Option<Bound<'_, PyAny>>,
         parent_run_id: Option<Bound<'_, PyAny>>,
         model: Option<Bound<'_, PyString>>,
-        timestamp: Option<f64>,
+        timestamp: Option<Bound<'_, PyAny>>,
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         with_event(event, &args, run_id, parent_run_id, model, timestamp, extra, |event| self.sink.record(py, event).map(|_| ()))
     }
 
-    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+    /// With a `timeout` (seconds), waits at most that long (see `JsonlWriter::flush_within`).
+    #[pyo3(signature = (timeout=None))]
+    fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let writer = self.sink.writer();
-        py.detach(|| writer.flush()).map_err(|error| self.sink.error_to_python(py, error))
+        let timeout = timeout
+            .map(|seconds| Duration::try_from_secs_f64(seconds).map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("timeout must be a finite number of seconds, got {seconds}"))))
+            .transpose()?;
+        py.detach(|| match timeout {
+            Some(timeout) => writer.flush_within(timeout),
+            None => writer.flush(),
+        })
+        .map_err(|error| self.sink.error_to_python(py, error))
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
@@ -227,6 +301,19 @@ impl PyJsonlSink {
     fn dropped(&self) -> u64 {
         self.sink.writer().dropped_lines()
     }
+
+    #[getter]
+    fn lost(&self) -> u64 {
+        self.sink.writer().lost_lines()
+    }
+}
+
+/// The message of `NotAJsonlLogError`; the reference backend words it the same.
+fn not_a_log_message(path: &str, reason: &str) -> String {
+    format!(
+        "log_path {path:?} holds something other than a JSONL log ({reason}); it was left untouched. \
+         Give a new path, or move that file away"
+    )
 }
 
 #[pyclass(frozen, name = "Dispatcher", module = "rlm_toolkit._core")]
@@ -411,6 +498,7 @@ fn fire_from_vectorcall<'py>(
         *slot = Some(value_at(index));
     }
     let mut keywords = EventKeywords::default();
+    let mut timestamp = None;
     if let Some(kwnames) = kwnames {
         let names = context_names(py);
         for offset in 0..kwnames.len() {
@@ -426,7 +514,7 @@ fn fire_from_vectorcall<'py>(
                         Some(model) => Some(model.cast_into::<PyString>().map_err(|_| PyTypeError::new_err(format!("on_{hook}(): model must be a str or None")))?),
                     }
                 }
-                Ok(ContextKeyword::Timestamp) => keywords.timestamp = not_none(value).map(|ts| ts.extract::<f64>()).transpose()?,
+                Ok(ContextKeyword::Timestamp) => timestamp = Some(value),
                 Err(name) => match spec.args.iter().position(|arg| name == *arg) {
                     Some(position) if args[position].is_some() => {
                         return Err(PyTypeError::new_err(format!("on_{hook}() got multiple values for argument {:?}", spec.args[position])));
@@ -442,6 +530,7 @@ fn fire_from_vectorcall<'py>(
     for ((target, value), name) in event_args.iter_mut().zip(args).zip(spec.args) {
         *target = value.ok_or_else(|| PyTypeError::new_err(format!("on_{hook}() missing required argument {name:?}")))?;
     }
+    keywords.timestamp = checked_timestamp(py, hook, timestamp.as_ref())?;
     dispatcher.fire(
         py,
         kind,

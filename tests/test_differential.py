@@ -1,10 +1,18 @@
-"""Differential tests: the same event stream through the Rust backend and the pure-Python reference
-gives the same metrics and the same JSONL records (timestamps aside)."""
+"""Differential tests: the same event stream through the Rust backend and the pure-Python reference gives
+the same metrics, the same errors for the same calls, and the same JSONL lines, `ts` included.
+
+The strategies aim where the two encoders and aggregators are most likely to part: long streams of LLM
+start/end pairs over a few run ids with `max_open_runs` below their number (eviction), text with lone
+surrogates, control characters and key-shaped tokens, values nested around the depth cap, huge ints,
+floats in exponent form, subclasses that override their methods, and timestamps at the ends of the range
+or outside it.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,94 +21,277 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlm_toolkit import LLMResponse, Usage
-from rlm_toolkit.callbacks import CallbackManager, FileLogCallback, MetricsCallback
+from rlm_toolkit.callbacks import BaseCallback, CallbackManager, FileLogCallback, MetricsCallback
 
-RUN_IDS = st.sampled_from(["a", "b", "c", "d", "", None])
+RUN_IDS = st.sampled_from(["a", "b", "c", "d", None])
+PARENT_IDS = st.sampled_from(["a", None, None, 7])
 MODELS = st.sampled_from(["gpt-4o", "gpt-4o-mini-2024-07-18", "local-model", "", None])
-TEXT = st.text(max_size=40)
-SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), TEXT,
-    st.binary(max_size=10),
+
+PIECES = st.one_of(
+    st.text(alphabet=st.sampled_from("ab Zé😀\u2028\x00\x1f\x7f\n\t\"\\\ud800\udfff\ud83d\ude00"), max_size=12),
+    st.builds(lambda prefix, body: prefix + body, st.sampled_from(["sk-", "sk-proj-", "Bearer ", "xsk-", "B"]),
+              st.text(alphabet="abcXYZ019_-./+=", min_size=0, max_size=30)),
+    st.text(max_size=8),
 )
+TEXT = st.lists(PIECES, max_size=4).map("".join)
+
+
+
+class HugeInt(int):
+    """An int past Python's 4300-digit str() limit, with a repr Hypothesis can print."""
+
+    def __repr__(self) -> str:
+        return f"HugeInt(<{self.bit_length()} bits>)"
+
+
+HUGE_INTS = st.one_of(
+    st.sampled_from([2**63, 2**64, -(2**63) - 1, 2**2048 - 1, 2**2048, -(2**2048)]),
+    st.integers(4301, 6000).map(lambda digits: HugeInt(10**digits)),
+)
+FLOATS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e16, 1.5e-05, 1e-07, 123.0, -0.0, 1e15, 0.0001, 5e-324, 1.7976931348623157e308]),
+)
+
+
+class FailingIteration(tuple):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        raise RuntimeError("no iteration")
+
+
+class LoudStr(str):
+    def __str__(self) -> str:
+        return "overridden"
+
+    def __len__(self) -> int:
+        return 0
+
+
+class LoudInt(int):
+    def __int__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "overridden"
+
+
+class LoudFloat(float):
+    def __float__(self) -> float:
+        return 0.0
+
+    def __repr__(self) -> str:
+        return "overridden"
+
+
+class LoudDict(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        return [("overridden", 0)]
+
+
+class LoudBytes(bytes):
+    def decode(self, *args: Any) -> str:
+        return "overridden"
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # how Hypothesis shows it in a failure
+        printer.text("Unprintable()")
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+HOSTILE = st.one_of(
+    st.builds(FailingIteration, st.lists(st.integers(0, 9), max_size=2)),
+    st.builds(LoudStr, TEXT),
+    st.builds(LoudInt, st.one_of(st.integers(-5, 5), HUGE_INTS)),
+    st.builds(LoudFloat, FLOATS),
+    st.builds(LoudDict, st.dictionaries(st.sampled_from(["k", "1"]), st.integers(0, 3), max_size=2)),
+    st.builds(LoudBytes, st.binary(max_size=6)),
+    st.builds(Unprintable),
+    st.builds(UnprintableError),
+)
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), HUGE_INTS, FLOATS, TEXT, st.binary(max_size=10), HOSTILE,
+)
+KEYS = st.one_of(TEXT, st.integers(-2, 2), st.sampled_from(["1", "None", "True", None, True, 1.5]))
 VALUES = st.recursive(
     SCALARS,
     lambda children: st.one_of(
         st.lists(children, max_size=4),
-        st.dictionaries(st.one_of(TEXT, st.integers()), children, max_size=4),
+        st.dictionaries(KEYS, children, max_size=4),
         st.frozensets(st.integers(), max_size=3),
         st.tuples(children, children),
     ),
     max_leaves=12,
 )
-USAGE = st.builds(Usage, st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 3 * 10**6))
+
+
+def nested(depth: int, leaf: Any, as_dict: bool) -> Any:
+    value = leaf
+    for level in range(depth):
+        value = {"d": value} if as_dict and level % 2 else [value]
+    return value
+
+
+DEEP = st.builds(nested, st.integers(60, 68), SCALARS, st.booleans())
+PAYLOADS = st.one_of(VALUES, VALUES, DEEP)
+
+USAGE = st.builds(
+    Usage,
+    st.one_of(st.integers(0, 10**6), st.sampled_from([2**63, 2**64 - 1, 2**64, -1])),
+    st.one_of(st.integers(0, 10**6), st.sampled_from([2**63, 2**64])),
+    st.integers(0, 3 * 10**6),
+)
+
+
+class UsageThatRaises:
+    @property
+    def usage(self) -> Any:
+        raise RuntimeError("no usage")
+
+    @property
+    def content(self) -> Any:
+        raise RuntimeError("no content")
+
+
 RESPONSES = st.one_of(
     st.builds(LLMResponse, TEXT, MODELS, USAGE),
-    st.builds(SimpleNamespace, content=TEXT, model=MODELS, usage=st.none()),
+    st.builds(LLMResponse, TEXT, MODELS, USAGE),
+    st.builds(SimpleNamespace, content=st.one_of(TEXT, st.none()), model=st.one_of(MODELS, st.integers()),
+              usage=st.one_of(st.none(), st.builds(SimpleNamespace, prompt_tokens=st.one_of(st.integers(), TEXT)))),
+    st.just(UsageThatRaises()),
     TEXT,
 )
-ERRORS = st.builds(lambda kind, message: kind(message), st.sampled_from([ValueError, TimeoutError, KeyError]), TEXT)
-EXTRAS = st.dictionaries(st.sampled_from(["role", "source", "temperature", "tags"]), VALUES, max_size=2)
-
-EVENT = st.one_of(
-    st.tuples(st.just("on_llm_start"), st.tuples(TEXT)),
-    st.tuples(st.just("on_llm_end"), st.tuples(RESPONSES)),
-    st.tuples(st.just("on_llm_new_token"), st.tuples(TEXT)),
-    st.tuples(st.just("on_tool_start"), st.tuples(TEXT, VALUES)),
-    st.tuples(st.just("on_tool_end"), st.tuples(TEXT, VALUES)),
-    st.tuples(st.just("on_memory_store"), st.tuples(TEXT)),
-    st.tuples(st.just("on_memory_recall"), st.tuples(TEXT, st.lists(VALUES, max_size=3))),
-    st.tuples(st.just("on_retry"), st.tuples(st.integers(1, 5), st.integers(1, 5), ERRORS)),
-    st.tuples(st.just("on_error"), st.tuples(ERRORS)),
-    st.tuples(st.just("on_run_start"), st.tuples(TEXT)),
-    st.tuples(st.just("on_run_end"), st.tuples(TEXT)),
+ERRORS = st.one_of(
+    st.builds(lambda kind, message: kind(message), st.sampled_from([ValueError, TimeoutError, KeyError]), TEXT),
+    st.builds(UnprintableError),
+    TEXT,
 )
-STREAM = st.lists(
-    st.tuples(EVENT, RUN_IDS, RUN_IDS, MODELS, st.floats(0, 5, allow_nan=False), EXTRAS), max_size=40
+EXTRAS = st.dictionaries(
+    st.sampled_from(["role", "source", "temperature", "tags"]),
+    st.one_of(st.sampled_from(["user", "assistant", "system"]), st.builds(LoudStr, st.just("user")), VALUES),
+    max_size=2,
 )
 
+ARGUMENTS = {
+    "on_llm_start": st.tuples(TEXT),
+    "on_llm_end": st.tuples(RESPONSES),
+    "on_llm_new_token": st.tuples(TEXT),
+    "on_tool_start": st.tuples(TEXT, PAYLOADS),
+    "on_tool_end": st.tuples(TEXT, PAYLOADS),
+    "on_memory_store": st.tuples(TEXT),
+    "on_memory_recall": st.tuples(TEXT, st.lists(PAYLOADS, max_size=3)),
+    "on_retry": st.tuples(st.integers(1, 5), st.integers(1, 5), ERRORS),
+    "on_error": st.tuples(ERRORS),
+    "on_run_start": st.tuples(TEXT),
+    "on_run_end": st.tuples(TEXT),
+}
+# Most events are LLM calls starting and ending (or failing), so runs open, close and get evicted.
+HOOKS = ["on_llm_start"] * 5 + ["on_llm_end"] * 5 + ["on_error"] * 2 + [
+    hook for hook in ARGUMENTS if hook not in ("on_llm_start", "on_llm_end", "on_error")
+]
+EVENT = st.sampled_from(HOOKS).flatmap(lambda hook: ARGUMENTS[hook].map(lambda args: (hook, args)))
 
-def without_timestamps(path: Path) -> list[dict[str, Any]]:
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
-    for record in records:
-        del record["ts"]
-    return records
+END_OF_YEAR_9999 = 253_402_300_800.0
+TIMESTAMPS = st.one_of(
+    # Seconds after the previous event's time (the stream's clock), so latencies are real.
+    st.tuples(st.just("step"), st.floats(0, 5)),
+    st.tuples(st.just("step"), st.floats(0, 5)),
+    st.tuples(st.just("step"), st.sampled_from([0.0, 0.0000005, 0.0000015, 1.0])),
+    st.tuples(st.just("at"), st.one_of(st.floats(0, END_OF_YEAR_9999, exclude_max=True), st.integers(0, 2**35),
+                                       st.sampled_from([0, 0.0000005, math.nextafter(END_OF_YEAR_9999, 0)]))),
+    st.tuples(st.just("at"), st.sampled_from([math.nan, math.inf, -1.0, 1e300, END_OF_YEAR_9999, 10**400, "now"])),
+)
+STEP = st.tuples(EVENT, RUN_IDS, PARENT_IDS, MODELS, TIMESTAMPS, EXTRAS)
+# A length drawn first, so long streams are as likely as short ones.
+STREAM = st.integers(20, 200).flatmap(lambda length: st.lists(STEP, min_size=length, max_size=length))
 
 
-def same(left: Any, right: Any) -> bool:
-    """Equality that counts NaN equal to NaN (a record may hold the NaN of a float's repr)."""
-    if isinstance(left, float) and isinstance(right, float) and math.isnan(left) and math.isnan(right):
-        return True
-    if isinstance(left, dict) and isinstance(right, dict):
-        return list(left) == list(right) and all(same(left[key], right[key]) for key in left)
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(same(a, b) for a, b in zip(left, right))
-    return type(left) is type(right) and left == right
+def timestamp_of(clock: float, timestamp: tuple[str, Any]) -> Any:
+    how, value = timestamp
+    return clock + value if how == "step" else value
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(stream=STREAM, max_open_runs=st.integers(1, 4), include=st.booleans())
-def test_backends_agree_on_metrics_and_records(tmp_path_factory: Any, stream: list[Any], max_open_runs: int,
-                                               include: bool) -> None:
-    directory = tmp_path_factory.mktemp("differential")
-    outputs = {}
-    for backend in ("rust", "python"):
-        metrics = MetricsCallback(max_open_runs=max_open_runs, backend=backend)
-        path = directory / f"{backend}.jsonl"
-        log = FileLogCallback(path, include_prompts=include, include_responses=not include, include_tokens=True,
-                              max_field_chars=20, backend=backend)
-        manager = CallbackManager([metrics, log], backend=backend)
-        clock = 1_700_000_000.0
-        for (hook, args), run_id, parent_run_id, model, step, extra in stream:
-            clock += step
+class CallCounter(BaseCallback):
+    """A Python hook per event, so a rejected event that still reaches hooks shows."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        self.calls.append("llm_start")
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        self.calls.append("llm_end")
+
+    def on_error(self, error: BaseException, **kwargs: Any) -> None:
+        self.calls.append("error")
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def as_rust_writes_it(line: str) -> str:
+    """A reference line as the Rust encoder writes it. The two differ only in a line holding a lone
+    surrogate, which the reference writes with every non-ASCII character escaped."""
+    if not (line.isascii() and "\\ud" in line):
+        return line
+    text = json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":"))
+    return LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def run_stream(backend: str, path: Path, stream: list[Any], max_open_runs: int, include_prompts: bool,
+               include_responses: bool, max_field_chars: int) -> tuple[Any, ...]:
+    metrics = MetricsCallback(max_open_runs=max_open_runs, backend=backend)
+    log = FileLogCallback(path, include_prompts=include_prompts, include_responses=include_responses,
+                          include_tokens=True, max_field_chars=max_field_chars, backend=backend)
+    counter = CallCounter()
+    manager = CallbackManager([metrics, log, counter], backend=backend)
+    outcomes: list[Any] = []
+    clock = 1_700_000_000.0
+    for (hook, args), run_id, parent_run_id, model, timestamp, extra in stream:
+        when = timestamp_of(clock, timestamp)
+        try:
             getattr(manager, hook)(*args, run_id=run_id, parent_run_id=parent_run_id, model=model or None,
-                                   timestamp=clock, **extra)
-        log.close()
-        outputs[backend] = (metrics.get_metrics(), without_timestamps(path))
-    assert outputs["rust"][0] == outputs["python"][0]
-    rust_records, python_records = outputs["rust"][1], outputs["python"][1]
-    assert len(rust_records) == len(python_records) == len(stream)
-    for rust_record, python_record in zip(rust_records, python_records):
-        assert same(rust_record, python_record), (rust_record, python_record)
+                                   timestamp=when, **extra)
+        except Exception as error:
+            outcomes.append((type(error).__name__, str(error)))
+        else:
+            outcomes.append(None)
+            clock = when if isinstance(when, (int, float)) else clock
+    log.close()
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    return metrics.get_metrics(), outcomes, counter.calls, lines
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(stream=STREAM, max_open_runs=st.integers(1, 3), include_prompts=st.booleans(),
+       include_responses=st.booleans(), max_field_chars=st.sampled_from([16, 20, 64]))
+def test_backends_agree_on_metrics_errors_and_lines(tmp_path_factory: Any, stream: list[Any], max_open_runs: int,
+                                                    include_prompts: bool, include_responses: bool,
+                                                    max_field_chars: int) -> None:
+    directory = tmp_path_factory.mktemp("differential")
+    rust = run_stream("rust", directory / "rust.jsonl", stream, max_open_runs, include_prompts, include_responses,
+                      max_field_chars)
+    python = run_stream("python", directory / "python.jsonl", stream, max_open_runs, include_prompts,
+                        include_responses, max_field_chars)
+    rust_metrics, rust_outcomes, rust_calls, rust_lines = rust
+    python_metrics, python_outcomes, python_calls, python_lines = python
+    assert rust_outcomes == python_outcomes
+    assert rust_calls == python_calls
+    assert rust_metrics == python_metrics
+    assert len(rust_lines) == len(python_lines) == rust_outcomes.count(None)
+    for rust_line, python_line in zip(rust_lines, python_lines):
+        assert rust_line == as_rust_writes_it(python_line)
 
 
 KEYISH = st.builds(lambda prefix, body: prefix + body, st.sampled_from(["sk-", "Bearer ", "xsk-", "sk", "B"]),

@@ -6,7 +6,7 @@ from typing import Any
 
 from .clock import now
 from .metrics import ReferenceMetrics
-from .records import response_model, usage_of
+from .records import checked_timestamp, response_model, usage_of
 
 
 def run_key(run_id: Any) -> str:
@@ -22,6 +22,7 @@ class Metrics(ReferenceMetrics):
 
     def handle(self, event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: Any, model: str | None,
                ts: float | None, extra: dict[str, Any] | None) -> None:
+        ts = checked_timestamp("on_" + event, ts)
         ts = now() if ts is None else ts
         if event == "llm_start":
             self.llm_start(run_key(run_id), model, ts)
