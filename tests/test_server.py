@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -257,6 +258,108 @@ def test_drop_is_a_connection_error(server: LocalServer, client: openai.OpenAI) 
         client.chat.completions.create(model="gpt-4o", messages=user("hi"))
 
     assert ask(client, "hi") == "Hello! You said: hi"
+
+
+def test_echo_authorization_puts_the_header_in_the_error_message(server: LocalServer) -> None:
+    server.fail_next(500, echo_authorization=True)
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk-echoed-key", max_retries=0)
+
+    with pytest.raises(openai.InternalServerError) as caught:
+        ask(client, "hi")
+
+    assert caught.value.body == {
+        "message": "The server had an error while processing your request. (Injected by LocalServer.) "
+                   "Authorization header received: Bearer sk-echoed-key",
+        "type": "server_error", "param": None, "code": None,
+    }
+
+
+def test_malformed_plain_answers(server: LocalServer, client: openai.OpenAI) -> None:
+    server.malform_next("invalid_json")
+    with pytest.raises(json.JSONDecodeError, match="Unterminated string"):
+        client.chat.completions.create(model="gpt-4o", messages=user("hi"))
+
+    server.malform_next("html")
+    page = client.chat.completions.create(model="gpt-4o", messages=user("hi"))
+    assert isinstance(page, str) and page.startswith("<!DOCTYPE html>")
+
+    server.malform_next("no_choices")
+    completion = client.chat.completions.create(model="gpt-4o", messages=user("hi"))
+    assert completion.choices is None
+    assert completion.model == "gpt-4o"
+
+    assert ask(client, "hi") == "Hello! You said: hi"
+
+
+def test_malformed_streams(server: LocalServer, client: openai.OpenAI) -> None:
+    received: list[Any] = []
+    server.malform_next("bad_sse", after_chunks=2)
+    with pytest.raises(json.JSONDecodeError):
+        for chunk in client.chat.completions.create(model="gpt-4o", messages=user("one two"), stream=True):
+            received.append(chunk.choices[0].delta)
+    assert [delta.content for delta in received] == ["", "Hello! "]
+
+    received.clear()
+    server.malform_next("cut_stream", after_chunks=3)
+    with pytest.raises(openai.APIConnectionError):
+        for chunk in client.chat.completions.create(model="gpt-4o", messages=user("one two"), stream=True):
+            received.append(chunk.choices[0].delta)
+    assert [delta.content for delta in received] == ["", "Hello! ", "You "]
+
+    server.malform_next("cut_stream", after_chunks=0)
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="gpt-4o", messages=user("not streamed"))
+
+
+def test_a_malformed_answer_still_validates_the_request_first(server: LocalServer, client: openai.OpenAI) -> None:
+    server.malform_next("html")
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=user("hi"))
+    assert ask(client, "hi") == "Hello! You said: hi"
+
+
+def test_keep_alive_sends_sse_comments_then_the_stream(server: LocalServer) -> None:
+    server.keep_alive_next(0.3, interval=0.05)
+    request = urllib.request.Request(
+        f"{server.base_url}/chat/completions", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"model": "gpt-4o", "messages": user("hi"), "stream": True}).encode())
+
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=5) as response:
+        first_line = response.readline()
+        first_byte_after = time.monotonic() - started
+        body = first_line + response.read()
+    elapsed = time.monotonic() - started
+
+    assert first_line == b": keep-alive\n"
+    assert first_byte_after < 0.25
+    assert elapsed >= 0.3
+    assert body.count(b": keep-alive\n\n") >= 5
+    events = [line for line in body.split(b"\n\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]"
+    contents = [json.loads(event[6:])["choices"][0]["delta"].get("content") for event in events[:-1]]
+    assert "".join(content or "" for content in contents) == "Hello! You said: hi"
+
+
+def test_keep_alive_pads_a_plain_answer_with_spaces(server: LocalServer, client: openai.OpenAI) -> None:
+    server.keep_alive_next(0.3, interval=0.05)
+    started = time.monotonic()
+    # A per-read timeout shorter than the whole wait: each space resets it.
+    answer = client.with_options(timeout=0.2).chat.completions.create(model="gpt-4o", messages=user("hi"))
+    assert time.monotonic() - started >= 0.3
+    assert answer.choices[0].message.content == "Hello! You said: hi"
+
+
+@pytest.mark.parametrize("call", [
+    lambda server: server.malform_next("gibberish"),
+    lambda server: server.malform_next("html", after_chunks=-1),
+    lambda server: server.malform_next("html", count=0),
+    lambda server: server.keep_alive_next(-1.0),
+    lambda server: server.keep_alive_next(1.0, interval=0.0),
+])
+def test_bad_fault_arguments_are_rejected(server: LocalServer, call: Any) -> None:
+    with pytest.raises(ValueError):
+        call(server)
 
 
 def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:

@@ -45,3 +45,27 @@ class LLMCallError(RLMToolkitError):
     def __init__(self, message: str, *, attempts: int = 1) -> None:
         super().__init__(message)
         self.attempts = attempts
+
+
+class NotAJsonlLogError(LogFileError):
+    """``log_path`` names an existing file that is not a JSONL log (its first line is not a JSON object).
+
+    The file is left untouched; give a new path or move the file away."""
+
+
+class MalformedResponseError(LLMCallError):
+    """The server answered, but not with a usable chat completion: a body that is not JSON (an HTML page, a cut
+    JSON text), a completion without choices, a stream event that is not JSON, or a stream cut before its end.
+
+    ``__cause__`` holds the ``openai.APIResponseValidationError`` of the last attempt.
+    """
+
+
+class InvalidEventError(RLMToolkitError, ValueError):
+    """An event was fired with a value no record can hold, such as a timestamp that is not a finite number of
+    epoch seconds from 1970 to year 9999. The event is not recorded and no callback sees it."""
+
+
+class InvalidSecretError(RLMToolkitError, ValueError):
+    """``register_secret`` was given a str with lone surrogates (no UTF-8 form, so no client can send it and
+    the Rust core cannot hold it): pass the secret as the text the server expects."""

@@ -15,7 +15,9 @@ Event arguments beyond the catalogue's:
 
 - ``on_llm_start(prompt)`` gets the run's prompt for every LLM call of the run, including those after tools.
 - ``on_retry(attempt, max_attempts, error)``: ``attempt`` is the number (1-based) of the attempt that just
-  failed, ``error`` the ``openai`` exception. A stream that fails after tokens were delivered is not retried.
+  failed, ``error`` the ``openai`` exception (``openai.APIResponseValidationError`` for a malformed answer,
+  ``openai.APITimeoutError`` for one past ``timeout``/``idle_timeout``). A stream that fails after tokens were
+  delivered is not retried.
 - ``on_error(error)``: for an LLM call that fails for good, the ``LLMCallError`` about to be raised (with the
   call's ``run_id``); for a tool call, the tool's exception or a ``ToolCallError``, with ``tool_name=`` and
   ``model=None``; for too many tool rounds, the ``ToolRoundsExceededError`` (with the run's ``run_id``).
@@ -23,8 +25,20 @@ Event arguments beyond the catalogue's:
 
 The run logic is written once, as a generator of *effects* (send this request, sleep this long, run these
 tools); a sync and an async driver carry the effects out with the official ``openai.OpenAI`` and
-``openai.AsyncOpenAI`` clients. The clients' own retries are off: the RLM retries 429, 5xx, timeouts and
-connection errors itself so that each retry fires ``on_retry``.
+``openai.AsyncOpenAI`` clients. The clients' own retries are off: the RLM retries 429, 5xx, timeouts,
+connection errors and malformed answers itself so that each retry fires ``on_retry``.
+
+Malformed answers (status 200 with a body that is not JSON, such as a proxy's HTML page; a completion without
+``choices``; a stream event that is not JSON; a stream whose connection closes, or that ends, before its
+``finish_reason``) are retried like a 5xx, since proxies and overloaded servers do send them now and then; the
+final failure is a ``MalformedResponseError`` that says what was wrong.
+
+Timeouts: ``timeout`` bounds all the waiting of one attempt together (connecting, sending, the answer's
+headers, its body, or every chunk of its stream), so a server that sends keep-alive comments but no tokens
+cannot hold an attempt longer; ``idle_timeout`` (if set) bounds each single wait (for the answer to start, and
+between two chunks). Time spent in the caller's code between chunks (token callbacks, the loop over
+``stream()``) is not counted. The async driver enforces them with asyncio timeouts; the sync driver, whose
+socket reads block, with a watchdog thread that shuts the socket down when a read waits past its bound.
 """
 
 from __future__ import annotations
@@ -35,26 +49,29 @@ import email.utils
 import math
 import os
 import random
+import socket
 import sys
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing, closing
+from contextlib import AsyncExitStack, aclosing, closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import httpx2
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ._context import current_parent_run_id, new_run_id, parent_run
 from .callbacks import CallbackManager
-from .errors import LLMCallError, RLMToolkitError
+from .callbacks._async import each_step_as_sync_caller, sync_caller
+from .errors import LLMCallError, MalformedResponseError, RLMToolkitError
 from .memory import Memory
-from .secrets import redact, register_secret
+from .secrets import redact, redact_exception_chain, register_secret, register_url_secrets
 from .tools import Tool, ToolCallError, ToolCallRecord, ToolDefinitionError, as_tool, format_tool_output
 from .types import LLMResponse, Usage
 
@@ -64,6 +81,10 @@ MAX_RETRY_AFTER_SECONDS = 120.0
 """A server's ``Retry-After`` is honoured up to this many seconds."""
 _KEY_PLACEHOLDER = "not-needed"
 """Sent as the API key to a ``base_url`` given without one (local servers ignore it)."""
+_EXCERPT_CHARS = 80
+"""How much of a malformed answer an error message quotes."""
+_RETRY_ADVICE = "try again later or raise max_attempts"
+_T = TypeVar("_T")
 
 
 class RLMConfigError(RLMToolkitError, ValueError):
@@ -153,6 +174,7 @@ class RLM:
         memory: Memory | None = None,
         max_attempts: int = 3,
         timeout: float = 60.0,
+        idle_timeout: float | None = None,
         max_tool_rounds: int = 8,
         system_prompt: str | None = None,
         backoff_base: float = 0.5,
@@ -165,11 +187,15 @@ class RLM:
         OpenAI's); a base URL without a key is fine for local servers. ``callbacks`` is a list of callbacks or
         a ``CallbackManager``. ``tools`` are functions or ``Tool`` objects; ``memory`` a ``BufferMemory`` or
         any ``Memory``. Each LLM call is tried ``max_attempts`` times in all, waiting per ``Retry-After`` or
-        else a random time up to ``min(backoff_max, backoff_base * 2**retry)`` seconds; each request times out
-        after ``timeout`` seconds. ``client_options`` go to the ``openai`` client constructors (e.g.
-        ``organization=``, ``default_headers=``).
+        else a random time up to ``min(backoff_max, backoff_base * 2**retry)`` seconds. An attempt fails with a
+        timeout when it has waited ``timeout`` seconds for the server in all (streams included: keep-alive
+        comments do not extend it), or ``idle_timeout`` seconds (if given) for the answer to start or for its
+        next chunk. ``client_options`` go to the ``openai`` client constructors (e.g. ``organization=``,
+        ``default_headers=``). A password in ``base_url`` is treated like the API key: never shown.
         """
-        connection = _OpenAIConnection(api_key=api_key, base_url=base_url, timeout=timeout, options=client_options)
+        connection = _OpenAIConnection(
+            api_key=api_key, base_url=base_url, timeout=timeout, idle_timeout=idle_timeout, options=client_options
+        )
         return cls(
             model,
             connection,
@@ -185,7 +211,8 @@ class RLM:
 
     @property
     def base_url(self) -> str:
-        return self._connection.base_url
+        """The endpoint, with the password of its user info (if any) shown as ``[REDACTED]``."""
+        return self._connection.display_url
 
     def __repr__(self) -> str:
         return f"RLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -202,13 +229,15 @@ class RLM:
 
     def run(self, prompt: str) -> RunResult:
         """Answer ``prompt`` (running tools as the model asks); raises ``LLMCallError`` if a call fails for good."""
-        steps = self._run_steps(prompt, _RunScope.start(), stream=self.callbacks.streams_tokens)
-        with closing(self._drive_sync(steps)) as items:
-            return _final_result(items)
+        with sync_caller():  # async hooks complete before it returns, also inside a running event loop
+            steps = self._run_steps(prompt, _RunScope.start(), stream=self.callbacks.streams_tokens)
+            with closing(self._drive_sync(steps)) as items:
+                return _final_result(items)
 
     def stream(self, prompt: str) -> Iterator[str]:
         """Answer ``prompt``, yielding the answer's text as it arrives (and firing ``on_llm_new_token``)."""
-        with closing(self._drive_sync(self._run_steps(prompt, _RunScope.start(), stream=True))) as items:
+        steps = self._run_steps(prompt, _RunScope.start(), stream=True)
+        with closing(each_step_as_sync_caller(self._drive_sync(steps))) as items:
             for item in items:
                 if isinstance(item, str):
                     yield item
@@ -314,15 +343,10 @@ class RLM:
                 reply, failure = None, None
                 if isinstance(effect, _ChatAttempt):
                     try:
-                        if effect.stream:
-                            with client.chat.completions.create(**effect.params) as chunks:
-                                for chunk in chunks:
-                                    if text := effect.take_chunk(chunk):
-                                        yield text
-                            reply = effect.streamed_response()
-                        else:
-                            reply = effect.completed_response(client.chat.completions.create(**effect.params))
+                        yield from self._attempt_sync(client, effect)
+                        reply = effect.response()
                     except openai.APIError as error:
+                        redact_exception_chain(error)  # before any handler or traceback shows it
                         failure = error
                 elif isinstance(effect, _Sleep):
                     time.sleep(effect.seconds)
@@ -347,15 +371,12 @@ class RLM:
                 reply, failure = None, None
                 if isinstance(effect, _ChatAttempt):
                     try:
-                        if effect.stream:
-                            async with await client.chat.completions.create(**effect.params) as chunks:
-                                async for chunk in chunks:
-                                    if text := effect.take_chunk(chunk):
-                                        yield text
-                            reply = effect.streamed_response()
-                        else:
-                            reply = effect.completed_response(await client.chat.completions.create(**effect.params))
+                        async with aclosing(self._attempt_async(client, effect)) as texts:
+                            async for text in texts:
+                                yield text
+                        reply = effect.response()
                     except openai.APIError as error:
+                        redact_exception_chain(error)  # before any handler or traceback shows it
                         failure = error
                 elif isinstance(effect, _Sleep):
                     await asyncio.sleep(effect.seconds)
@@ -363,6 +384,59 @@ class RLM:
                     await asyncio.gather(*(invocation.run_async() for invocation in effect.invocations))
         finally:
             steps.close()
+
+    def _attempt_sync(self, client: openai.OpenAI, attempt: _ChatAttempt) -> Iterator[str]:
+        """Send ``attempt``'s request, yielding streamed text; ``attempt`` keeps the answer.
+
+        Every failure is raised as an ``openai.APIError`` (see ``_read_failure``).
+        """
+        clock = _AttemptClock(self._connection.timeout, self._connection.idle_timeout)
+        bound, option = clock.next_wait()
+        started = time.monotonic()
+        try:
+            with client.chat.completions.with_streaming_response.create(**attempt.params, timeout=bound) as raw:
+                clock.spend(time.monotonic() - started)
+                attempt.http_response = raw.http_response
+                with _watchdog.guarding(raw.http_response) as guard:
+                    if not attempt.stream:
+                        attempt.take_completion(guard.wait(clock, attempt, raw.parse))
+                        return
+                    attempt.check_event_stream()
+                    chunks = raw.parse()
+                    while (chunk := guard.wait(clock, attempt, next, chunks, None)) is not None:
+                        if text := attempt.take_chunk(chunk):
+                            yield text
+                    attempt.check_stream_end()
+        except openai.APITimeoutError as error:
+            if isinstance(error, _AttemptTimeoutError):
+                raise
+            raise _AttemptTimeoutError(error.request, option, clock.limit(option)) from error
+
+    async def _attempt_async(self, client: openai.AsyncOpenAI, attempt: _ChatAttempt) -> AsyncIterator[str]:
+        """``_attempt_sync`` with the async client: the same waits, bounded by asyncio timeouts."""
+        clock = _AttemptClock(self._connection.timeout, self._connection.idle_timeout)
+        bound, option = clock.next_wait()
+        started = time.monotonic()
+        async with AsyncExitStack() as exit_stack:
+            opening = client.chat.completions.with_streaming_response.create(**attempt.params, timeout=bound)
+            try:
+                raw = await _within(bound, exit_stack.enter_async_context(opening))
+            except (asyncio.TimeoutError, openai.APITimeoutError) as error:
+                request = getattr(error, "request", None) or httpx2.Request(
+                    "POST", f"{self._connection.display_url}/chat/completions"
+                )
+                raise _AttemptTimeoutError(request, option, clock.limit(option)) from error
+            clock.spend(time.monotonic() - started)
+            attempt.http_response = raw.http_response
+            if not attempt.stream:
+                attempt.take_completion(await _read_async(clock, attempt, raw.parse))
+                return
+            attempt.check_event_stream()
+            chunks = (await raw.parse()).__aiter__()
+            while (chunk := await _read_async(clock, attempt, _next_or_none, chunks)) is not None:
+                if text := attempt.take_chunk(chunk):
+                    yield text
+            attempt.check_stream_end()
 
     # -- the run logic, shared by both drivers -------------------------------------------------------
 
@@ -432,7 +506,11 @@ class RLM:
                 response = yield attempt
             except openai.APIError as error:
                 if attempt_number == self.max_attempts or not _is_retryable(error) or attempt.tokens_delivered:
-                    failure = LLMCallError(self._describe_failure(error, attempt_number), attempts=attempt_number)
+                    error_type = (
+                        MalformedResponseError if isinstance(error, openai.APIResponseValidationError) else LLMCallError
+                    )
+                    message = self._describe_failure(error, attempt_number, after_tokens=attempt.tokens_delivered)
+                    failure = error_type(message, attempts=attempt_number)
                     self.callbacks.on_error(failure, **ids)
                     raise failure from error
                 self.callbacks.on_retry(attempt_number, self.max_attempts, error, **ids)
@@ -463,15 +541,30 @@ class RLM:
             return min(requested, MAX_RETRY_AFTER_SECONDS)
         return random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2 ** (retry_number - 1)))
 
-    def _describe_failure(self, error: openai.APIError, attempts: int) -> str:
+    def _describe_failure(self, error: openai.APIError, attempts: int, *, after_tokens: bool = False) -> str:
         """What went wrong and what to do, naming the endpoint but never the API key."""
-        where = self.base_url
+        description = self._describe_error(error, attempts)
+        if after_tokens:
+            description += " (not retried: part of the answer had already been streamed)"
+        return description
+
+    def _describe_error(self, error: openai.APIError, attempts: int) -> str:
+        where = self._connection.display_url
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        if isinstance(error, openai.APITimeoutError):
+        if isinstance(error, _AttemptTimeoutError):
+            if error.option == "idle_timeout":
+                return (
+                    f"{where} sent no part of the answer for idle_timeout={error.seconds:g} s{tries}; "
+                    "raise idle_timeout= or check that the server is answering"
+                )
             return (
-                f"request to {where} timed out after {self._connection.timeout:g} s{tries}; "
+                f"the answer from {where} took longer than timeout={error.seconds:g} s{tries}; "
                 "raise timeout= or check that the server is answering"
             )
+        if isinstance(error, _MalformedAnswerError):
+            return f"malformed answer from {where}{tries}: {error.problem}; {error.advice}"
+        if isinstance(error, openai.APIResponseValidationError):
+            return f"malformed answer from {where}{tries}: {redact(error.message)}; {_RETRY_ADVICE}"
         if isinstance(error, openai.APIConnectionError):
             return f"could not connect to {where}{tries}; check the base URL and that the server is running"
         if not isinstance(error, openai.APIStatusError):
@@ -494,42 +587,110 @@ class RLM:
 
 
 class _ChatAttempt:
-    """Send one chat completion request; the driver answers with an ``LLMResponse`` or throws the error in."""
+    """Send one chat completion request; the driver answers with an ``LLMResponse`` or throws the error in.
+
+    The driver sets ``http_response`` once the answer's headers are in, then hands over the parsed completion
+    (``take_completion``) or each streamed chunk (``take_chunk``); what is not a usable chat completion raises
+    a ``_MalformedAnswerError``.
+    """
 
     def __init__(self, params: dict[str, Any], stream: bool, fire_token: Callable[[str], None]) -> None:
         self.params = params
         self.stream = stream
         self.tokens_delivered = False
+        self.chunks_received = 0
+        self.http_response: httpx2.Response | None = None
         self._fire_token = fire_token
+        self._completed: LLMResponse | None = None
         self._content: list[str] = []
         self._tool_calls: dict[int, dict[str, Any]] = {}
         self._model: str | None = None
         self._finish_reason: str | None = None
         self._usage = Usage()
 
-    def completed_response(self, completion: ChatCompletion) -> LLMResponse:
-        """The response of a non-streamed request."""
-        choice = completion.choices[0]
+    def response(self) -> LLMResponse:
+        """The answer: the completion taken, or the one assembled from the streamed chunks."""
+        if self._completed is not None:
+            return self._completed
         tool_calls = tuple(
-            _tool_call_message(call.id, call.function.name, call.function.arguments)
-            for call in choice.message.tool_calls or ()
-            if call.type == "function"
+            _tool_call_message(call["id"], call["name"], "".join(call["arguments"]))
+            for _, call in sorted(self._tool_calls.items())
         )
         return LLMResponse(
-            content=choice.message.content or "",
-            model=completion.model,
-            usage=_usage_of(completion.usage),
-            finish_reason=choice.finish_reason,
+            content="".join(self._content),
+            model=self._model,
+            usage=self._usage,
+            finish_reason=self._finish_reason,
             tool_calls=tool_calls,
         )
 
-    def take_chunk(self, chunk: ChatCompletionChunk) -> str:
+    def take_completion(self, completion: object) -> None:
+        """Take the answer of a non-streamed request."""
+        if not isinstance(completion, ChatCompletion):
+            raise self.malformed(
+                f"the body is {self._content_type()}, not JSON ({self._body_excerpt()})",
+                advice="check base_url: a proxy or a sign-in page may be answering instead of the API",
+            )
+        if not completion.choices:
+            raise self.malformed(
+                "the completion has no choices",
+                advice="check that base_url points at an OpenAI-compatible chat completions API",
+            )
+        try:
+            choice = completion.choices[0]
+            tool_calls = tuple(
+                _tool_call_message(call.id, call.function.name, call.function.arguments)
+                for call in choice.message.tool_calls or ()
+                if call.type == "function"
+            )
+            self._completed = LLMResponse(
+                content=choice.message.content or "",
+                model=completion.model,
+                usage=_usage_of(completion.usage),
+                finish_reason=choice.finish_reason,
+                tool_calls=tool_calls,
+            )
+        except (AttributeError, TypeError) as error:
+            raise self.malformed(f"the completion's first choice is incomplete ({error})") from error
+
+    def check_event_stream(self) -> None:
+        """Raise unless the answer to a streamed request is an event stream."""
+        content_type = self._content_type()
+        if not content_type.startswith("text/event-stream"):
+            raise self.malformed(
+                f"the answer to a streamed request is {content_type}, not an event stream",
+                advice="check base_url: a proxy or a sign-in page may be answering instead of the API",
+            )
+
+    def take_chunk(self, chunk: object) -> str:
         """Add one streamed chunk; fire and return its text (``""`` if it has none)."""
+        if not isinstance(chunk, ChatCompletionChunk):
+            raise self.malformed(f"stream event {self.chunks_received + 1} is not a chat completion chunk")
+        try:
+            text = self._add_chunk(chunk)
+        except (AttributeError, TypeError) as error:
+            raise self.malformed(f"stream event {self.chunks_received + 1} is incomplete ({error})") from error
+        self.chunks_received += 1
+        if text:
+            self.tokens_delivered = True
+            self._fire_token(text)
+        return text
+
+    def check_stream_end(self) -> None:
+        """Raise if the stream ended before its last chunk (the one with a ``finish_reason``)."""
+        if self._finish_reason is None:
+            raise self.malformed(f"the stream ended after {_chunks(self.chunks_received)} without a finish_reason")
+
+    def malformed(self, problem: str, *, advice: str = _RETRY_ADVICE) -> _MalformedAnswerError:
+        assert self.http_response is not None
+        return _MalformedAnswerError(self.http_response, problem, advice)
+
+    def _add_chunk(self, chunk: ChatCompletionChunk) -> str:
         self._model = chunk.model or self._model
         if chunk.usage is not None:
             self._usage = _usage_of(chunk.usage)
         text = ""
-        for choice in chunk.choices:
+        for choice in chunk.choices or ():
             if choice.index != 0:
                 continue
             if choice.finish_reason:
@@ -545,23 +706,218 @@ class _ChatAttempt:
             if choice.delta.content:
                 text = choice.delta.content
                 self._content.append(text)
-                self.tokens_delivered = True
-                self._fire_token(text)
         return text
 
-    def streamed_response(self) -> LLMResponse:
-        """The response assembled from the streamed chunks."""
-        tool_calls = tuple(
-            _tool_call_message(call["id"], call["name"], "".join(call["arguments"]))
-            for _, call in sorted(self._tool_calls.items())
-        )
-        return LLMResponse(
-            content="".join(self._content),
-            model=self._model,
-            usage=self._usage,
-            finish_reason=self._finish_reason,
-            tool_calls=tool_calls,
-        )
+    def _content_type(self) -> str:
+        assert self.http_response is not None
+        return self.http_response.headers.get("content-type", "").split(";")[0].strip() or "untyped"
+
+    def _body_excerpt(self) -> str:
+        assert self.http_response is not None
+        text = " ".join(self.http_response.text.split())
+        if len(text) > _EXCERPT_CHARS:
+            text = text[:_EXCERPT_CHARS] + "..."
+        return f"it begins {redact(text)!r}" if text else "it is empty"
+
+
+class _MalformedAnswerError(openai.APIResponseValidationError):
+    """An attempt's answer that is not a usable chat completion: ``problem`` says what is wrong, ``advice``
+    what to do."""
+
+    def __init__(self, response: httpx2.Response, problem: str, advice: str) -> None:
+        super().__init__(response, None, message=problem)
+        self.problem = problem
+        self.advice = advice
+
+
+class _AttemptTimeoutError(openai.APITimeoutError):
+    """An attempt that waited longer than ``timeout`` in all, or than ``idle_timeout`` at once (``option``)."""
+
+    def __init__(self, request: httpx2.Request, option: str, seconds: float) -> None:
+        super().__init__(request)
+        self.option = option
+        self.seconds = seconds
+        self.message = f"no answer within {option}={seconds:g} s"
+        self.args = (self.message,)
+
+
+class _AttemptClock:
+    """How long one attempt may still wait for the server (see the module docstring)."""
+
+    def __init__(self, timeout: float, idle_timeout: float | None) -> None:
+        self.timeout = timeout
+        self.idle_timeout = idle_timeout
+        self.left = timeout
+
+    def next_wait(self) -> tuple[float, str]:
+        """The longest the next wait may take, and the option that sets it."""
+        if self.idle_timeout is not None and self.idle_timeout < self.left:
+            return self.idle_timeout, "idle_timeout"
+        return max(self.left, 0.0), "timeout"
+
+    def limit(self, option: str) -> float:
+        return self.timeout if option == "timeout" or self.idle_timeout is None else self.idle_timeout
+
+    def spend(self, seconds: float) -> None:
+        self.left -= seconds
+
+
+def _read_failure(error: Exception, attempt: _ChatAttempt, option: str, seconds: float, timed_out: bool) -> Exception:
+    """The ``openai.APIError`` for ``error``, raised while reading the answer after its headers came in."""
+    assert attempt.http_response is not None
+    if timed_out or isinstance(error, (openai.APITimeoutError, httpx2.TimeoutException)):
+        return _AttemptTimeoutError(attempt.http_response.request, option, seconds)
+    if isinstance(error, (openai.APIConnectionError, httpx2.TransportError)):
+        if attempt.stream:
+            return attempt.malformed(
+                f"the connection closed after {_chunks(attempt.chunks_received)}, before the stream's end"
+            )
+        return attempt.malformed("the connection closed before the whole answer arrived")
+    if isinstance(error, openai.APIError):
+        return error
+    if isinstance(error, ValueError):  # json.JSONDecodeError, or data the openai client cannot take
+        if attempt.stream:
+            return attempt.malformed(f"stream event {attempt.chunks_received + 1} is not valid JSON ({error})")
+        return attempt.malformed(f"the body is not valid JSON ({error})")
+    return error
+
+
+async def _read_async(
+    clock: _AttemptClock, attempt: _ChatAttempt, read: Callable[..., Any], *args: Any
+) -> Any:
+    """``await read(*args)``, bounded by ``clock``; failures become ``openai.APIError`` (``_read_failure``)."""
+    bound, option = clock.next_wait()
+    started = time.monotonic()
+    try:
+        return await _within(bound, read(*args))
+    except Exception as error:
+        failure = _read_failure(error, attempt, option, clock.limit(option), isinstance(error, asyncio.TimeoutError))
+        if failure is error:
+            raise
+        raise failure from error
+    finally:
+        clock.spend(time.monotonic() - started)
+
+
+async def _within(seconds: float, awaitable: Any) -> Any:
+    """``await awaitable``, raising ``asyncio.TimeoutError`` after ``seconds``."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+async def _next_or_none(chunks: AsyncIterator[_T]) -> _T | None:
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class _ReadGuard:
+    """One sync attempt's socket, for the watchdog: ``deadline`` is set while a read waits, ``fired`` once
+    the watchdog shut the socket down."""
+
+    __slots__ = ("socket", "deadline", "fired", "_watchdog")
+
+    def __init__(self, sock: socket.socket | None, watchdog: _SocketWatchdog) -> None:
+        self.socket = sock
+        self.deadline: float | None = None
+        self.fired = False
+        self._watchdog = watchdog
+
+    def wait(self, clock: _AttemptClock, attempt: _ChatAttempt, read: Callable[..., _T], *args: Any) -> _T:
+        """``read(*args)``, bounded by ``clock``; failures become ``openai.APIError`` (``_read_failure``)."""
+        bound, option = clock.next_wait()
+        started = time.monotonic()
+        self._watchdog.arm(self, started + bound)
+        try:
+            result = read(*args)
+        except Exception as error:
+            failure = _read_failure(error, attempt, option, clock.limit(option), self._watchdog.disarm(self))
+            if failure is error:
+                raise
+            raise failure from error
+        finally:
+            clock.spend(time.monotonic() - started)
+        if self._watchdog.disarm(self):
+            request = cast(httpx2.Response, attempt.http_response).request
+            raise _AttemptTimeoutError(request, option, clock.limit(option))
+        return result
+
+
+class _SocketWatchdog:
+    """Shuts down the socket of a sync read that waits past its deadline, so that the blocked read fails.
+
+    (A blocking socket read cannot be interrupted otherwise, and the client's own read timeout restarts with
+    every byte, keep-alive comments included.) One daemon thread serves every RLM of the process.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._guards: set[_ReadGuard] = set()
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def guarding(self, response: httpx2.Response) -> Iterator[_ReadGuard]:
+        """A guard for the reads of ``response``'s body (its socket, if the transport exposes it)."""
+        network_stream = response.extensions.get("network_stream")
+        guard = _ReadGuard(network_stream.get_extra_info("socket") if network_stream is not None else None, self)
+        with self._condition:
+            self._guards.add(guard)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._watch, name="rlm-read-watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield guard
+        finally:
+            with self._condition:
+                self._guards.discard(guard)
+
+    def arm(self, guard: _ReadGuard, deadline: float) -> None:
+        with self._condition:
+            guard.deadline = deadline
+            if deadline < self._wake_at:
+                self._condition.notify()
+
+    def disarm(self, guard: _ReadGuard) -> bool:
+        """Stop guarding ``guard``'s current read; whether the watchdog shut its socket down."""
+        with self._condition:
+            guard.deadline = None
+            return guard.fired
+
+    def _watch(self) -> None:
+        with self._condition:
+            while True:
+                now = time.monotonic()
+                self._wake_at = math.inf
+                for guard in self._guards:
+                    if guard.deadline is None:
+                        continue
+                    if guard.deadline <= now:
+                        guard.deadline = None
+                        guard.fired = True
+                        if guard.socket is not None:
+                            try:
+                                # The plain socket's shutdown, also for a TLS socket: it wakes the blocked read.
+                                socket.socket.shutdown(guard.socket, socket.SHUT_RDWR)
+                            except OSError:
+                                pass  # already closed
+                    else:
+                        self._wake_at = min(self._wake_at, guard.deadline)
+                self._condition.wait(None if self._wake_at == math.inf else self._wake_at - now)
+
+
+_watchdog = _SocketWatchdog()
+
+
+def _new_watchdog_after_fork() -> None:
+    global _watchdog
+    _watchdog = _SocketWatchdog()  # the parent's thread does not exist in the child, and its lock may be held
+
+
+os.register_at_fork(after_in_child=_new_watchdog_after_fork)
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,11 +1012,21 @@ class _OpenAIConnection:
     ``batch`` closes the one of the loop it ran.) The API key lives only in here and in the clients.
     """
 
-    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        timeout: float,
+        idle_timeout: float | None,
+        options: dict[str, Any],
+    ) -> None:
         if "max_retries" in options:
             raise RLMConfigError("set retries with max_attempts=, not max_retries= (the RLM retries by itself)")
         if timeout <= 0:
             raise RLMConfigError(f"timeout must be a positive number of seconds, got {timeout}")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise RLMConfigError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout}")
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         if not api_key and not base_url:
@@ -669,9 +1035,12 @@ class _OpenAIConnection:
                 "OpenAI-compatible server (`rlm-toolkit serve` runs a local one)"
             )
         self.timeout = timeout
+        self.idle_timeout = idle_timeout
         self._api_key = api_key or _KEY_PLACEHOLDER
         if api_key:
             register_secret(api_key)
+        if base_url:
+            register_url_secrets(base_url)
         self._client_options = {
             **options,
             "api_key": self._api_key,
@@ -680,7 +1049,8 @@ class _OpenAIConnection:
             "max_retries": 0,
         }
         self.sync_client = openai.OpenAI(**self._client_options)
-        self.base_url = str(self.sync_client.base_url).rstrip("/")
+        self.display_url = redact(str(self.sync_client.base_url).rstrip("/"))
+        """The base URL with its password (if any) replaced by ``[REDACTED]``: for messages and ``repr``."""
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
             weakref.WeakKeyDictionary()
         )
@@ -724,6 +1094,10 @@ def _final_result(items: Iterator[str | RunResult]) -> RunResult:
     raise AssertionError("the run ended without a result")
 
 
+def _chunks(count: int) -> str:
+    return "1 chunk" if count == 1 else f"{count} chunks"
+
+
 def _tool_call_message(call_id: str, name: str, arguments: str) -> dict[str, Any]:
     """A tool call as it appears in an assistant message (and in ``LLMResponse.tool_calls``)."""
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
@@ -744,7 +1118,7 @@ def _add_usage(first: Usage, second: Usage) -> Usage:
 
 
 def _is_retryable(error: openai.APIError) -> bool:
-    if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
+    if isinstance(error, (openai.APIConnectionError, openai.APIResponseValidationError)):  # incl. timeouts
         return True
     return isinstance(error, openai.APIStatusError) and (error.status_code == 429 or error.status_code >= 500)
 

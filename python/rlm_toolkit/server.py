@@ -49,13 +49,17 @@ Streaming (``"stream": true``)
 
 Scripting and fault injection
     :meth:`LocalServer.queue_reply` queues canned answers (first in, first
-    out); :meth:`~LocalServer.fail_next`, :meth:`~LocalServer.hang_next` and
-    :meth:`~LocalServer.drop_next` queue faults for the next chat-completion
-    requests. Each request consumes at most one fault, faults are applied
-    before the request is validated, and they take precedence over queued
-    replies. Every JSON body received is appended to ``LocalServer.requests``.
-    All of these are thread-safe. ``latency`` seconds are slept before every
-    successful answer, and ``latency / number of chunks`` between stream chunks.
+    out); :meth:`~LocalServer.fail_next`, :meth:`~LocalServer.hang_next`,
+    :meth:`~LocalServer.drop_next`, :meth:`~LocalServer.malform_next` and
+    :meth:`~LocalServer.keep_alive_next` queue faults for the next
+    chat-completion requests. Each request consumes at most one fault, and
+    faults take precedence over queued replies. Error, hang and drop faults
+    are applied before the request is validated; malformed answers and
+    keep-alives shape the answer to a valid request (an invalid one still
+    gets its 4xx error). Every JSON body received is appended to
+    ``LocalServer.requests``. All of these are thread-safe. ``latency``
+    seconds are slept before every successful answer, and
+    ``latency / number of chunks`` between stream chunks.
 """
 
 from __future__ import annotations
@@ -71,11 +75,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 
-__all__ = ["DEFAULT_MODELS", "LOCAL_API_KEY", "LocalServer", "main_serve"]
+__all__ = ["DEFAULT_MODELS", "LOCAL_API_KEY", "LocalServer", "MalformedKind", "main_serve"]
+
+MalformedKind = Literal["invalid_json", "html", "no_choices", "bad_sse", "cut_stream"]
+"""What :meth:`LocalServer.malform_next` sends (see there)."""
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o",
@@ -105,6 +112,9 @@ _WORD_AFTER_TOOL_NAME = re.compile(r"\W*(\w+(?:['.-]\w+)*)")
 _JSON_DECODER = json.JSONDecoder()
 _ARGUMENT_PIECE_CHARS = 16
 """Streamed tool-call arguments are sent in pieces of this many characters."""
+_PROXY_ERROR_PAGE = ("<!DOCTYPE html><html><head><title>Sign in</title></head>"
+                     "<body><h1>Sign in to continue</h1><p>This network needs you to sign in.</p></body></html>")
+"""The HTML page ``malform_next("html")`` sends."""
 _SHUTDOWN_GRACE_SECONDS = 0.5
 """How long stopping waits for requests still being answered."""
 _TOKENS_PER_MESSAGE = 3
@@ -132,6 +142,7 @@ class _ErrorFault:
     status: int
     retry_after: float | None
     message: str | None
+    echo_authorization: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,7 +157,23 @@ class _DropFault:
     """Close the connection without answering."""
 
 
-_Fault = _ErrorFault | _HangFault | _DropFault
+@dataclass(frozen=True)
+class _MalformedFault:
+    """Answer a valid request with a broken body (see ``LocalServer.malform_next``)."""
+
+    kind: MalformedKind
+    after_chunks: int
+
+
+@dataclass(frozen=True)
+class _KeepAliveFault:
+    """Keep the connection busy without answering for ``seconds``, then answer normally."""
+
+    seconds: float
+    interval: float
+
+
+_Fault = _ErrorFault | _HangFault | _DropFault | _MalformedFault | _KeepAliveFault
 
 
 @dataclass(frozen=True)
@@ -321,15 +348,17 @@ class LocalServer:
     # -- scripting and fault injection ---------------------------------------
 
     def fail_next(self, status: int, count: int = 1, *, retry_after: float | None = None,
-                  message: str | None = None) -> None:
+                  message: str | None = None, echo_authorization: bool = False) -> None:
         """Answer the next ``count`` requests with HTTP ``status`` and an OpenAI error body.
 
         ``retry_after`` (seconds, may be fractional) is sent as the ``Retry-After``
-        header; ``message`` replaces the default error message.
+        header; ``message`` replaces the default error message. With
+        ``echo_authorization`` the message ends with the request's
+        ``Authorization`` header, as some proxies do.
         """
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
-        self._add_faults(_ErrorFault(status, retry_after, message), count)
+        self._add_faults(_ErrorFault(status, retry_after, message, echo_authorization), count)
 
     def hang_next(self, seconds: float, count: int = 1) -> None:
         """Sleep ``seconds`` before answering each of the next ``count`` requests."""
@@ -338,6 +367,41 @@ class LocalServer:
     def drop_next(self, count: int = 1) -> None:
         """Close the connection without answering the next ``count`` requests."""
         self._add_faults(_DropFault(), count)
+
+    def malform_next(self, kind: MalformedKind, count: int = 1, *, after_chunks: int = 1) -> None:
+        """Answer the next ``count`` valid requests with status 200 and a broken body.
+
+        ``kind`` is one of:
+
+        * ``"invalid_json"``: ``application/json`` that is not JSON (a completion cut short
+          inside the key ``"message"``);
+        * ``"html"``: an HTML page (``text/html``), as a misconfigured proxy sends;
+        * ``"no_choices"``: a JSON completion object without ``choices``;
+        * ``"bad_sse"``: an event stream whose data line after the first ``after_chunks``
+          chunks is not JSON (then ``[DONE]``);
+        * ``"cut_stream"``: an event stream whose connection is closed after the first
+          ``after_chunks`` chunks, without ``[DONE]``.
+
+        The stream kinds answer with an event stream even to a non-streamed request.
+        The first chunk carries only the role, so ``after_chunks=1`` sends no text.
+        """
+        if kind not in get_args(MalformedKind):
+            raise ValueError(f"kind must be one of {get_args(MalformedKind)}, got {kind!r}")
+        if after_chunks < 0:
+            raise ValueError(f"after_chunks must be 0 or more, got {after_chunks}")
+        self._add_faults(_MalformedFault(kind, after_chunks), count)
+
+    def keep_alive_next(self, seconds: float, count: int = 1, *, interval: float = 0.1) -> None:
+        """Keep each of the next ``count`` valid requests waiting ``seconds``, sending bytes but no answer.
+
+        A streamed request gets the event-stream headers at once, then an SSE comment
+        (``: keep-alive``) every ``interval`` seconds; a non-streamed one gets the
+        headers, then a space of its JSON body every ``interval`` seconds. Then the
+        answer follows as usual. A client's per-read timeout never fires on these.
+        """
+        if seconds < 0 or interval <= 0:
+            raise ValueError(f"seconds must be >= 0 and interval > 0, got {seconds} and {interval}")
+        self._add_faults(_KeepAliveFault(seconds, interval), count)
 
     def queue_reply(self, content: str | None = None, *, tool_calls: list[dict[str, Any]] | None = None,
                     usage: tuple[int, int] | None = None) -> None:
@@ -400,7 +464,7 @@ class LocalServer:
             # treats it as a client disconnect; the client sees no answer.
             return web.Response()
         if isinstance(fault, _ErrorFault):
-            return _fault_response(fault)
+            return _fault_response(fault, request.headers.get("Authorization"))
         if isinstance(fault, _HangFault):
             await asyncio.sleep(fault.seconds)
 
@@ -421,15 +485,20 @@ class LocalServer:
             await asyncio.sleep(self.latency)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        if isinstance(fault, _MalformedFault):
+            return await self._malformed(request, fault, completion_id, created, chat, reply, usage)
+        if isinstance(fault, _KeepAliveFault):
+            return await self._keep_alive_then_answer(request, fault, completion_id, created, chat, reply,
+                                                      usage)
         if chat.stream:
             chunks = _completion_chunks(completion_id, created, chat, reply, usage)
             return await self._stream(request, chunks)
         return web.json_response(_completion(completion_id, created, chat.model, reply, usage))
 
-    async def _stream(self, request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
-        response.content_type = "text/event-stream"
-        await response.prepare(request)
+    async def _stream(self, request: web.Request, chunks: list[dict[str, Any]], *,
+                      response: web.StreamResponse | None = None) -> web.StreamResponse:
+        if response is None:
+            response = await _start_event_stream(request)
         delay_between_chunks = self.latency / len(chunks)
         try:
             for chunk in chunks:
@@ -440,6 +509,66 @@ class LocalServer:
         except ConnectionResetError:
             pass  # the client stopped reading mid-stream; nothing left to do
         return response
+
+    async def _malformed(self, request: web.Request, fault: _MalformedFault, completion_id: str, created: int,
+                         chat: _ChatRequest, reply: _Reply, usage: dict[str, int]) -> web.StreamResponse:
+        completion = _completion(completion_id, created, chat.model, reply, usage)
+        if fault.kind == "invalid_json":
+            text = json.dumps(completion)
+            cut_inside_a_key = text.index('"message"') + len('"mess')
+            return web.Response(text=text[:cut_inside_a_key], content_type="application/json")
+        if fault.kind == "html":
+            return web.Response(text=_PROXY_ERROR_PAGE, content_type="text/html")
+        if fault.kind == "no_choices":
+            del completion["choices"]
+            return web.json_response(completion)
+        chunks = _completion_chunks(completion_id, created, chat, reply, usage)[:fault.after_chunks]
+        response = await _start_event_stream(request)
+        try:
+            for chunk in chunks:
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if fault.kind == "bad_sse":
+                await response.write(b'data: {"id": "chatcmpl-broken", "choices": [\n\n')
+                await response.write(b"data: [DONE]\n\n")
+                return response
+        except ConnectionResetError:
+            return response
+        # cut_stream: close the connection without ending the chunked body.
+        if request.transport is not None:
+            request.transport.close()
+        return response
+
+    async def _keep_alive_then_answer(self, request: web.Request, fault: _KeepAliveFault, completion_id: str,
+                                      created: int, chat: _ChatRequest, reply: _Reply,
+                                      usage: dict[str, int]) -> web.StreamResponse:
+        if chat.stream:
+            response = await _start_event_stream(request)
+            filler = b": keep-alive\n\n"
+        else:
+            response = web.StreamResponse()
+            response.content_type = "application/json"
+            await response.prepare(request)
+            filler = b" "
+        deadline = time.monotonic() + fault.seconds
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                await response.write(filler)
+                await asyncio.sleep(min(fault.interval, remaining))
+            if not chat.stream:
+                await response.write(json.dumps(_completion(completion_id, created, chat.model, reply,
+                                                            usage)).encode())
+                return response
+        except ConnectionResetError:
+            return response
+        chunks = _completion_chunks(completion_id, created, chat, reply, usage)
+        return await self._stream(request, chunks, response=response)
+
+
+async def _start_event_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+    response.content_type = "text/event-stream"
+    await response.prepare(request)
+    return response
 
 
 # -- request parsing ------------------------------------------------------------
@@ -649,7 +778,7 @@ def _error_response(status: int, message: str, *, param: str | None = None, code
     return web.json_response({"error": error}, status=status, headers=headers)
 
 
-def _fault_response(fault: _ErrorFault) -> web.Response:
+def _fault_response(fault: _ErrorFault, authorization: str | None) -> web.Response:
     code = None
     if fault.status == 429:
         default_message, code = "Rate limit reached for requests.", "rate_limit_exceeded"
@@ -658,8 +787,11 @@ def _fault_response(fault: _ErrorFault) -> web.Response:
     else:
         default_message = f"{_status_phrase(fault.status)}."
     default_message += " (Injected by LocalServer.)"
+    message = fault.message or default_message
+    if fault.echo_authorization:
+        message = f"{message} Authorization header received: {authorization}"
     headers = None if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-    return _error_response(fault.status, fault.message or default_message, code=code, headers=headers)
+    return _error_response(fault.status, message, code=code, headers=headers)
 
 
 def _status_phrase(status: int) -> str:
