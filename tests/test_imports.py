@@ -28,3 +28,14 @@ def test_rlm_is_still_importable_from_the_package() -> None:
 def test_the_version_is_the_distribution_version() -> None:
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8"))
     assert rlm_toolkit.__version__ == pyproject["project"]["version"]
+
+
+def test_every_exception_type_is_exported_from_the_package() -> None:
+    import inspect
+
+    from rlm_toolkit import errors
+
+    defined = {name for name, value in vars(errors).items()
+               if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == errors.__name__}
+    assert defined <= set(rlm_toolkit.__all__)
+    assert all(getattr(rlm_toolkit, name) is getattr(errors, name) for name in defined)

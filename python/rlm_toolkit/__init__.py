@@ -6,10 +6,20 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     BackendError,
     CallbackConfigError,
+    InvalidEventError,
+    InvalidSecretError,
     LLMCallError,
     LogClosedError,
     LogFileError,
+    MalformedResponseError,
+    MemoryConfigError,
+    MissingAPIKeyError,
+    NotAJsonlLogError,
+    RLMConfigError,
     RLMToolkitError,
+    ToolCallError,
+    ToolDefinitionError,
+    ToolRoundsExceededError,
 )
 from .types import LLMResponse, Usage
 
@@ -29,15 +39,27 @@ def __getattr__(name: str) -> Any:
         return getattr(rlm, name)
     raise AttributeError(f"module 'rlm_toolkit' has no attribute {name!r}")
 
+
 __all__ = [
-    "RLM",
     "BackendError",
     "CallbackConfigError",
+    "InvalidEventError",
+    "InvalidSecretError",
     "LLMCallError",
     "LLMResponse",
     "LogClosedError",
     "LogFileError",
+    "MalformedResponseError",
+    "MemoryConfigError",
+    "MissingAPIKeyError",
+    "NotAJsonlLogError",
+    "RLM",
+    "RLMConfigError",
     "RLMToolkitError",
     "RunResult",
+    "ToolCallError",
+    "ToolDefinitionError",
+    "ToolRoundsExceededError",
     "Usage",
+    "__version__",
 ]

@@ -23,6 +23,18 @@ class LogClosedError(RLMToolkitError):
     """An event reached a FileLogCallback after ``close()``."""
 
 
+class RLMConfigError(RLMToolkitError, ValueError):
+    """``RLM.from_openai`` (or ``batch``) was given a bad option."""
+
+
+class MissingAPIKeyError(RLMConfigError):
+    """No API key and no base URL: there is nothing to talk to."""
+
+
+class ToolRoundsExceededError(RLMToolkitError):
+    """The model still asked for tools after ``max_tool_rounds`` rounds of tool calls."""
+
+
 class MemoryConfigError(RLMToolkitError, ValueError):
     """A memory was constructed with a bad option."""
 

@@ -69,7 +69,14 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ._context import current_parent_run_id, new_run_id, parent_run
 from .callbacks import CallbackManager
 from .callbacks._async import each_step_as_sync_caller, sync_caller
-from .errors import LLMCallError, MalformedResponseError, RLMToolkitError
+from .errors import (
+    LLMCallError,
+    MalformedResponseError,
+    MissingAPIKeyError,
+    RLMConfigError,
+    RLMToolkitError,
+    ToolRoundsExceededError,
+)
 from .memory import Memory
 from .secrets import redact, redact_exception_chain, register_secret, register_url_secrets
 from .tools import Tool, ToolCallError, ToolCallRecord, ToolDefinitionError, as_tool, format_tool_output
@@ -85,18 +92,6 @@ _EXCERPT_CHARS = 80
 """How much of a malformed answer an error message quotes."""
 _RETRY_ADVICE = "try again later or raise max_attempts"
 _T = TypeVar("_T")
-
-
-class RLMConfigError(RLMToolkitError, ValueError):
-    """``RLM.from_openai`` (or ``batch``) was given a bad option."""
-
-
-class MissingAPIKeyError(RLMConfigError):
-    """No API key and no base URL: there is nothing to talk to."""
-
-
-class ToolRoundsExceededError(RLMToolkitError):
-    """The model still asked for tools after ``max_tool_rounds`` rounds of tool calls."""
 
 
 @dataclass(frozen=True, slots=True)
