@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from rlm_toolkit import LLMResponse, Usage
 from rlm_toolkit.callbacks import BaseCallback, CallbackManager, FileLogCallback, MetricsCallback
 
+from hostile_values import FailingIteration, LoudBytes, LoudDict, LoudFloat, LoudInt, LoudStr
+
 RUN_IDS = st.sampled_from(["a", "b", "c", "d", None])
 PARENT_IDS = st.sampled_from(["a", None, None, 7])
 MODELS = st.sampled_from(["gpt-4o", "gpt-4o-mini-2024-07-18", "local-model", "", None])
@@ -34,7 +36,6 @@ PIECES = st.one_of(
     st.text(max_size=8),
 )
 TEXT = st.lists(PIECES, max_size=4).map("".join)
-
 
 
 class HugeInt(int):
@@ -52,45 +53,6 @@ FLOATS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([1e16, 1.5e-05, 1e-07, 123.0, -0.0, 1e15, 0.0001, 5e-324, 1.7976931348623157e308]),
 )
-
-
-class FailingIteration(tuple):  # type: ignore[type-arg]
-    def __iter__(self) -> Any:
-        raise RuntimeError("no iteration")
-
-
-class LoudStr(str):
-    def __str__(self) -> str:
-        return "overridden"
-
-    def __len__(self) -> int:
-        return 0
-
-
-class LoudInt(int):
-    def __int__(self) -> int:
-        return 0
-
-    def __repr__(self) -> str:
-        return "overridden"
-
-
-class LoudFloat(float):
-    def __float__(self) -> float:
-        return 0.0
-
-    def __repr__(self) -> str:
-        return "overridden"
-
-
-class LoudDict(dict):  # type: ignore[type-arg]
-    def items(self) -> Any:
-        return [("overridden", 0)]
-
-
-class LoudBytes(bytes):
-    def decode(self, *args: Any) -> str:
-        return "overridden"
 
 
 class Unprintable:

@@ -18,6 +18,8 @@ from rlm_toolkit.events import CONTENT_FIELDS, CONTENT_SWITCHES, EVENTS_BY_NAME
 from rlm_toolkit.memory import BufferMemory
 from rlm_toolkit.server import LocalServer
 
+from hostile_values import FailingIteration, LoudBytes, LoudDict, LoudInt, LoudStr
+
 TS = 1_700_000_000.25
 HEAD = '{"ts":"2023-11-14T22:13:20.250000Z","event":'
 
@@ -154,37 +156,9 @@ def test_of_keys_that_come_out_the_same_the_first_is_kept(backend: str, tmp_path
 
 # -- values: one rule on both backends ----------------------------------------------------------------
 
-class FailingIteration(tuple):  # type: ignore[type-arg]
-    def __iter__(self) -> Any:
-        raise RuntimeError("no iteration")
-
-
 class BrokenTextTuple(FailingIteration):
     def __str__(self) -> str:
         raise RuntimeError("no str")
-
-
-class LoudStr(str):
-    def __str__(self) -> str:
-        return "overridden"
-
-
-class LoudInt(int):
-    def __int__(self) -> int:
-        return 0
-
-    def __repr__(self) -> str:
-        return "overridden"
-
-
-class LoudDict(dict):  # type: ignore[type-arg]
-    def items(self) -> Any:
-        return [("overridden", 0)]
-
-
-class LoudBytes(bytes):
-    def decode(self, *args: Any) -> str:
-        return "overridden"
 
 
 def test_numbers_are_written_as_python_writes_them(backend: str, tmp_path: Path) -> None:
