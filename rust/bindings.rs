@@ -136,7 +136,8 @@ fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound
         dict, snapshot, total_calls, completed_calls, total_tokens, prompt_tokens, completion_tokens,
         avg_latency_ms, min_latency_ms, max_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms,
         errors, retries, tool_calls, tool_results, tokens_streamed, memory_stores, memory_recalls,
-        total_cost_usd, unpriced_calls, open_runs, evicted_runs, dropped_events, lost_events, handler_errors,
+        total_cost_usd, unpriced_calls, open_runs, evicted_runs, dropped_events, lost_events, rejected_events,
+        handler_errors,
     );
     let by_model = PyDict::new(py);
     for (model, stats) in &snapshot.by_model {
@@ -171,6 +172,12 @@ impl PyMetrics {
         timestamp: Option<Bound<'_, PyAny>>,
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        if let Some(value) = timestamp.as_ref() {
+            if let Err(error) = checked_timestamp(value.py(), event, Some(value)) {
+                self.sink.lock().rejected();
+                return Err(error);
+            }
+        }
         with_event(event, &args, run_id, parent_run_id, model, timestamp, extra, |event| {
             self.sink.record(event);
             Ok(())
@@ -196,6 +203,10 @@ impl PyMetrics {
 
     fn lost(&self, count: u64) {
         self.sink.lock().lost(count);
+    }
+
+    fn rejected(&self) {
+        self.sink.lock().rejected();
     }
 }
 
@@ -530,7 +541,13 @@ fn fire_from_vectorcall<'py>(
     for ((target, value), name) in event_args.iter_mut().zip(args).zip(spec.args) {
         *target = value.ok_or_else(|| PyTypeError::new_err(format!("on_{hook}() missing required argument {name:?}")))?;
     }
-    keywords.timestamp = checked_timestamp(py, hook, timestamp.as_ref())?;
+    keywords.timestamp = match checked_timestamp(py, hook, timestamp.as_ref()) {
+        Ok(timestamp) => timestamp,
+        Err(error) => {
+            dispatcher.event_rejected(py)?;
+            return Err(error);
+        }
+    };
     dispatcher.fire(
         py,
         kind,

@@ -423,6 +423,15 @@ impl Dispatcher {
         self.fire(py, EventKind::Error, &[error], None, None, None, None, None)
     }
 
+    /// Counts an event refused at the call (a bad timestamp) in the registered metrics.
+    pub fn event_rejected(&self, py: Python<'_>) -> PyResult<()> {
+        let registry = self.registry.load();
+        for counter in &registry.error_counters {
+            count_on(py, counter, Counter::Rejected)?;
+        }
+        Ok(())
+    }
+
     pub fn hook_failed(&self, py: Python<'_>, registry: &Registry, label: &Bound<'_, PyString>, event: &str, error: Bound<'_, PyAny>) -> PyResult<()> {
         self.handler_errors.fetch_add(1, Ordering::Relaxed);
         for counter in &registry.error_counters {
@@ -437,6 +446,7 @@ enum Counter {
     HandlerError,
     Dropped(u64),
     Lost(u64),
+    Rejected,
 }
 
 fn count_on(py: Python<'_>, sink: &Sink, counter: Counter) -> PyResult<()> {
@@ -444,6 +454,7 @@ fn count_on(py: Python<'_>, sink: &Sink, counter: Counter) -> PyResult<()> {
         (Sink::Metrics(metrics), Counter::HandlerError) => metrics.lock().handler_error(),
         (Sink::Metrics(metrics), Counter::Dropped(count)) => metrics.lock().dropped(count),
         (Sink::Metrics(metrics), Counter::Lost(count)) => metrics.lock().lost(count),
+        (Sink::Metrics(metrics), Counter::Rejected) => metrics.lock().rejected(),
         (Sink::Python(core), Counter::HandlerError) => {
             core.call_method0(py, intern!(py, "handler_error"))?;
         }
@@ -452,6 +463,9 @@ fn count_on(py: Python<'_>, sink: &Sink, counter: Counter) -> PyResult<()> {
         }
         (Sink::Python(core), Counter::Lost(count)) => {
             core.call_method1(py, intern!(py, "lost"), (count,))?;
+        }
+        (Sink::Python(core), Counter::Rejected) => {
+            core.call_method0(py, intern!(py, "rejected"))?;
         }
         (Sink::Jsonl(_), _) => {}
     }

@@ -20,7 +20,8 @@
 //! - `llm_error`: `errors` += 1; closes `run_id` if open without recording a latency, since failed calls
 //!   would distort it; the key = model, else the start model, gets `errors` += 1 if such a model is known.
 //! - Plain counters: `retries`, `tokens_streamed`, `tool_calls` (tool starts), `tool_results` (tool ends),
-//!   `memory_stores`, `memory_recalls`, `dropped_events` (+= n), `lost_events` (+= n), `handler_errors`.
+//!   `memory_stores`, `memory_recalls`, `dropped_events` (+= n), `lost_events` (+= n), `rejected_events`
+//!   (events refused at the call, e.g. for a bad timestamp), `handler_errors`.
 //! - Token sums, `dropped_events` and `lost_events` saturate at `u64::MAX`.
 //! - Latency: `avg_latency_ms` = sum of latencies in event order / count, `min_latency_ms` and
 //!   `max_latency_ms` exact, all 0.0 without samples. Percentiles come from a log-linear histogram over
@@ -117,6 +118,7 @@ pub struct Snapshot {
     pub evicted_runs: u64,
     pub dropped_events: u64,
     pub lost_events: u64,
+    pub rejected_events: u64,
     pub handler_errors: u64,
     /// In first-seen order.
     pub by_model: Vec<(String, ModelSnapshot)>,
@@ -246,6 +248,11 @@ impl Metrics {
         self.counters.lost_events = self.counters.lost_events.saturating_add(n);
     }
 
+    /// Counts an event refused at the call for a value no record can hold (a bad timestamp).
+    pub fn rejected(&mut self) {
+        self.counters.rejected_events += 1;
+    }
+
     /// Counts a callback that raised.
     pub fn handler_error(&mut self) {
         self.counters.handler_errors += 1;
@@ -279,6 +286,7 @@ impl Metrics {
             evicted_runs: counters.evicted_runs,
             dropped_events: counters.dropped_events,
             lost_events: counters.lost_events,
+            rejected_events: counters.rejected_events,
             handler_errors: counters.handler_errors,
             by_model: self
                 .models
@@ -329,6 +337,7 @@ struct Counters {
     evicted_runs: u64,
     dropped_events: u64,
     lost_events: u64,
+    rejected_events: u64,
     handler_errors: u64,
 }
 

@@ -222,6 +222,8 @@ def test_a_timestamp_that_is_not_a_time_is_rejected_at_the_call(backend: str, tm
     snapshot = metrics.get_metrics()
     assert (snapshot["total_calls"], snapshot["completed_calls"], snapshot["open_runs"]) == (1, 1, 0)
     assert snapshot["avg_latency_ms"] == snapshot["max_latency_ms"] == 500.0
+    # Two events refused by the manager and one by the metrics sink's own hook; none reached a record.
+    assert snapshot["rejected_events"] == 3
     assert issubclass(InvalidEventError, ValueError) and issubclass(InvalidEventError, RLMToolkitError)
 
 

@@ -42,6 +42,7 @@ SNAPSHOT_KEYS = [
     "evicted_runs",
     "dropped_events",
     "lost_events",
+    "rejected_events",
     "handler_errors",
     "by_model",
 ]

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from ..callbacks._async import PendingHook
 from ..callbacks._registration import HookPlan
-from ..errors import LogClosedError, LogFileError
+from ..errors import InvalidEventError, LogClosedError, LogFileError
 from ..events import EVENTS, EventSpec
 from .clock import now
 from .records import checked_timestamp
@@ -97,7 +97,13 @@ def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
             args += (extra.pop(name),)
         if model is not None and not isinstance(model, str):
             raise TypeError(f"{spec.hook}(): model must be a str or None")
-        self._fire(index, spec, args, run_id, parent_run_id, model, checked_timestamp(spec.hook, timestamp), extra)
+        try:
+            checked = checked_timestamp(spec.hook, timestamp)
+        except (InvalidEventError, TypeError):
+            for metrics in self._error_counters:
+                metrics.rejected()
+            raise
+        self._fire(index, spec, args, run_id, parent_run_id, model, checked, extra)
 
     fire.__name__ = fire.__qualname__ = spec.hook
     keyword = inspect.Parameter.KEYWORD_ONLY

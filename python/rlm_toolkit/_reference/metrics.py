@@ -20,7 +20,8 @@ Semantics:
 - ``llm_error``: ``errors`` += 1; closes ``run_id`` if open without recording a latency, since failed calls
   would distort it; the key = model, else the start model, gets ``errors`` += 1 if such a model is known.
 - Plain counters: ``retries``, ``tokens_streamed``, ``tool_calls`` (tool starts), ``tool_results`` (tool
-  ends), ``memory_stores``, ``memory_recalls``, ``dropped_events`` (+= n), ``lost_events`` (+= n),
+  ends), ``memory_stores``, ``memory_recalls``, ``dropped_events`` (+= n), ``lost_events`` (+= n), ``rejected_events``
+  (events refused at the call, e.g. for a bad timestamp),
   ``handler_errors``.
 - Token sums, ``dropped_events`` and ``lost_events`` saturate at 2**64 - 1, like the Rust ``u64`` counters.
 - Latency: ``avg_latency_ms`` = sum of latencies in event order / count, ``min_latency_ms`` and
@@ -142,6 +143,7 @@ class ReferenceMetrics:
         self._evicted_runs = 0
         self._dropped_events = 0
         self._lost_events = 0
+        self._rejected_events = 0
         self._handler_errors = 0
         self._latency_count = 0
         self._latency_sum_ms = 0.0
@@ -263,6 +265,11 @@ class ReferenceMetrics:
         with self._lock:
             self._lost_events = _saturating_add(self._lost_events, n)
 
+    def rejected(self) -> None:
+        """Counts an event refused at the call for a value no record can hold (a bad timestamp)."""
+        with self._lock:
+            self._rejected_events += 1
+
     def handler_error(self) -> None:
         """Counts a callback that raised."""
         with self._lock:
@@ -308,6 +315,7 @@ class ReferenceMetrics:
                 "evicted_runs": self._evicted_runs,
                 "dropped_events": self._dropped_events,
                 "lost_events": self._lost_events,
+                "rejected_events": self._rejected_events,
                 "handler_errors": self._handler_errors,
                 "by_model": {key: stats.snapshot() for key, stats in self._models.items()},
             }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InvalidEventError
 from .clock import now
 from .metrics import ReferenceMetrics
 from .records import checked_timestamp, response_model, usage_of
@@ -22,7 +23,11 @@ class Metrics(ReferenceMetrics):
 
     def handle(self, event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: Any, model: str | None,
                ts: float | None, extra: dict[str, Any] | None) -> None:
-        ts = checked_timestamp("on_" + event, ts)
+        try:
+            ts = checked_timestamp("on_" + event, ts)
+        except (InvalidEventError, TypeError):
+            self.rejected()
+            raise
         ts = now() if ts is None else ts
         if event == "llm_start":
             self.llm_start(run_key(run_id), model, ts)
