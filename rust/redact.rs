@@ -219,6 +219,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_space_or_control_character_ends_a_url_s_user_info() {
+        for text in ["see http://user:pw word@host", "http://user:pw\tx@host", "http://user:pw/path@host"] {
+            assert_eq!(redact(text, &[]), text, "{text:?}");
+        }
+        assert_eq!(redact("http://user:pw@host and more@x", &[]), "http://user:[REDACTED]@host and more@x");
+    }
+
+    #[test]
+    fn a_short_key_shape_is_left_alone_wherever_it_stands() {
+        let text = format!("{} sk-short", "x".repeat(40));
+        assert_eq!(redact(&text, &[]), text.as_str());
+    }
+
+    #[test]
     fn registered_secrets_and_key_shapes_are_redacted() {
         let secrets = vec!["hunter2-password".to_string()];
         assert_eq!(redact("pw hunter2-password!", &secrets), "pw [REDACTED]!");
