@@ -22,6 +22,7 @@ import base64
 import fcntl
 import json
 import os
+import re
 import stat
 import threading
 import time
@@ -32,6 +33,12 @@ from .records import build_record, iso_utc
 
 SNIFF_BYTES = 64 * 1024
 """How much of an existing file is read to decide whether it is a JSONL log."""
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped_surrogate(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def torn_sidecar_path(log_path: str) -> str:
@@ -298,8 +305,9 @@ class JsonlSink:
         text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         try:
             line = (text + "\n").encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: escape them instead
-            line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("ascii")
+        except UnicodeEncodeError:  # surrogates, which UTF-8 cannot carry: pairs joined, lone ones escaped
+            joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+            line = (_LONE_SURROGATE.sub(_escaped_surrogate, joined) + "\n").encode("utf-8")
         while True:
             with self._lock:
                 if self._closing:
