@@ -12,7 +12,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::dispatch::{catalogue, python_error, Dispatcher, JsonlSink, MetricsSink, Registry};
+use crate::dispatch::{catalogue, Dispatcher, JsonlSink, MetricsSink, Registry};
+use crate::errors::{InvalidEventError, LogFileError, NotAJsonlLogError};
 use crate::events::{EventKind, EVENTS, EVENT_COUNT};
 use crate::writer::WriterConfig;
 use crate::metrics::{Metrics, Prices, Snapshot};
@@ -82,14 +83,10 @@ fn checked_timestamp(py: Python<'_>, event: &str, timestamp: Option<&Bound<'_, P
         Err(_) => format!("<{}>", value.get_type().name().map(|name| name.to_string()).unwrap_or_default()),
     };
     let shown = if shown.chars().count() <= 40 { shown } else { format!("{}…", shown.chars().take(40).collect::<String>()) };
-    Err(python_error(
-        py,
-        "InvalidEventError",
-        format!(
-            "on_{event}(): timestamp {shown} is not epoch seconds in 0 <= ts < {END_OF_YEAR_9999:.0} (before year 10000); \
-             pass a time such as time.time(), or leave it out to use the current time"
-        ),
-    ))
+    Err(InvalidEventError::new_err(format!(
+        "on_{event}(): timestamp {shown} is not epoch seconds in 0 <= ts < {END_OF_YEAR_9999:.0} (before year 10000); \
+         pass a time such as time.time(), or leave it out to use the current time"
+    )))
 }
 
 /// Runs `record` on the event a sink's `handle(...)` was called with from Python.
@@ -248,9 +245,9 @@ impl PyJsonlSink {
         let opened = py.detach(|| JsonlSink::open(path.clone(), config, options));
         let sink = opened.map_err(|error| {
             if error.kind() == std::io::ErrorKind::InvalidData {
-                python_error(py, "NotAJsonlLogError", not_a_log_message(&path, &error.to_string()))
+                NotAJsonlLogError::new_err(not_a_log_message(&path, &error.to_string()))
             } else {
-                python_error(py, "LogFileError", format!("cannot open log file {path:?}: {error}"))
+                LogFileError::new_err(format!("cannot open log file {path:?}: {error}"))
             }
         })?;
         Ok(PyJsonlSink { sink: Arc::new(sink) })
@@ -283,18 +280,18 @@ impl PyJsonlSink {
             Some(timeout) => writer.flush_within(timeout),
             None => writer.flush(),
         })
-        .map_err(|error| self.sink.error_to_python(py, error))
+        .map_err(|error| self.sink.error_to_python(error))
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let writer = self.sink.writer();
-        py.detach(|| writer.close()).map_err(|error| self.sink.error_to_python(py, error))
+        py.detach(|| writer.close()).map_err(|error| self.sink.error_to_python(error))
     }
 
     /// Gives a forked child a writer thread of its own (called by an `os.register_at_fork` hook).
-    fn reopen_after_fork(&self, py: Python<'_>) -> PyResult<()> {
+    fn reopen_after_fork(&self) -> PyResult<()> {
         self.sink.reopen_after_fork().map_err(|error| {
-            python_error(py, "LogFileError", format!("cannot reopen log file {:?} after fork(): {error}", self.sink.path))
+            LogFileError::new_err(format!("cannot reopen log file {:?} after fork(): {error}", self.sink.path))
         })
     }
 

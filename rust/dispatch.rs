@@ -13,6 +13,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
+use crate::errors::{LogClosedError, LogFileError};
 use crate::events::{EventKind, EVENTS, EVENT_COUNT};
 use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
 use crate::metrics::{Metrics, Usage};
@@ -130,33 +131,20 @@ impl JsonlSink {
                 Ok(appended) => {
                     break Ok(Recorded { dropped: appended == Appended::Dropped, news: writer.announce() })
                 }
-                Err(error) => break Err(self.error_to_python(py, error)),
+                Err(error) => break Err(self.error_to_python(error)),
             }
         };
         RECORD_BUFFER.with(|slot| slot.set(line));
         outcome
     }
 
-    pub fn error_to_python(&self, py: Python<'_>, error: WriteError) -> PyErr {
-        let (class, message) = match error {
-            WriteError::Closed => (
-                "LogClosedError",
-                format!("FileLogCallback for {:?} is closed; create a new one to log more", self.path),
-            ),
-            WriteError::Io(reason) => ("LogFileError", format!("writing log file {:?} failed: {reason}", self.path)),
-        };
-        python_error(py, class, message)
-    }
-}
-
-/// An instance of `rlm_toolkit.errors.<class>` carrying `message`.
-pub fn python_error(py: Python<'_>, class: &str, message: String) -> PyErr {
-    match py.import("rlm_toolkit.errors").and_then(|module| module.getattr(class)) {
-        Ok(class) => match class.call1((message,)) {
-            Ok(instance) => PyErr::from_value(instance),
-            Err(error) => error,
-        },
-        Err(error) => error,
+    pub fn error_to_python(&self, error: WriteError) -> PyErr {
+        match error {
+            WriteError::Closed => {
+                LogClosedError::new_err(format!("FileLogCallback for {:?} is closed; create a new one to log more", self.path))
+            }
+            WriteError::Io(reason) => LogFileError::new_err(format!("writing log file {:?} failed: {reason}", self.path)),
+        }
     }
 }
 
@@ -406,8 +394,7 @@ impl Dispatcher {
     /// A closed log refusing an event is isolated like a failing hook (logged, counted): the other sinks
     /// and hooks still get the event. Any other error propagates.
     fn sink_refused(&self, py: Python<'_>, registry: &Registry, path: &str, kind: EventKind, error: PyErr) -> PyResult<()> {
-        let closed = py.import("rlm_toolkit.errors").and_then(|module| module.getattr("LogClosedError"))?;
-        if !error.matches(py, closed)? {
+        if !error.is_instance_of::<LogClosedError>(py) {
             return Err(error);
         }
         let label = PyString::new(py, &format!("FileLogCallback({path})"));
@@ -417,7 +404,7 @@ impl Dispatcher {
     /// A log write failed on the writer thread: log and count it like a failing hook, and fire `on_error`
     /// so the app's own callbacks hear of it. `flush()`/`close()` raise it too.
     fn report_write_error(&self, py: Python<'_>, registry: &Registry, jsonl: &JsonlSink, kind: EventKind, reason: String) -> PyResult<()> {
-        let error = jsonl.error_to_python(py, WriteError::Io(reason)).into_value(py).into_bound(py).into_any();
+        let error = jsonl.error_to_python(WriteError::Io(reason)).into_value(py).into_bound(py).into_any();
         let label = PyString::new(py, &format!("FileLogCallback({})", jsonl.path));
         self.hook_failed(py, registry, &label, kind.spec().name, error.clone())?;
         self.fire(py, EventKind::Error, &[error], None, None, None, None, None)

@@ -12,4 +12,6 @@ mod bindings;
 #[cfg(feature = "python")]
 mod dispatch;
 #[cfg(feature = "python")]
+mod errors;
+#[cfg(feature = "python")]
 mod pyjson;
