@@ -270,3 +270,22 @@ def test_unknown_backend_and_missing_native_module(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "rlm_toolkit._core", None)
     with pytest.raises(ImportError, match="RLM_TOOLKIT_BACKEND=python"):
         CallbackManager(backend="rust")
+
+
+@pytest.mark.parametrize("not_callbacks", [["a string"], "abc", [None], [print], [object()], 42, [MetricsCallback]])
+def test_what_is_not_a_callback_is_refused_by_name(backend: str, not_callbacks: Any) -> None:
+    with pytest.raises(CallbackConfigError, match="not a callback|callbacks must be|is a class"):
+        CallbackManager(not_callbacks)
+    manager = CallbackManager()
+    with pytest.raises(CallbackConfigError):
+        manager.add(not_callbacks if not isinstance(not_callbacks, list) else not_callbacks[0])
+    assert manager.callbacks == ()
+
+
+def test_a_single_callback_or_manager_is_taken_where_a_list_is(backend: str) -> None:
+    metrics = MetricsCallback()
+    manager = CallbackManager(metrics)
+    outer = CallbackManager(manager)
+    outer.on_llm_start("p", run_id="r", model="gpt-4o")
+    assert manager.callbacks == (metrics,) and outer.callbacks == (manager,)
+    assert metrics.get_metrics()["total_calls"] == 1

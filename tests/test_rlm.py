@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rlm_toolkit.callbacks import AsyncBaseCallback, BaseCallback, FileLogCallback
+from rlm_toolkit.callbacks import AsyncBaseCallback, BaseCallback, FileLogCallback, MetricsCallback
 from rlm_toolkit.errors import LLMCallError
 from rlm_toolkit.rlm import RLM, MissingAPIKeyError, RLMConfigError, RunResult, _retry_after_seconds
 from rlm_toolkit.server import LocalServer
@@ -442,3 +442,10 @@ async def test_async_hooks_have_run_when_arun_returns_or_raises(server: LocalSer
     with pytest.raises(LLMCallError):
         await rlm.arun("hi")
     assert finished == ["end", "error"]
+
+
+def test_a_single_callback_is_taken_as_callbacks(server: LocalServer) -> None:
+    metrics = MetricsCallback()
+    rlm = RLM.from_openai(MODEL, callbacks=metrics, base_url=server.base_url, api_key=server.api_key)
+    rlm.run("Hello!")
+    assert metrics.get_metrics()["completed_calls"] == 1

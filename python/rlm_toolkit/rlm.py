@@ -67,7 +67,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ._context import current_parent_run_id, new_run_id, parent_run
-from .callbacks import CallbackManager
+from .callbacks import BaseCallback, CallbackManager
 from .callbacks._async import each_step_as_sync_caller, sync_caller
 from .errors import (
     LLMCallError,
@@ -125,7 +125,7 @@ class RLM:
         model: str,
         connection: _OpenAIConnection,
         *,
-        callbacks: CallbackManager | Iterable[Any] | None,
+        callbacks: BaseCallback | Iterable[Any] | None,
         tools: Iterable[Tool | Callable[..., Any]] | None,
         memory: Memory | None,
         max_attempts: int,
@@ -161,7 +161,7 @@ class RLM:
     def from_openai(
         cls,
         model: str,
-        callbacks: CallbackManager | Iterable[Any] | None = None,
+        callbacks: BaseCallback | Iterable[Any] | None = None,
         *,
         api_key: str | None = None,
         base_url: str | None = None,

@@ -47,6 +47,36 @@ def _checked_async_timeout(async_timeout: object) -> float | None:
     )
 
 
+def _has_a_hook(candidate: Any) -> bool:
+    return any(callable(getattr(candidate, spec.hook, None)) for spec in EVENTS)
+
+
+def _check_is_callback(candidate: Any) -> None:
+    if isinstance(candidate, type):
+        raise CallbackConfigError(f"{candidate.__qualname__} is a class; register an instance: {candidate.__qualname__}()")
+    if not _has_a_hook(candidate):
+        raise CallbackConfigError(
+            f"{candidate!r} is not a callback: it has none of the hooks {', '.join(spec.hook for spec in EVENTS)}; "
+            "subclass rlm_toolkit.callbacks.BaseCallback and override the hooks you need"
+        )
+
+
+def _callback_list(callbacks: Any) -> list[Any]:
+    """``callbacks`` as a list: None, one callback (a manager too), or an iterable of callbacks."""
+    if callbacks is None:
+        return []
+    if _has_a_hook(callbacks) and not isinstance(callbacks, type):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
+        raise CallbackConfigError(
+            f"callbacks must be a callback or a list of callbacks, not {type(callbacks).__name__} {callbacks!r}"
+        )
+    listed = list(callbacks)
+    for callback in listed:
+        _check_is_callback(callback)
+    return listed
+
+
 class CallbackManager(BaseCallback):
     """Calls each registered callback's hooks for every event fired through it.
 
@@ -68,10 +98,11 @@ class CallbackManager(BaseCallback):
     itself. A sync caller never waits longer than ``async_timeout``, even for a hook that blocks its thread.
     """
 
-    def __init__(self, callbacks: Iterable[Any] | None = None, *, backend: _backend.BackendName | None = None,
+    def __init__(self, callbacks: BaseCallback | Iterable[Any] | None = None, *,
+                 backend: _backend.BackendName | None = None,
                  async_timeout: float | None = 30.0) -> None:
         self.backend = _backend.resolve(backend)
-        self._callbacks: list[Any] = list(callbacks or [])
+        self._callbacks: list[Any] = _callback_list(callbacks)
         self._async_hooks = AsyncHookRunner(self._async_hook_failed, _checked_async_timeout(async_timeout))
         self._dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
         for spec in EVENTS:
@@ -96,6 +127,7 @@ class CallbackManager(BaseCallback):
         return tuple(self._callbacks)
 
     def add(self, callback: Any) -> None:
+        _check_is_callback(callback)
         self._callbacks.append(callback)
         self._apply()
 
