@@ -267,6 +267,11 @@ fn sink_of(core: &Bound<'_, PyAny>) -> Sink {
 }
 
 impl Registry {
+    /// Counts `counter` in every registered metrics core.
+    fn count(&self, py: Python<'_>, counter: Counter) -> PyResult<()> {
+        self.error_counters.iter().try_for_each(|sink| count_on(py, sink, counter))
+    }
+
     pub fn empty() -> Registry {
         Registry { events: (0..EVENT_COUNT).map(|_| EventTable::default()).collect(), error_counters: Vec::new() }
     }
@@ -360,15 +365,11 @@ impl Dispatcher {
                     Err(error) => return self.sink_refused(py, registry, &jsonl.path, event.kind, error),
                 };
                 if recorded.dropped {
-                    for counter in &registry.error_counters {
-                        count_on(py, counter, Counter::Dropped(1))?;
-                    }
+                    registry.count(py, Counter::Dropped(1))?;
                 }
                 if let Some(news) = recorded.news {
                     if news.lost_lines > 0 {
-                        for counter in &registry.error_counters {
-                            count_on(py, counter, Counter::Lost(news.lost_lines))?;
-                        }
+                        registry.count(py, Counter::Lost(news.lost_lines))?;
                     }
                     if let Some(reason) = news.error {
                         self.report_write_error(py, registry, jsonl, event.kind, reason)?;
@@ -412,23 +413,18 @@ impl Dispatcher {
 
     /// Counts an event refused at the call (a bad timestamp) in the registered metrics.
     pub fn event_rejected(&self, py: Python<'_>) -> PyResult<()> {
-        let registry = self.registry.load();
-        for counter in &registry.error_counters {
-            count_on(py, counter, Counter::Rejected)?;
-        }
-        Ok(())
+        self.registry.load().count(py, Counter::Rejected)
     }
 
     pub fn hook_failed(&self, py: Python<'_>, registry: &Registry, label: &Bound<'_, PyString>, event: &str, error: Bound<'_, PyAny>) -> PyResult<()> {
         self.handler_errors.fetch_add(1, Ordering::Relaxed);
-        for counter in &registry.error_counters {
-            count_on(py, counter, Counter::HandlerError)?;
-        }
+        registry.count(py, Counter::HandlerError)?;
         self.report_failure.call1(py, (label, event, error))?;
         Ok(())
     }
 }
 
+#[derive(Clone, Copy)]
 enum Counter {
     HandlerError,
     Dropped(u64),
