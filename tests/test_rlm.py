@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rlm_toolkit._client import _retry_after_seconds
 from rlm_toolkit.callbacks import AsyncBaseCallback, BaseCallback, FileLogCallback, MetricsCallback
 from rlm_toolkit.errors import LLMCallError
-from rlm_toolkit.rlm import RLM, MissingAPIKeyError, RLMConfigError, RunResult, _retry_after_seconds
+from rlm_toolkit.rlm import RLM, MissingAPIKeyError, RLMConfigError, RunResult
 from rlm_toolkit.server import LocalServer
 from rlm_toolkit.types import LLMResponse, Usage
 

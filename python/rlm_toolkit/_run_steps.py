@@ -1,0 +1,314 @@
+"""The run logic, written once as a generator of effects, and the sync and async drivers that carry them out.
+
+``_run_steps`` yields an effect for everything that waits (send this request, sleep this long, run these
+tools) and is sent each one's outcome; ``_drive_sync`` carries the effects out with the sync client and
+blocking calls, ``_drive_async`` with the async client and awaits. Both yield the streamed text, then the
+``RunResult``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import openai
+
+from ._chat_attempt import _ChatAttempt
+from ._client import _attempt_async, _attempt_sync, _describe_failure, _is_retryable, _OpenAIConnection
+from ._context import current_parent_run_id, new_run_id
+from ._tool_calls import _ToolInvocation
+from .callbacks import CallbackManager
+from .errors import LLMCallError, MalformedResponseError, ToolRoundsExceededError
+from .memory import Memory
+from .secrets import redact_exception_chain
+from .tools import Tool, ToolCallRecord
+from .types import LLMResponse, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of one run. ``str(result)`` is the answer.
+
+    In ``batch``/``abatch`` results, a run that failed has ``error`` set to its exception (usually
+    ``LLMCallError``) and ``answer == ""``; ``run``/``arun`` raise instead, so their results never carry one.
+    """
+
+    answer: str
+    usage: Usage
+    """Token usage summed over every LLM call of the run."""
+    run_id: str
+    parent_run_id: str | None = None
+    """The run (or tool call) this run was started inside, if any."""
+    response: LLMResponse | None = None
+    """The last LLM response of the run."""
+    tool_calls: tuple[ToolCallRecord, ...] = ()
+    error: BaseException | None = None
+
+    def __str__(self) -> str:
+        return self.answer
+
+
+@dataclass(frozen=True, slots=True)
+class _RunScope:
+    run_id: str
+    parent_run_id: str | None
+
+    @classmethod
+    def start(cls) -> _RunScope:
+        """A new run, child of the current parent run (if any)."""
+        return cls(new_run_id(), current_parent_run_id())
+
+
+@dataclass(frozen=True, slots=True)
+class _RunSettings:
+    """What the run logic needs of its ``RLM``: its configuration when the run started, and its retry policy."""
+
+    model: str
+    endpoint: str
+    """The base URL as messages show it (password redacted)."""
+    callbacks: CallbackManager
+    memory: Memory | None
+    tools_by_name: dict[str, Tool]
+    tool_schemas: list[dict[str, Any]]
+    system_prompt: str | None
+    max_attempts: int
+    max_tool_rounds: int
+    retry_delay: Callable[[openai.APIError, int], float]
+    """Seconds to wait before retry number ``n`` after ``error``: ``retry_delay(error, n)``."""
+
+
+# -- effects: what the run logic asks its driver to do -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    """Wait before a retry."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _RunTools:
+    """Run these tool calls (the async driver runs them concurrently)."""
+
+    invocations: list[_ToolInvocation]
+
+
+_Effect = _ChatAttempt | _Sleep | _RunTools
+_RunSteps = Generator[_Effect, Any, RunResult]
+
+
+# -- the run logic, shared by both drivers -------------------------------------------------------
+
+
+def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: bool) -> _RunSteps:
+    callbacks = settings.callbacks
+    run_ids = {"run_id": run.run_id, "parent_run_id": run.parent_run_id, "model": settings.model}
+    callbacks.on_run_start(prompt, **run_ids)
+    messages: list[dict[str, Any]] = []
+    if settings.system_prompt:
+        messages.append({"role": "system", "content": settings.system_prompt})
+    messages += _recall(settings, prompt, run)
+    messages.append({"role": "user", "content": prompt})
+    usage = Usage()
+    tool_records: list[ToolCallRecord] = []
+    tool_rounds = 0
+    while True:
+        response = yield from _chat(settings, prompt, messages, run, stream=stream)
+        usage = _add_usage(usage, response.usage)
+        if not response.tool_calls:
+            break
+        if tool_rounds == settings.max_tool_rounds:
+            error = ToolRoundsExceededError(
+                f"the model still asked for tools after max_tool_rounds={settings.max_tool_rounds} rounds; "
+                "raise max_tool_rounds, or make the tools' answers settle the question"
+            )
+            callbacks.on_error(error, run_id=run.run_id, parent_run_id=run.parent_run_id, model=settings.model)
+            raise error
+        tool_rounds += 1
+        messages.append(
+            {"role": "assistant", "content": response.content or None, "tool_calls": list(response.tool_calls)}
+        )
+        invocations = [
+            _ToolInvocation(call, settings.tools_by_name, callbacks, run.run_id) for call in response.tool_calls
+        ]
+        ready = [invocation for invocation in invocations if invocation.output is None]
+        if ready:
+            yield _RunTools(ready)
+        messages += [invocation.tool_message() for invocation in invocations]
+        tool_records += [invocation.record() for invocation in invocations]
+    _remember(settings, prompt, response.content, run)
+    callbacks.on_run_end(response.content, **run_ids)
+    return RunResult(
+        answer=response.content,
+        usage=usage,
+        run_id=run.run_id,
+        parent_run_id=run.parent_run_id,
+        response=response,
+        tool_calls=tuple(tool_records),
+    )
+
+
+def _chat(
+    settings: _RunSettings, prompt: str, messages: list[dict[str, Any]], run: _RunScope, *, stream: bool
+) -> Generator[_Effect, Any, LLMResponse]:
+    """One LLM call, with its retries."""
+    callbacks = settings.callbacks
+    ids = {"run_id": new_run_id(), "parent_run_id": run.run_id, "model": settings.model}
+    params: dict[str, Any] = {"model": settings.model, "messages": messages}
+    if settings.tool_schemas:
+        params["tools"] = settings.tool_schemas
+    if stream:
+        params["stream"] = True
+        params["stream_options"] = {"include_usage": True}
+    fire_token = partial(callbacks.on_llm_new_token, **ids)
+    callbacks.on_llm_start(prompt, **ids)
+    attempt_number = 1
+    while True:
+        attempt = _ChatAttempt(params, stream, fire_token)
+        try:
+            response: LLMResponse = yield attempt
+        except openai.APIError as error:
+            if attempt_number == settings.max_attempts or not _is_retryable(error) or attempt.tokens_delivered:
+                error_type = (
+                    MalformedResponseError if isinstance(error, openai.APIResponseValidationError) else LLMCallError
+                )
+                message = _describe_failure(
+                    error,
+                    attempt_number,
+                    where=settings.endpoint,
+                    model=settings.model,
+                    after_tokens=attempt.tokens_delivered,
+                )
+                failure = error_type(message, attempts=attempt_number)
+                callbacks.on_error(failure, **ids)
+                raise failure from error
+            callbacks.on_retry(attempt_number, settings.max_attempts, error, **ids)
+            yield _Sleep(settings.retry_delay(error, attempt_number))
+            attempt_number += 1
+        else:
+            callbacks.on_llm_end(response, **ids)
+            return response
+
+
+def _recall(settings: _RunSettings, prompt: str, run: _RunScope) -> list[dict[str, Any]]:
+    if settings.memory is None:
+        return []
+    history = settings.memory.recall(prompt)
+    settings.callbacks.on_memory_recall(prompt, history, run_id=new_run_id(), parent_run_id=run.run_id)
+    return list(history)
+
+
+def _remember(settings: _RunSettings, prompt: str, answer: str, run: _RunScope) -> None:
+    if settings.memory is None:
+        return
+    for role, content in (("user", prompt), ("assistant", answer)):
+        settings.memory.store(role, content)
+        settings.callbacks.on_memory_store(content, role=role, run_id=new_run_id(), parent_run_id=run.run_id)
+
+
+def _add_usage(first: Usage, second: Usage) -> Usage:
+    return Usage(
+        first.prompt_tokens + second.prompt_tokens,
+        first.completion_tokens + second.completion_tokens,
+        first.total_tokens + second.total_tokens,
+    )
+
+
+# -- drivers: carry out the effects of the run logic -------------------------------------------
+
+
+def _drive_sync(steps: _RunSteps, connection: _OpenAIConnection) -> Generator[str | RunResult, None, None]:
+    """Carry out ``steps`` with the sync client; yields streamed text, then the ``RunResult``."""
+    client = connection.sync_client
+    reply: Any = None
+    failure: openai.APIError | None = None
+    try:
+        while True:
+            try:
+                effect = steps.send(reply) if failure is None else steps.throw(failure)
+            except StopIteration as finished:
+                yield finished.value
+                return
+            reply, failure = None, None
+            if isinstance(effect, _ChatAttempt):
+                try:
+                    yield from _attempt_sync(connection, client, effect)
+                    reply = effect.response()
+                except openai.APIError as error:
+                    redact_exception_chain(error)  # before any handler or traceback shows it
+                    failure = error
+            elif isinstance(effect, _Sleep):
+                time.sleep(effect.seconds)
+            else:
+                for invocation in effect.invocations:
+                    invocation.run_sync()
+    finally:
+        steps.close()
+
+
+async def _drive_async(steps: _RunSteps, connection: _OpenAIConnection) -> AsyncGenerator[str | RunResult, None]:
+    """Carry out ``steps`` with the async client; yields streamed text, then the ``RunResult``."""
+    client = connection.async_client()
+    reply: Any = None
+    failure: openai.APIError | None = None
+    try:
+        while True:
+            try:
+                effect = steps.send(reply) if failure is None else steps.throw(failure)
+            except StopIteration as finished:
+                yield finished.value
+                return
+            reply, failure = None, None
+            if isinstance(effect, _ChatAttempt):
+                try:
+                    async with aclosing(_attempt_async(connection, client, effect)) as texts:
+                        async for text in texts:
+                            yield text
+                    reply = effect.response()
+                except openai.APIError as error:
+                    redact_exception_chain(error)  # before any handler or traceback shows it
+                    failure = error
+            elif isinstance(effect, _Sleep):
+                await asyncio.sleep(effect.seconds)
+            else:
+                await asyncio.gather(*(invocation.run_async() for invocation in effect.invocations))
+    finally:
+        steps.close()
+
+
+def _final_result(items: Iterator[str | RunResult]) -> RunResult:
+    for item in items:
+        if isinstance(item, RunResult):
+            return item
+    raise AssertionError("the run ended without a result")
+
+
+# -- batch helpers --------------------------------------------------------------------------------
+
+
+def _event_loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _progress_bar(total: int, progress: bool | None) -> Any:
+    """A tqdm bar when asked (``progress=True``) or on a terminal (``None``); None otherwise."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError as error:
+        if progress is None:
+            return None
+        raise ImportError("progress=True needs tqdm: pip install 'rlm_toolkit[progress]'") from error
+    return tqdm(total=total, unit="run", file=sys.stderr)
