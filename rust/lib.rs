@@ -1,17 +1,31 @@
-//! rlm_toolkit's Rust core. `events`, `metrics` and `jsonl` are plain Rust, tested by `cargo test`
-//! without Python; the `python` feature adds the PyO3 layer (`dispatch`, `pyjson`, `bindings`).
+//! rlm_toolkit's Rust core. The pure core builds and is tested by `cargo test` without Python:
+//! `events` (generated from the catalogue), `metrics`, `escape` and `simd` (JSON encoding), `time`,
+//! `redact` and `writer` (the JSONL writer thread). The `python` feature adds the PyO3 layer:
+//! `record` and `pyvalue` (events to JSONL records), `sinks`, `dispatch`, `fastcall` (all FFI) and
+//! `module` (the `#[pymodule]`).
 
+pub mod escape;
 pub mod events;
-pub mod jsonl;
-pub mod writer;
+pub mod histogram;
+pub mod json_check;
+pub mod log_file;
 pub mod metrics;
 pub mod redact;
+pub mod simd;
+pub mod time;
+pub mod writer;
 
-#[cfg(feature = "python")]
-mod bindings;
 #[cfg(feature = "python")]
 mod dispatch;
 #[cfg(feature = "python")]
 mod errors;
 #[cfg(feature = "python")]
-mod pyjson;
+mod fastcall;
+#[cfg(feature = "python")]
+mod module;
+#[cfg(feature = "python")]
+mod pyvalue;
+#[cfg(feature = "python")]
+mod record;
+#[cfg(feature = "python")]
+mod sinks;

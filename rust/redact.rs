@@ -18,6 +18,8 @@ use std::sync::{OnceLock, RwLock};
 
 use memchr::memmem::Finder;
 
+use crate::simd::{PatternStarts, TextScan};
+
 static REGISTERED: RwLock<Vec<String>> = RwLock::new(Vec::new());
 static REGISTRY_VERSION: AtomicU64 = AtomicU64::new(0);
 
@@ -94,7 +96,7 @@ fn bearer_prefix_len(bytes: &[u8]) -> Option<usize> {
 /// `b`, `B` and `:` can start one; every pattern's match holds one of these prefixes, so a text without one
 /// needs no redaction beyond its registered secrets.
 #[inline(always)]
-pub fn token_prefix_at(bytes: &[u8], at: usize) -> bool {
+fn token_prefix_at(bytes: &[u8], at: usize) -> bool {
     match bytes[at] {
         b's' => bytes[at..].starts_with(b"sk-"),
         b'b' | b'B' => bearer_prefix_len(&bytes[at..]).is_some(),
@@ -159,9 +161,30 @@ fn next_url_password(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
     })
 }
 
+/// The starts of the patterns above, for the text scan of `simd`: `sk`, `be` in any case and `:/` begin
+/// every one of them.
+pub struct TokenPatterns;
+
+impl PatternStarts for TokenPatterns {
+    const PAIRS: [[u8; 2]; 3] = [*b"sk", *b"be", *b":/"];
+    const FOLDS: [u8; 3] = [0, 0x20, 0];
+
+    #[inline(always)]
+    fn starts_at(bytes: &[u8], at: usize) -> bool {
+        token_prefix_at(bytes, at)
+    }
+}
+
+/// One pass over a text: whether it needs JSON escaping, and whether it may hold a token (when it holds
+/// none, redaction is only the registered secrets).
+#[inline]
+pub fn scan_text(bytes: &[u8]) -> TextScan {
+    crate::simd::scan_text::<TokenPatterns>(bytes)
+}
+
 /// Whether `bytes` holds the start of a pattern anywhere.
 fn may_hold_token(bytes: &[u8]) -> bool {
-    crate::jsonl::scan_text(bytes).may_hold_token
+    scan_text(bytes).may_hold_token
 }
 
 /// `text` with every occurrence of `secret` replaced, left to right, as Python's `str.replace` does.
@@ -184,7 +207,7 @@ pub fn redact<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
     redact_after_scan(text, secrets, true)
 }
 
-/// `redact` for a text whose scan (`jsonl::scan_text`) told whether it holds a token prefix at all.
+/// `redact` for a text whose scan (`scan_text`) told whether it holds a token prefix at all.
 #[inline]
 pub fn redact_after_scan<'a>(text: &'a str, secrets: &[String], may_hold_token_bytes: bool) -> Cow<'a, str> {
     // The common case, inlined: no pattern prefix and no registered secret in the text.
@@ -268,7 +291,10 @@ mod tests {
     #[test]
     fn url_passwords_are_redacted_user_names_kept() {
         assert_eq!(redact("http://user:pass@host/v1", &[]), "http://user:[REDACTED]@host/v1");
-        assert_eq!(redact("see https://u:p@ss:w0rd@api.example.com:8443/v1?x=1", &[]), "see https://u:[REDACTED]@api.example.com:8443/v1?x=1");
+        assert_eq!(
+            redact("see https://u:p@ss:w0rd@api.example.com:8443/v1?x=1", &[]),
+            "see https://u:[REDACTED]@api.example.com:8443/v1?x=1"
+        );
         assert_eq!(redact("a://u:1@h b://v:2@i", &[]), "a://u:[REDACTED]@h b://v:[REDACTED]@i");
         assert_eq!(redact("x://u:p\u{e9}@h", &[]), "x://u:[REDACTED]@h");
         for kept in ["https://user@host/v1", "http://host:8080/a@b", "http://u:@host", "http://h/p?u:p@x", "no url: u:p@h"] {
@@ -287,13 +313,16 @@ mod tests {
     #[test]
     fn the_scan_finds_every_text_a_pattern_changes() {
         let texts = [
-            "sk-abcdefghijklmnopqrstuvwxyz", "bearer abcdefghijklmnopqrstuvwxyz", "BEARER+abcdefghijklmnopqrstuvwxyz",
-            "x Bearer%20abcdefghijklmnopqrstuvwxyz", "ftp://u:secret@host",
+            "sk-abcdefghijklmnopqrstuvwxyz",
+            "bearer abcdefghijklmnopqrstuvwxyz",
+            "BEARER+abcdefghijklmnopqrstuvwxyz",
+            "x Bearer%20abcdefghijklmnopqrstuvwxyz",
+            "ftp://u:secret@host",
         ];
         for text in texts {
             for padding in [0, 40, 70] {
                 let padded = format!("{}{text}", ". ".repeat(padding));
-                let scan = crate::jsonl::scan_text(padded.as_bytes());
+                let scan = scan_text(padded.as_bytes());
                 assert_ne!(redact_after_scan(&padded, &[], scan.may_hold_token), padded, "{padded}");
             }
         }
@@ -310,4 +339,41 @@ mod tests {
         let text = "sk-aaaaaaaaaaaaaaaaaaaaaaaa sk-bbbbbbbbbbbbbbbbbbbbbbbbbb";
         assert_eq!(redact(text, &[]), "sk-[REDACTED] sk-[REDACTED]");
     }
+
+    #[test]
+    fn one_scan_finds_escapes_and_token_bytes_anywhere() {
+        for length in [0, 5, 31, 32, 33, 63, 64, 65, 100] {
+            for position in 0..length {
+                for (byte, expected) in [
+                    (b'"', TextScan { needs_escape: true, may_hold_token: false }),
+                    (0x01, TextScan { needs_escape: true, may_hold_token: false }),
+                ] {
+                    let mut text = vec![b'x'; length];
+                    text[position] = byte;
+                    assert_eq!(scan_text(&text), expected, "{byte:#x} at {position} of {length}");
+                }
+                for prefix in PATTERN_PREFIXES {
+                    if position + prefix.len() <= length {
+                        let mut text = vec![b'x'; length];
+                        text[position..position + prefix.len()].copy_from_slice(prefix);
+                        assert!(scan_text(&text).may_hold_token, "{prefix:?} at {position} of {length}");
+                    }
+                }
+                for near_miss in NEAR_MISSES {
+                    let mut text = vec![b'x'; length];
+                    let end = (position + near_miss.len()).min(length);
+                    text[position..end].copy_from_slice(&near_miss[..end - position]);
+                    assert!(!scan_text(&text).may_hold_token, "{near_miss:?} at {position} of {length}");
+                }
+            }
+            assert!(!scan_text(&b"0f8c-4a-gpt-4o-B"[..]).may_hold_token);
+            assert_eq!(scan_text(&vec![0xc3; length]), TextScan { needs_escape: false, may_hold_token: false });
+        }
+    }
+
+    /// Every start of a redaction pattern (see `redact.rs`), in each form.
+    const PATTERN_PREFIXES: [&[u8]; 9] =
+        [b"sk-", b"Bearer ", b"bearer ", b"BEARER ", b"bEaReR ", b"Bearer%20", b"bearer+", b"BEARER%20", b"://"];
+    /// Texts that look like a prefix but are none, also when cut short by the end of the text.
+    const NEAR_MISSES: [&[u8]; 9] = [b"sk_", b"s-k", b"Sk-", b"Bearer", b"Bearer%2x", b"Bearer\t", b"beare ", b":/x", b":-/"];
 }

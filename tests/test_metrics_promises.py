@@ -1,4 +1,5 @@
-"""The metrics promises of the README, through ``MetricsCallback`` on both backends."""
+"""The memory promise of the metrics, through ``MetricsCallback`` on both backends, in a child process of its own;
+what each event does to the metrics is in tests/test_metrics_cases.py."""
 
 from __future__ import annotations
 
@@ -8,27 +9,6 @@ import sys
 import textwrap
 
 import pytest
-
-from rlm_toolkit import LLMResponse, Usage
-from rlm_toolkit.callbacks import CallbackManager, MetricsCallback
-
-RESPONSE = LLMResponse("answer", "gpt-4o", Usage.of(10, 5))
-
-
-def test_the_oldest_open_run_is_evicted_at_the_cap(backend: str) -> None:
-    metrics = MetricsCallback(max_open_runs=2)
-    manager = CallbackManager([metrics])
-    for run_id, started in (("a", 0.0), ("b", 10.0), ("c", 20.0)):
-        manager.on_llm_start("p", run_id=run_id, model="gpt-4o", timestamp=1_700_000_000 + started)
-    assert (metrics.get_metrics()["open_runs"], metrics.get_metrics()["evicted_runs"]) == (2, 1)
-    for run_id in "abc":
-        manager.on_llm_end(RESPONSE, run_id=run_id, model="gpt-4o", timestamp=1_700_000_030.0)
-    snapshot = metrics.get_metrics()
-    # "a" was evicted: only b (20 s) and c (10 s) have a latency.
-    assert (snapshot["min_latency_ms"], snapshot["max_latency_ms"], snapshot["avg_latency_ms"]) == (
-        pytest.approx(10_000, rel=1e-3), pytest.approx(20_000, rel=1e-3), pytest.approx(15_000, rel=1e-3))
-    assert (snapshot["open_runs"], snapshot["evicted_runs"], snapshot["completed_calls"]) == (0, 1, 3)
-
 
 FINISHED_CALLS_CHILD = """
     import os, sys

@@ -367,3 +367,45 @@ def test_backends_write_the_same_redacted_records(tmp_path_factory: Any, texts: 
 
 def records_of(text: str) -> list[Any]:
     return [json.loads(line) for line in text.split("\n") if line]
+
+
+_WITHOUT_NATIVE_MODULE = """
+import sys
+class _NoNativeModule:
+    def find_spec(self, name, path=None, target=None):
+        if name == "rlm_toolkit._core":
+            raise ImportError("rlm_toolkit._core is not built")
+sys.meta_path.insert(0, _NoNativeModule())
+from rlm_toolkit import BackendError
+from rlm_toolkit.secrets import redact, register_secret
+"""
+
+
+def _run_without_native_module(code: str, backend: str | None) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "RLM_TOOLKIT_BACKEND"}
+    if backend is not None:
+        env["RLM_TOOLKIT_BACKEND"] = backend
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_NATIVE_MODULE + code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_missing_native_module_is_a_backend_error_not_a_silent_fallback() -> None:
+    code = """
+for call in (lambda: register_secret("hunter2-hunter2"), lambda: redact("sk-" + "a" * 30)):
+    try:
+        call()
+    except BackendError as error:
+        print("BackendError", "pip install" in str(error))
+"""
+    ran = _run_without_native_module(code, backend=None)
+    assert ran.stdout.split("\n")[:2] == ["BackendError True", "BackendError True"], ran.stderr
+
+
+def test_the_python_backend_redacts_without_the_native_module() -> None:
+    code = """
+register_secret("hunter2-hunter2")
+print(redact("pw hunter2-hunter2 key sk-" + "a" * 30))
+"""
+    ran = _run_without_native_module(code, backend="python")
+    assert ran.stdout.strip() == "pw [REDACTED] key sk-[REDACTED]", ran.stderr

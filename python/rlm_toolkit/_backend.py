@@ -22,7 +22,7 @@ def resolve(name: str | None = None) -> str:
 
 
 def load(name: str | None = None) -> ModuleType:
-    """The backend module: it provides ``Dispatcher``, ``Metrics``, ``JsonlSink`` and ``now()``."""
+    """The backend module: it provides ``Dispatcher``, ``MetricsSink``, ``JsonlSink`` and ``now()``."""
     chosen = resolve(name)
     try:
         return importlib.import_module(_MODULES[chosen])

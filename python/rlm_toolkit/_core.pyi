@@ -25,8 +25,8 @@ class Dispatcher:
     @property
     def handler_errors(self) -> int: ...
 
-class Metrics:
-    def __new__(cls, prices: Sequence[tuple[str, float, float]], max_open_runs: int) -> Metrics: ...
+class MetricsSink:
+    def __new__(cls, prices: Sequence[tuple[str, float, float]], max_open_runs: int) -> MetricsSink: ...
     def handle(
         self,
         event: str,

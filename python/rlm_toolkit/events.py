@@ -1,13 +1,15 @@
-"""The one catalogue of callback events.
+"""The catalogue of callback events, read from ``events.toml`` (the one table, which ``build.rs`` reads too).
 
-Each event's name, the positional arguments its hook receives, the fields its JSONL record holds, and which
-of those fields hold conversation text (``CONTENT_FIELDS``) are declared here and nowhere else. ``BaseCallback`` and the Rust ``EventKind`` enum are checked against this
-table by ``tests/test_catalogue.py``; adding an event means adding a row here and firing it.
+Each event's name, the positional arguments its hook receives, and the fields its JSONL record holds come
+from that table; which of those fields hold conversation text is ``CONTENT_FIELDS`` below. The hooks of
+``BaseCallback`` are generated from it and ``tests/test_catalogue.py`` checks them, with the Rust tables.
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -20,30 +22,36 @@ class EventSpec:
     """Fields of the JSONL record besides ``ts``, ``event``, ``run_id``, ``parent_run_id``."""
     has_model: bool
     """Whether the hook receives the ``model`` context keyword."""
+    arg_types: tuple[str, ...]
+    """The Python type of each argument, as written in the hook's annotations."""
+    doc: str
+    """The hook's docstring on ``BaseCallback``."""
 
     @property
     def hook(self) -> str:
         return "on_" + self.name
 
 
-EVENTS: tuple[EventSpec, ...] = (
-    EventSpec("llm_start", ("prompt",), ("model", "prompt"), has_model=True),
-    EventSpec(
-        "llm_end",
-        ("response",),
-        ("model", "response", "prompt_tokens", "completion_tokens", "total_tokens"),
-        has_model=True,
-    ),
-    EventSpec("llm_new_token", ("token",), ("model", "token"), has_model=True),
-    EventSpec("tool_start", ("tool_name", "tool_input"), ("tool_name", "tool_input"), has_model=False),
-    EventSpec("tool_end", ("tool_name", "tool_output"), ("tool_name", "tool_output"), has_model=False),
-    EventSpec("memory_store", ("content",), ("content",), has_model=False),
-    EventSpec("memory_recall", ("query", "results"), ("query", "results"), has_model=False),
-    EventSpec("retry", ("attempt", "max_attempts", "error"), ("model", "attempt", "max_attempts", "error"), has_model=True),
-    EventSpec("error", ("error",), ("model", "error"), has_model=True),
-    EventSpec("run_start", ("prompt",), ("model", "prompt"), has_model=True),
-    EventSpec("run_end", ("answer",), ("model", "answer"), has_model=True),
-)
+def _read_catalogue() -> tuple[EventSpec, ...]:
+    table = tomllib.loads((Path(__file__).parent / "events.toml").read_text(encoding="utf-8"))
+    specs = []
+    for event in table["events"]:
+        args = tuple(arg["name"] for arg in event["args"])
+        model = ("model",) if event["model"] else ()
+        specs.append(
+            EventSpec(
+                name=event["name"],
+                args=args,
+                fields=model + args + tuple(event.get("derived", ())),
+                has_model=event["model"],
+                arg_types=tuple(arg["type"] for arg in event["args"]),
+                doc=event["doc"],
+            )
+        )
+    return tuple(specs)
+
+
+EVENTS: tuple[EventSpec, ...] = _read_catalogue()
 
 EVENTS_BY_NAME: dict[str, EventSpec] = {spec.name: spec for spec in EVENTS}
 

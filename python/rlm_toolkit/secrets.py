@@ -23,9 +23,11 @@ import builtins
 import re
 import threading
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
+from . import _backend
 from .errors import InvalidSecretError
 
 REDACTED = "[REDACTED]"
@@ -58,11 +60,9 @@ def register_secret(value: str) -> None:
         if value in _secrets:
             return
         _secrets.append(value)
-    try:
-        from . import _core
-    except ImportError:
-        return
-    _core.add_secret(value)
+    native = _native_module()
+    if native is not None:
+        native.add_secret(value)
 
 
 def register_url_secrets(url: str) -> None:
@@ -89,15 +89,30 @@ def reference_redact(text: str) -> str:
     return _URL_PASSWORD.sub(r"\g<1>" + REDACTED, text)
 
 
-try:
-    from ._core import redact as _native_redact
-except ImportError:
-    _native_redact = None
+_loaded_native: ModuleType | None = None
+
+
+def _native_module() -> ModuleType | None:
+    """The native module; None only when it is missing and the pure-Python backend is the one chosen
+    (``RLM_TOOLKIT_BACKEND=python``). Missing under the Rust backend, it is a ``BackendError``."""
+    global _loaded_native
+    if _loaded_native is None:
+        try:
+            from . import _core
+        except ImportError:
+            if _backend.resolve() == "python":
+                return None
+            _backend.load("rust")  # raises the BackendError that says how to get the native module
+            raise
+        _loaded_native = _core
+    return _loaded_native
 
 
 def redact(text: str) -> str:
-    """``text`` with secrets replaced: the Rust implementation when the native module is there."""
-    return _native_redact(text) if _native_redact is not None else reference_redact(text)
+    """``text`` with secrets replaced (by the Rust implementation unless the native module is absent and
+    the pure-Python backend chosen)."""
+    native = _native_module()
+    return native.redact(text) if native is not None else reference_redact(text)
 
 
 def _redacted_value(value: Any) -> Any:

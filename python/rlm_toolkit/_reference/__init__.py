@@ -6,6 +6,6 @@ Select it with ``RLM_TOOLKIT_BACKEND=python`` or ``backend="python"``. Tests use
 from .clock import now
 from .dispatch import Dispatcher
 from .jsonl import JsonlSink
-from .metrics_sink import Metrics
+from .metrics_sink import ReferenceMetricsSink as MetricsSink
 
-__all__ = ["Dispatcher", "JsonlSink", "Metrics", "now"]
+__all__ = ["Dispatcher", "JsonlSink", "MetricsSink", "now"]

@@ -1,36 +1,8 @@
-"""Pure-Python reference of the metrics aggregator in ``rust/metrics.rs``.
+"""The pure-Python metrics aggregator: implements docs/metrics.md, as ``rust/metrics.rs`` does.
 
-This is the oracle of the differential tests: for the same event sequence, ``snapshot()`` here and in the
-Rust core are bit-identical, so every float is computed with the same operations in the same order.
-
-Semantics:
-
-- A model name that is missing or empty counts as unknown. Per-model figures live under a model key,
-  created on first use; snapshots list the keys in first-seen order.
-- ``llm_start``: ``total_calls`` += 1 and ``calls`` += 1 under key = model or ``"unknown"``. Opens ``run_id``
-  (any string, ``""`` included) with its start ``ts`` and model. Starting a run that is already open replaces
-  it and makes it the newest. When an insertion leaves more than ``max_open_runs`` runs open, the oldest
-  inserted one is evicted and ``evicted_runs`` += 1 (with a cap of 0 the new run itself is evicted).
-- ``llm_end``: ``completed_calls`` += 1, for the run's model key = model, else the model recorded at the
-  start of the open run, else ``"unknown"``. If ``run_id`` is open it is closed and its latency
-  ``(ts - start_ts) * 1000.0`` ms (negative, NaN and -0.0 become +0.0) is recorded overall and for the key.
-  Tokens: no usage counts 0; total = ``total_tokens`` if > 0 else prompt + completion. Cost with a price
-  from ``rlm_toolkit.pricing.price_for``: ``prompt * p_in / 1e6 + completion * p_out / 1e6``, added to ``total_cost_usd``
-  and to the key's ``cost_usd``; without a price ``unpriced_calls`` += 1 and the key's ``cost_usd`` is None.
-- ``llm_error``: ``errors`` += 1; closes ``run_id`` if open without recording a latency, since failed calls
-  would distort it; the key = model, else the start model, gets ``errors`` += 1 if such a model is known.
-- Plain counters: ``retries``, ``tokens_streamed``, ``tool_calls`` (tool starts), ``tool_results`` (tool
-  ends), ``memory_stores``, ``memory_recalls``, ``dropped_events`` (+= n), ``lost_events`` (+= n), ``rejected_events``
-  (events refused at the call, e.g. for a bad timestamp),
-  ``handler_errors``.
-- Token sums, ``dropped_events`` and ``lost_events`` saturate at 2**64 - 1, like the Rust ``u64`` counters.
-- Latency: ``avg_latency_ms`` = sum of latencies in event order / count, ``min_latency_ms`` and
-  ``max_latency_ms`` exact, all 0.0 without samples. Percentiles come from a log-linear histogram over
-  integer microseconds ``v = floor(ms * 1000.0 + 0.5)`` clamped to ``[0, 2**40 - 1]``: values below 2048 have
-  their own bucket; above, with ``e = v.bit_length() - 11``, bucket ``2048 + (e - 1) * 1024 + ((v >> e) - 1024)``
-  covers ``[(v >> e) << e, ((v >> e) << e) + 2**e - 1]``. Percentile p of n samples is the first bucket whose
-  cumulative count reaches rank ``max(1, (p * n + 99) // 100)``, reported as the bucket's middle
-  ``low + (width - 1) // 2`` µs in ms; 0.0 without samples.
+It is the oracle of the differential tests: for the same event sequence its snapshot is bit-identical to the
+Rust core's, so every float is computed with the same operations in the same order. Python ints stand in for
+the Rust ``u64`` counters, with the same saturation at ``U64_MAX``.
 """
 
 from __future__ import annotations
@@ -39,8 +11,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
-
+from ..callbacks.metrics_types import MetricsSnapshot, ModelMetricsSnapshot
 from ..pricing import price_for
 
 UNKNOWN_MODEL = "unknown"
@@ -100,7 +71,7 @@ class _ModelStats:
     latency_count: int = 0
     latency_sum_ms: float = 0.0
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> ModelMetricsSnapshot:
         return {
             "calls": self.calls,
             "completed_calls": self.completed_calls,
@@ -114,7 +85,7 @@ class _ModelStats:
 
 
 class ReferenceMetrics:
-    """Aggregates callback events; see the module docstring for the exact semantics."""
+    """Aggregates callback events as docs/metrics.md says."""
 
     def __init__(self, prices: dict[str, tuple[float, float]], max_open_runs: int = 10_000) -> None:
         self._prices = dict(prices)
@@ -287,7 +258,7 @@ class ReferenceMetrics:
                 return (low + (width - 1) // 2) / 1000.0
         raise AssertionError("rank exceeds the number of recorded latencies")
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> MetricsSnapshot:
         with self._lock:
             p50, p95, p99 = (self._percentile_ms(percentile) for percentile in PERCENTILES)
             return {

@@ -1,23 +1,114 @@
-"""Maps events onto the reference metrics aggregator (mirrors the metrics part of ``rust/dispatch.rs``)."""
+"""Feeds catalogue events to the reference metrics aggregator, as the metrics sink of ``rust/sinks.rs``
+feeds the Rust one (docs/metrics.md, "Events").
+
+``HANDLERS`` maps every event of ``rlm_toolkit.events.EVENTS`` to what it does to the metrics, and
+``IGNORED_EVENTS`` names those the metrics do not count; an event of the catalogue in neither is an error
+at import, as an unmatched ``EventKind`` is a compile error in Rust.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import InvalidEventError
+from ..events import EVENTS
 from .clock import now
 from .metrics import ReferenceMetrics
 from .records import checked_timestamp, response_model, usage_of
 
+EventHandler = Callable[[ReferenceMetrics, tuple[Any, ...], str, str | None, float], None]
+"""``(metrics, hook arguments, run key, model, ts)``."""
+
 
 def run_key(run_id: Any) -> str:
-    """Latency pairs starts and ends by this key; events without a run id share the key ``""``."""
+    """Latency pairs starts and ends by this key (docs/metrics.md, "Events"): the run id's text, as the Rust
+    core holds it."""
     if run_id is None:
         return ""
-    return run_id if isinstance(run_id, str) else str(run_id)
+    if isinstance(run_id, str):
+        text = str.__str__(run_id)
+    else:
+        try:
+            text = str(run_id)
+        except Exception:
+            return ""
+    # Rust strings are UTF-8: each byte of a lone surrogate's UTF-8 form becomes U+FFFD there.
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
-class Metrics(ReferenceMetrics):
+def _model_name(model: str | None) -> str | None:
+    """The text of ``model`` (of a str subclass too), or None for a name with lone surrogates, which the Rust
+    core cannot hold as a key."""
+    if model is None:
+        return None
+    text = str.__str__(model)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+def _llm_start(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float) -> None:
+    metrics.llm_start(run, _model_name(model), ts)
+
+
+def _llm_end(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float) -> None:
+    response = args[0]
+    metrics.llm_end(run, _model_name(response_model(response, model)), usage_of(response), ts)
+
+
+def _llm_error(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float) -> None:
+    metrics.llm_error(run, _model_name(model), ts)
+
+
+def _counter(count: Callable[[ReferenceMetrics], None]) -> EventHandler:
+    def handler(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float) -> None:
+        count(metrics)
+
+    return handler
+
+
+HANDLERS: dict[str, EventHandler] = {
+    "llm_start": _llm_start,
+    "llm_end": _llm_end,
+    "error": _llm_error,
+    "llm_new_token": _counter(ReferenceMetrics.token),
+    "tool_start": _counter(ReferenceMetrics.tool_start),
+    "tool_end": _counter(ReferenceMetrics.tool_end),
+    "memory_store": _counter(ReferenceMetrics.memory_store),
+    "memory_recall": _counter(ReferenceMetrics.memory_recall),
+    "retry": _counter(ReferenceMetrics.retry),
+}
+
+IGNORED_EVENTS: frozenset[str] = frozenset({"run_start", "run_end"})
+"""A run is not an LLM call: its calls are counted by their own events."""
+
+
+def _check_covers_catalogue() -> None:
+    catalogue = [spec.name for spec in EVENTS]
+    unhandled = [name for name in catalogue if name not in HANDLERS and name not in IGNORED_EVENTS]
+    if unhandled:
+        raise NotImplementedError(
+            f"the reference metrics do not handle the catalogue events {unhandled}: give each a handler in "
+            "HANDLERS of rlm_toolkit/_reference/metrics_sink.py, or name it in IGNORED_EVENTS, and say which "
+            "in docs/metrics.md"
+        )
+    stale = sorted((HANDLERS.keys() | IGNORED_EVENTS) - set(catalogue))
+    both = sorted(HANDLERS.keys() & IGNORED_EVENTS)
+    if stale or both:
+        raise NotImplementedError(
+            f"rlm_toolkit/_reference/metrics_sink.py lists events {stale} that rlm_toolkit.events.EVENTS does "
+            f"not have, or events {both} both handled and ignored; remove them"
+        )
+
+
+_check_covers_catalogue()
+
+
+class ReferenceMetricsSink(ReferenceMetrics):
+    """The reference backend's metrics core: what ``MetricsCallback`` sends events to."""
+
     def __init__(self, prices: list[tuple[str, float, float]], max_open_runs: int) -> None:
         super().__init__({name: (p_in, p_out) for name, p_in, p_out in prices}, max_open_runs)
 
@@ -28,17 +119,10 @@ class Metrics(ReferenceMetrics):
         except (InvalidEventError, TypeError):
             self.rejected()
             raise
-        ts = now() if ts is None else ts
-        if event == "llm_start":
-            self.llm_start(run_key(run_id), model, ts)
-        elif event == "llm_end":
-            self.llm_end(run_key(run_id), response_model(args[0], model), usage_of(args[0]), ts)
-        elif event == "error":
-            self.llm_error(run_key(run_id), model, ts)
-        elif event in ("run_start", "run_end"):
+        if event in IGNORED_EVENTS:
             return
-        else:
-            counter = {"llm_new_token": self.token, "tool_start": self.tool_start, "tool_end": self.tool_end,
-                       "memory_store": self.memory_store, "memory_recall": self.memory_recall,
-                       "retry": self.retry}[event]
-            counter()
+        try:
+            handler = HANDLERS[event]
+        except KeyError:
+            raise ValueError(f"unknown event {event!r}; the events are those of rlm_toolkit.events.EVENTS") from None
+        handler(self, args, run_key(run_id), model, now() if ts is None else ts)

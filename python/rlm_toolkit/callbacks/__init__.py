@@ -3,6 +3,7 @@
 from .base import AsyncBaseCallback, BaseCallback
 from .console import ConsoleCallback
 from .manager import CallbackManager
+from .metrics_types import MetricsSnapshot, ModelMetricsSnapshot
 from .native import FileLogCallback, MetricsCallback
 from .streaming import StreamingCallback
 
@@ -13,5 +14,7 @@ __all__ = [
     "ConsoleCallback",
     "FileLogCallback",
     "MetricsCallback",
+    "MetricsSnapshot",
+    "ModelMetricsSnapshot",
     "StreamingCallback",
 ]

@@ -6,57 +6,63 @@ at registration). Hooks may name their positional parameters as they like (``def
 ``run_id``, ``parent_run_id`` and, for LLM events, ``model``; extra keywords reach hooks that accept
 ``**kwargs``.
 
+A hook may be ``def`` or ``async def`` (hence the return type ``Awaitable[None] | None``); see
+``AsyncBaseCallback`` for how coroutines are awaited.
+
 Set ``raise_error = True`` on a callback to make its exceptions propagate to the code that fired the event;
 by default they are logged on the ``rlm_toolkit`` logger, counted, and the other callbacks still run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 
 
 class BaseCallback:
     raise_error: ClassVar[bool] = False
 
-    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+    # Generated from events.toml by `python tests/catalogue_codegen.py`: edit the table, not these hooks.
+    def on_llm_start(self, prompt: str, **kwargs: Any) -> Awaitable[None] | None:
         """Before an LLM call. ``prompt`` is the user's prompt text."""
 
-    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+    def on_llm_end(self, response: Any, **kwargs: Any) -> Awaitable[None] | None:
         """After an LLM answer. ``response`` has ``.content``, ``.model`` and ``.usage`` (see ``LLMResponse``)."""
 
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> Awaitable[None] | None:
         """For each streamed token (the run streams when any callback overrides this hook)."""
 
-    def on_tool_start(self, tool_name: str, tool_input: Any, **kwargs: Any) -> None:
+    def on_tool_start(self, tool_name: str, tool_input: Any, **kwargs: Any) -> Awaitable[None] | None:
         """Before a tool runs. ``tool_input`` holds the parsed arguments."""
 
-    def on_tool_end(self, tool_name: str, tool_output: Any, **kwargs: Any) -> None:
+    def on_tool_end(self, tool_name: str, tool_output: Any, **kwargs: Any) -> Awaitable[None] | None:
         """After a tool ran. ``tool_output`` is the text handed back to the model."""
 
-    def on_memory_store(self, content: str, **kwargs: Any) -> None:
+    def on_memory_store(self, content: str, **kwargs: Any) -> Awaitable[None] | None:
         """When a message is stored to memory."""
 
-    def on_memory_recall(self, query: str, results: list[Any], **kwargs: Any) -> None:
+    def on_memory_recall(self, query: str, results: list[Any], **kwargs: Any) -> Awaitable[None] | None:
         """When memory is recalled for ``query``."""
 
-    def on_retry(self, attempt: int, max_attempts: int, error: BaseException, **kwargs: Any) -> None:
+    def on_retry(self, attempt: int, max_attempts: int, error: BaseException, **kwargs: Any) -> Awaitable[None] | None:
         """Before retry number ``attempt`` (1-based) of ``max_attempts`` after ``error``."""
 
-    def on_error(self, error: BaseException, **kwargs: Any) -> None:
+    def on_error(self, error: BaseException, **kwargs: Any) -> Awaitable[None] | None:
         """When an LLM call fails for good, or a tool fails."""
 
-    def on_run_start(self, prompt: str, **kwargs: Any) -> None:
+    def on_run_start(self, prompt: str, **kwargs: Any) -> Awaitable[None] | None:
         """When an ``RLM`` run starts: its ``run_id`` is the ``parent_run_id`` of every event inside it."""
 
-    def on_run_end(self, answer: str, **kwargs: Any) -> None:
+    def on_run_end(self, answer: str, **kwargs: Any) -> Awaitable[None] | None:
         """When an ``RLM`` run has its final answer (a failed run ends with ``on_error`` instead)."""
+    # End of generated hooks.
 
 
 class AsyncBaseCallback(BaseCallback):
     """Base for callbacks whose hooks are ``async def`` (plain ``def`` hooks may be mixed in).
 
     The hooks and their signatures are those of ``BaseCallback``; whether a hook is a coroutine function
-    is decided per hook at registration. In async runs the coroutines of one event are awaited
+    is decided per hook at registration (on any callback: this class only says what its hooks are). In async runs the coroutines of one event are awaited
     concurrently, each isolated; in sync runs they complete before the call that fired the event returns.
     Sync hooks are never moved to threads.
     """

@@ -7,7 +7,7 @@ A subclass that overrides a hook is called in Python for that hook; ``super().on
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from .. import _backend
 from ..errors import CallbackConfigError, LogFileError
@@ -15,11 +15,12 @@ from ..events import EVENTS, EventSpec
 from ..pricing import PRICES_PER_MILLION
 from . import _lifecycle
 from .base import BaseCallback
+from .metrics_types import MetricsSnapshot
 
 
 class NativeSinkCallback(BaseCallback):
     core: Any
-    """The backend object that records events (``Metrics`` or ``JsonlSink`` of the chosen backend)."""
+    """The backend object that records events (``MetricsSink`` or ``JsonlSink`` of the chosen backend)."""
     native_events: frozenset[str]
     """Events the core handles."""
     wants_token_stream: bool = False
@@ -72,14 +73,14 @@ class MetricsCallback(NativeSinkCallback):
                  backend: _backend.BackendName | None = None) -> None:
         _checked_int("max_open_runs", max_open_runs, 1, MAX_OPEN_RUNS)
         table = PRICES_PER_MILLION if prices is None else prices
-        self.core = _backend.load(backend).Metrics(
+        self.core = _backend.load(backend).MetricsSink(
             [(name, float(p_in), float(p_out)) for name, (p_in, p_out) in table.items()], max_open_runs
         )
         self.native_events = frozenset(spec.name for spec in EVENTS)
 
-    def get_metrics(self) -> dict[str, Any]:
+    def get_metrics(self) -> MetricsSnapshot:
         """A snapshot: totals, latency (avg/min/max/p50/p95/p99 in ms), cost, counters and ``by_model``."""
-        return self.core.snapshot()
+        return cast(MetricsSnapshot, self.core.snapshot())
 
     def reset(self) -> None:
         self.core.reset()

@@ -1,0 +1,53 @@
+"""The shape of ``MetricsCallback.get_metrics()``, the same on both backends; docs/metrics.md says what each
+figure counts."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class ModelMetricsSnapshot(TypedDict):
+    """The figures of one model key of ``MetricsSnapshot.by_model``."""
+
+    calls: int
+    completed_calls: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float | None
+    """None once a completed call of this model had no price."""
+    avg_latency_ms: float
+
+
+class MetricsSnapshot(TypedDict):
+    """What ``MetricsCallback.get_metrics()`` returns, keys in this order."""
+
+    total_calls: int
+    completed_calls: int
+    total_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    avg_latency_ms: float
+    min_latency_ms: float
+    max_latency_ms: float
+    p50_latency_ms: float
+    p95_latency_ms: float
+    p99_latency_ms: float
+    errors: int
+    retries: int
+    tool_calls: int
+    tool_results: int
+    tokens_streamed: int
+    memory_stores: int
+    memory_recalls: int
+    total_cost_usd: float
+    unpriced_calls: int
+    open_runs: int
+    evicted_runs: int
+    dropped_events: int
+    lost_events: int
+    rejected_events: int
+    handler_errors: int
+    by_model: dict[str, ModelMetricsSnapshot]
+    """Model key -> its figures, in first-seen order."""

@@ -1,0 +1,304 @@
+//! All FFI `unsafe` of the PyO3 layer, each with its SAFETY comment: the `on_<event>` builtins that CPython
+//! calls with its vectorcall convention (one trampoline per event of the catalogue, no argument tuple or
+//! keyword dict built), and the vectorcall a hook is called with.
+
+use std::ffi::CString;
+use std::sync::OnceLock;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::True;
+use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::PyClass;
+
+use crate::events::{for_each_event_index, EventKind, EVENTS, EVENT_COUNT, MAX_ARGS};
+use crate::record::checked_timestamp;
+
+/// The context keywords every hook may receive: `run_id`, `parent_run_id` and, for LLM events, `model`.
+pub const CONTEXT_KEYWORDS: usize = 3;
+
+// The argument arrays below are sized by the catalogue's widest event.
+const _: () = {
+    let mut index = 0;
+    while index < EVENT_COUNT {
+        assert!(EVENTS[index].args.len() <= MAX_ARGS, "an event has more arguments than MAX_ARGS");
+        index += 1;
+    }
+};
+
+/// The keyword arguments of one event call, sorted into context fields and extras.
+#[derive(Default)]
+pub struct EventKeywords<'py> {
+    pub run_id: Option<Bound<'py, PyAny>>,
+    pub parent_run_id: Option<Bound<'py, PyAny>>,
+    pub model: Option<Bound<'py, PyString>>,
+    pub timestamp: Option<f64>,
+    pub extra: Option<Bound<'py, PyDict>>,
+}
+
+/// The `self` of the `on_<event>` builtins: what their calls fire into.
+pub trait EventTarget: PyClass<Frozen = True> + Sync {
+    /// Where this class's method definitions are kept, made on first use.
+    fn method_definitions() -> &'static MethodDefinitions;
+
+    fn fire<'py>(&self, py: Python<'py>, kind: EventKind, args: &[Bound<'py, PyAny>], keywords: &EventKeywords<'py>) -> PyResult<()>;
+
+    /// An event refused at the call (a bad timestamp), for the metrics to count.
+    fn rejected(&self, py: Python<'_>) -> PyResult<()>;
+}
+
+pub struct MethodDefinitions(OnceLock<Definitions>);
+
+impl MethodDefinitions {
+    pub const fn new() -> MethodDefinitions {
+        MethodDefinitions(OnceLock::new())
+    }
+}
+
+struct Definitions([ffi::PyMethodDef; EVENT_COUNT]);
+// SAFETY: the definitions are immutable after creation and only hold pointers to functions and to leaked
+// C strings, valid from any thread.
+unsafe impl Sync for Definitions {}
+unsafe impl Send for Definitions {}
+
+/// The builtin that fires `kind` into `target`, taking the event's arguments and the keywords `run_id`,
+/// `parent_run_id`, `model`, `timestamp` and any extras.
+pub fn event_function<'py, T: EventTarget>(target: &Bound<'py, T>, kind: EventKind) -> PyResult<Bound<'py, PyAny>> {
+    let definitions = T::method_definitions().0.get_or_init(definitions::<T>);
+    let definition = &definitions.0[kind.index()] as *const ffi::PyMethodDef;
+    // SAFETY: the definition lives as long as the process (a static); PyCFunction_NewEx returns a new
+    // reference (holding one to `target`) or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(target.py(), ffi::PyCFunction_NewEx(definition.cast_mut(), target.as_ptr(), std::ptr::null_mut()))
+    }
+}
+
+fn definitions<T: EventTarget>() -> Definitions {
+    macro_rules! trampolines {
+        ($($index:literal)*) => { [$(fire_event::<T, $index> as ffi::PyCFunctionFastWithKeywords),*] };
+    }
+    let trampolines: [ffi::PyCFunctionFastWithKeywords; EVENT_COUNT] = for_each_event_index!(trampolines);
+    let leak = |text: String| -> *const std::os::raw::c_char {
+        Box::leak(CString::new(text).expect("no NUL in names").into_boxed_c_str()).as_ptr()
+    };
+    Definitions(std::array::from_fn(|index| {
+        let spec = &EVENTS[index];
+        let hook = format!("on_{}", spec.name);
+        let doc = format!(
+            "{hook}($self, {}, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra)\n--\n\n\
+             Fire the {:?} event to the registered callbacks.",
+            spec.args.join(", "),
+            spec.name
+        );
+        ffi::PyMethodDef {
+            ml_name: leak(hook),
+            ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: trampolines[index] },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: leak(doc),
+        }
+    }))
+}
+
+struct ContextNames {
+    run_id: Py<PyString>,
+    parent_run_id: Py<PyString>,
+    model: Py<PyString>,
+    timestamp: Py<PyString>,
+}
+
+fn context_names(py: Python<'_>) -> &'static ContextNames {
+    static NAMES: OnceLock<ContextNames> = OnceLock::new();
+    NAMES.get_or_init(|| ContextNames {
+        run_id: PyString::intern(py, "run_id").unbind(),
+        parent_run_id: PyString::intern(py, "parent_run_id").unbind(),
+        model: PyString::intern(py, "model").unbind(),
+        timestamp: PyString::intern(py, "timestamp").unbind(),
+    })
+}
+
+enum ContextKeyword {
+    RunId,
+    ParentRunId,
+    Model,
+    Timestamp,
+}
+
+fn not_none(value: Bound<'_, PyAny>) -> Option<Bound<'_, PyAny>> {
+    if value.is_none() {
+        None
+    } else {
+        Some(value)
+    }
+}
+
+/// Which context keyword `name` is, or the name itself when it is none of them. Callers' keyword names
+/// are interned by CPython, so pointer identity settles nearly every name without reading it; comparing
+/// text is the fallback for names built at run time.
+fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) -> PyResult<Result<ContextKeyword, Bound<'py, PyString>>> {
+    let by_identity = [
+        (&names.run_id, ContextKeyword::RunId),
+        (&names.parent_run_id, ContextKeyword::ParentRunId),
+        (&names.model, ContextKeyword::Model),
+        (&names.timestamp, ContextKeyword::Timestamp),
+    ];
+    if let Some((_, keyword)) = by_identity.into_iter().find(|(interned, _)| interned.as_ptr() == name.as_ptr()) {
+        return Ok(Ok(keyword));
+    }
+    let name = name.to_owned().cast_into::<PyString>()?;
+    Ok(match name.to_str()? {
+        "run_id" => Ok(ContextKeyword::RunId),
+        "parent_run_id" => Ok(ContextKeyword::ParentRunId),
+        "model" => Ok(ContextKeyword::Model),
+        "timestamp" => Ok(ContextKeyword::Timestamp),
+        _ => Err(name),
+    })
+}
+
+/// The body of every `on_*` builtin: sorts a vectorcall's arguments and fires the event `kind`.
+/// `values` holds the `positional` arguments, then one value per name in `kwnames`.
+fn fire_from_vectorcall<'py, T: EventTarget>(
+    py: Python<'py>,
+    target: &T,
+    kind: EventKind,
+    values: &[Bound<'py, PyAny>],
+    positional: usize,
+    kwnames: Option<&Bound<'py, PyTuple>>,
+) -> PyResult<()> {
+    let spec = kind.spec();
+    let hook = spec.name;
+    if positional > spec.args.len() {
+        return Err(PyTypeError::new_err(format!(
+            "on_{hook}() takes {} positional arguments {:?}, got {positional}",
+            spec.args.len(),
+            spec.args
+        )));
+    }
+    let mut args: [Option<Bound<'py, PyAny>>; MAX_ARGS] = std::array::from_fn(|_| None);
+    for (slot, value) in args.iter_mut().zip(&values[..positional]) {
+        *slot = Some(value.clone());
+    }
+    let mut keywords = EventKeywords::default();
+    let mut timestamp = None;
+    if let Some(kwnames) = kwnames {
+        let names = context_names(py);
+        for (name, value) in kwnames.iter_borrowed().zip(&values[positional..]) {
+            let value = value.clone();
+            match context_keyword(names, name)? {
+                Ok(ContextKeyword::RunId) => keywords.run_id = not_none(value),
+                Ok(ContextKeyword::ParentRunId) => keywords.parent_run_id = not_none(value),
+                Ok(ContextKeyword::Model) => {
+                    keywords.model = match not_none(value) {
+                        None => None,
+                        Some(model) => Some(
+                            model
+                                .cast_into::<PyString>()
+                                .map_err(|_| PyTypeError::new_err(format!("on_{hook}(): model must be a str or None")))?,
+                        ),
+                    }
+                }
+                Ok(ContextKeyword::Timestamp) => timestamp = Some(value),
+                Err(name) => match spec.args.iter().position(|arg| name == *arg) {
+                    Some(position) if args[position].is_some() => {
+                        return Err(PyTypeError::new_err(format!(
+                            "on_{hook}() got multiple values for argument {:?}",
+                            spec.args[position]
+                        )));
+                    }
+                    Some(position) => args[position] = Some(value),
+                    None => keywords.extra.get_or_insert_with(|| PyDict::new(py)).set_item(name, value)?,
+                },
+            }
+        }
+    }
+    let none = py.None().into_bound(py);
+    let mut event_args: [Bound<'py, PyAny>; MAX_ARGS] = std::array::from_fn(|_| none.clone());
+    for ((target, value), name) in event_args.iter_mut().zip(args).zip(spec.args) {
+        *target = value.ok_or_else(|| PyTypeError::new_err(format!("on_{hook}() missing required argument {name:?}")))?;
+    }
+    keywords.timestamp = match checked_timestamp(py, hook, timestamp.as_ref()) {
+        Ok(timestamp) => timestamp,
+        Err(error) => {
+            target.rejected(py)?;
+            return Err(error);
+        }
+    };
+    target.fire(py, kind, &event_args[..spec.args.len()], &keywords)
+}
+
+unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let outcome = std::panic::catch_unwind(|| {
+        // SAFETY: CPython calls this with the interpreter attached, `slf` the `T` this function was bound
+        // to in `event_function`, `kwnames` NULL or a tuple of str, and `nargs` + len(kwnames) live,
+        // non-NULL argument pointers in `args`, borrowed for the duration of the call. `Bound` is
+        // `repr(transparent)` over such a pointer, and a shared slice of them never drops one.
+        unsafe {
+            let py = Python::assume_attached();
+            let target = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<T>();
+            let keyword_count = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
+            let positional = nargs as usize;
+            let values: &[Bound<'_, PyAny>] =
+                if positional + keyword_count == 0 { &[] } else { std::slice::from_raw_parts(args.cast(), positional + keyword_count) };
+            let kwnames =
+                if kwnames.is_null() { None } else { Some(Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>()) };
+            match fire_from_vectorcall(py, target.get(), EVENTS[KIND].kind, values, positional, kwnames.as_ref()) {
+                Ok(()) => py.None().into_ptr(),
+                Err(error) => {
+                    error.restore(py);
+                    std::ptr::null_mut()
+                }
+            }
+        }
+    });
+    outcome.unwrap_or_else(|payload| {
+        // SAFETY: still attached; turn the panic into a Python exception instead of unwinding into C.
+        let py = unsafe { Python::assume_attached() };
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        pyo3::panic::PanicException::new_err(message).restore(py);
+        std::ptr::null_mut()
+    })
+}
+
+const INLINE_ARGS: usize = 8;
+
+/// Calls `callable` with the vectorcall convention: `values` yields `positional` positional values, then
+/// one per name of `kwnames`. No argument tuple or keyword dict is built.
+pub fn vectorcall<'a, 'py: 'a>(
+    callable: &Bound<'py, PyAny>,
+    values: impl ExactSizeIterator<Item = &'a Bound<'py, PyAny>>,
+    positional: usize,
+    kwnames: Option<&Bound<'py, PyTuple>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let count = values.len();
+    assert_eq!(count, positional + kwnames.map_or(0, |names| names.len()), "one value per positional argument and keyword name");
+    let mut inline = [std::ptr::null_mut(); INLINE_ARGS + 1];
+    let mut spilled = Vec::new();
+    // Slot 0 stays free so the callee may use it (PY_VECTORCALL_ARGUMENTS_OFFSET): a bound method puts
+    // `self` there instead of copying the arguments.
+    let argv: &mut [*mut ffi::PyObject] = if count < INLINE_ARGS {
+        &mut inline[..=count]
+    } else {
+        spilled.resize(count + 1, std::ptr::null_mut());
+        &mut spilled[..]
+    };
+    for (target, value) in argv[1..].iter_mut().zip(values) {
+        *target = value.as_ptr();
+    }
+    let kwnames = kwnames.map_or(std::ptr::null_mut(), |names| names.as_ptr());
+    // SAFETY: argv[1..] holds `positional` positional and len(kwnames) keyword values (checked above),
+    // borrowed from the caller's `values` for the call; slot 0 is scratch, as the offset flag promises.
+    let result = unsafe {
+        ffi::PyObject_Vectorcall(callable.as_ptr(), argv.as_ptr().add(1), positional | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames)
+    };
+    // SAFETY: PyObject_Vectorcall returns a new reference, or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
+}

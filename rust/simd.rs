@@ -1,0 +1,219 @@
+//! All SIMD of the crate: the scans behind JSON escaping and secret redaction. Each vector path is chosen
+//! by runtime CPU detection; every other CPU takes the scalar loop, which gives the same answers.
+
+/// The patterns a text scan looks for besides escapes: byte pairs one of which begins every pattern
+/// (compared after OR-ing each byte with the pair's fold mask; 0x20 ignores ASCII case), and the exact test
+/// of whether a pattern starts at an index, run only where a pair was found (and on the scalar path).
+pub trait PatternStarts {
+    const PAIRS: [[u8; 2]; 3];
+    const FOLDS: [u8; 3];
+    fn starts_at(bytes: &[u8], at: usize) -> bool;
+}
+
+/// What one pass over a text found: whether it needs JSON escaping, and whether a pattern of `P` starts in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextScan {
+    pub needs_escape: bool,
+    pub may_hold_token: bool,
+}
+
+pub fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// The index of the first byte at or after `from` that JSON must escape (control character, `"`, `\\`),
+/// or `bytes.len()`.
+#[cfg(target_arch = "x86_64")]
+pub fn next_special(bytes: &[u8], from: usize) -> usize {
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { next_special_avx2(bytes, from) }
+    } else {
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe { next_special_sse2(bytes, from) }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn next_special(bytes: &[u8], from: usize) -> usize {
+    next_special_scalar(bytes, from)
+}
+
+fn next_special_scalar(bytes: &[u8], from: usize) -> usize {
+    from + bytes[from..].iter().position(|&byte| needs_escape(byte)).unwrap_or(bytes.len() - from)
+}
+
+macro_rules! scan_chunks {
+    ($bytes:ident, $from:ident, $width:literal, $load:ident, $set1:ident, $max:ident, $cmpeq:ident, $or:ident, $movemask:ident) => {{
+        use std::arch::x86_64::*;
+        let quote = $set1(b'"' as i8);
+        let backslash = $set1(b'\\' as i8);
+        let last_control = $set1(0x1f);
+        while $from + $width <= $bytes.len() {
+            // SAFETY: the unaligned load reads `$width` bytes from `$from`, within `$bytes` (loop condition).
+            let chunk = unsafe { $load($bytes.as_ptr().add($from) as *const _) };
+            let is_control = $cmpeq($max(chunk, last_control), last_control);
+            let is_special = $or($or($cmpeq(chunk, quote), $cmpeq(chunk, backslash)), is_control);
+            let mask = $movemask(is_special);
+            if mask != 0 {
+                return $from + mask.trailing_zeros() as usize;
+            }
+            $from += $width;
+        }
+        next_special_scalar($bytes, $from)
+    }};
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn next_special_avx2(bytes: &[u8], mut from: usize) -> usize {
+    scan_chunks!(
+        bytes,
+        from,
+        32,
+        _mm256_loadu_si256,
+        _mm256_set1_epi8,
+        _mm256_max_epu8,
+        _mm256_cmpeq_epi8,
+        _mm256_or_si256,
+        _mm256_movemask_epi8
+    )
+}
+
+/// # Safety
+/// Always safe on x86_64 (SSE2 is baseline); `unsafe` only because of `target_feature` intrinsics.
+#[cfg(target_arch = "x86_64")]
+unsafe fn next_special_sse2(bytes: &[u8], mut from: usize) -> usize {
+    scan_chunks!(bytes, from, 16, _mm_loadu_si128, _mm_set1_epi8, _mm_max_epu8, _mm_cmpeq_epi8, _mm_or_si128, _mm_movemask_epi8)
+}
+
+fn scan_scalar<P: PatternStarts>(bytes: &[u8], from: usize) -> TextScan {
+    let mut scan = TextScan { needs_escape: false, may_hold_token: false };
+    for at in from..bytes.len() {
+        scan.needs_escape |= needs_escape(bytes[at]);
+        scan.may_hold_token = scan.may_hold_token || P::starts_at(bytes, at);
+    }
+    scan
+}
+
+/// One pass over `bytes` for both questions of `TextScan`.
+pub fn scan_text<P: PatternStarts>(bytes: &[u8]) -> TextScan {
+    #[cfg(target_arch = "x86_64")]
+    if bytes.len() > 32 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { scan_text_avx2::<P>(bytes) };
+    }
+    scan_scalar::<P>(bytes, 0)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
+    use std::arch::x86_64::*;
+    let quote = _mm256_set1_epi8(b'"' as i8);
+    let backslash = _mm256_set1_epi8(b'\\' as i8);
+    let last_control = _mm256_set1_epi8(0x1f);
+    let firsts = P::PAIRS.map(|pair| _mm256_set1_epi8(pair[0] as i8));
+    let seconds = P::PAIRS.map(|pair| _mm256_set1_epi8(pair[1] as i8));
+    let folds = P::FOLDS.map(|fold| _mm256_set1_epi8(fold as i8));
+    let mut specials = _mm256_setzero_si256();
+    let mut may_hold_token = false;
+    let mut at = 0;
+    // Each chunk is compared with the chunk one byte further on too (hence the 33 bytes): only the rare
+    // places where a pair stands are looked at more closely.
+    while at + 33 <= bytes.len() {
+        // SAFETY: both unaligned loads read 32 bytes within `bytes` (`at + 1 + 32 <= len`).
+        let (chunk, next) = unsafe {
+            (_mm256_loadu_si256(bytes.as_ptr().add(at) as *const __m256i), _mm256_loadu_si256(bytes.as_ptr().add(at + 1) as *const __m256i))
+        };
+        let is_control = _mm256_cmpeq_epi8(_mm256_max_epu8(chunk, last_control), last_control);
+        let is_special = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, quote), _mm256_cmpeq_epi8(chunk, backslash)), is_control);
+        specials = _mm256_or_si256(specials, is_special);
+        if !may_hold_token {
+            let mut pairs_found = _mm256_setzero_si256();
+            for pair in 0..P::PAIRS.len() {
+                let first = _mm256_cmpeq_epi8(_mm256_or_si256(chunk, folds[pair]), firsts[pair]);
+                let second = _mm256_cmpeq_epi8(_mm256_or_si256(next, folds[pair]), seconds[pair]);
+                pairs_found = _mm256_or_si256(pairs_found, _mm256_and_si256(first, second));
+            }
+            let mut candidates = _mm256_movemask_epi8(pairs_found) as u32;
+            while candidates != 0 && !may_hold_token {
+                may_hold_token = P::starts_at(bytes, at + candidates.trailing_zeros() as usize);
+                candidates &= candidates - 1;
+            }
+        }
+        at += 32;
+    }
+    let tail = scan_scalar::<P>(bytes, at);
+    TextScan {
+        needs_escape: _mm256_movemask_epi8(specials) != 0 || tail.needs_escape,
+        may_hold_token: may_hold_token || tail.may_hold_token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn both_vector_widths_find_the_same_bytes() {
+        for length in 0..80 {
+            for position in 0..length {
+                let mut text = vec![b'x'; length];
+                text[position] = b'"';
+                assert_eq!(next_special_scalar(&text, 0), position);
+                // SAFETY: SSE2 is baseline; AVX2 only when detected.
+                unsafe {
+                    assert_eq!(next_special_sse2(&text, 0), position);
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        assert_eq!(next_special_avx2(&text, 0), position);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Patterns `ab` (case-sensitive) and `cd` (any case), for testing the scan apart from redaction.
+    struct TwoPairs;
+    impl PatternStarts for TwoPairs {
+        const PAIRS: [[u8; 2]; 3] = [*b"ab", *b"cd", *b"ab"];
+        const FOLDS: [u8; 3] = [0, 0x20, 0];
+        fn starts_at(bytes: &[u8], at: usize) -> bool {
+            bytes[at..].starts_with(b"ab") || (bytes.len() > at + 1 && bytes[at..at + 2].eq_ignore_ascii_case(b"cd"))
+        }
+    }
+
+    #[test]
+    fn one_scan_finds_escapes_and_pattern_starts_anywhere() {
+        for length in [0, 5, 31, 32, 33, 63, 64, 65, 100] {
+            for position in 0..length {
+                let mut text = vec![b'x'; length];
+                text[position] = b'"';
+                assert_eq!(scan_text::<TwoPairs>(&text), TextScan { needs_escape: true, may_hold_token: false });
+                for pair in [b"ab", b"cd", b"CD", b"cD"] {
+                    if position + 2 <= length {
+                        let mut text = vec![b'x'; length];
+                        text[position..position + 2].copy_from_slice(pair);
+                        assert_eq!(
+                            scan_text::<TwoPairs>(&text),
+                            TextScan { needs_escape: false, may_hold_token: true },
+                            "{pair:?} at {position} of {length}"
+                        );
+                    }
+                }
+                for near_miss in [b"aB", b"ba", b"dc"] {
+                    let mut text = vec![b'x'; length];
+                    let end = (position + 2).min(length);
+                    text[position..end].copy_from_slice(&near_miss[..end - position]);
+                    assert!(!scan_text::<TwoPairs>(&text).may_hold_token, "{near_miss:?} at {position} of {length}");
+                }
+            }
+            assert_eq!(scan_text::<TwoPairs>(&vec![0xc3; length]), TextScan { needs_escape: false, may_hold_token: false });
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! The native sinks an event is recorded in, and their Python classes: metrics (`_core.Metrics`, behind
+//! `MetricsCallback`) and the JSONL log (`_core.JsonlSink`, behind `FileLogCallback`). A core of the
+//! pure-Python backend registered with the Rust dispatcher is a sink too, called through its `handle()`.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+use crate::errors::{LogClosedError, LogFileError, NotAJsonlLogError};
+use crate::events::EventKind;
+use crate::metrics::{Metrics, Prices, Snapshot, Usage};
+use crate::record::{checked_timestamp, push_record, with_event, EventValues, RecordOptions};
+use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
+
+pub struct MetricsSink(pub Mutex<Metrics>);
+
+impl MetricsSink {
+    pub fn lock(&self) -> MutexGuard<'_, Metrics> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn record(&self, event: &EventValues<'_, '_>) {
+        let run_key = run_key(event.run_id);
+        let model = event.model.and_then(|name| name.to_str().ok());
+        match event.kind {
+            EventKind::LlmStart => self.lock().llm_start(&run_key, model, event.ts),
+            EventKind::LlmEnd => {
+                let usage = event.usage().map(|(prompt_tokens, completion_tokens, total_tokens)| Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens,
+                });
+                let model = event.response_model().and_then(|name| name.to_str().ok());
+                self.lock().llm_end(&run_key, model, usage, event.ts)
+            }
+            EventKind::Error => self.lock().llm_error(&run_key, model, event.ts),
+            EventKind::LlmNewToken => self.lock().token(),
+            EventKind::ToolStart => self.lock().tool_start(),
+            EventKind::ToolEnd => self.lock().tool_end(),
+            EventKind::MemoryStore => self.lock().memory_store(),
+            EventKind::MemoryRecall => self.lock().memory_recall(),
+            EventKind::Retry => self.lock().retry(),
+            EventKind::RunStart | EventKind::RunEnd => {}
+        }
+    }
+}
+
+/// Latency pairs starts and ends by this key; events without a run id share the key "".
+fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> Cow<'a, str> {
+    match run_id {
+        None => Cow::Borrowed(""),
+        Some(run_id) => match run_id.cast::<PyString>() {
+            Ok(text) => text.to_str().map(Cow::Borrowed).unwrap_or_else(|_| Cow::Owned(text.to_string_lossy().into_owned())),
+            Err(_) => Cow::Owned(run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()),
+        },
+    }
+}
+
+pub struct JsonlSink {
+    /// Replaced, never closed, in a forked child (the parent's writer thread does not exist there).
+    writer: ArcSwap<JsonlWriter>,
+    /// The process the current writer belongs to.
+    writer_pid: std::sync::atomic::AtomicU32,
+    config: WriterConfig,
+    pub options: RecordOptions,
+    pub path: String,
+}
+
+thread_local! {
+    static RECORD_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// What became of one record, for the dispatcher to count and report.
+pub struct Recorded {
+    pub dropped: bool,
+    /// A new write error or lines lost since the last record, to report once.
+    pub news: Option<Announcement>,
+}
+
+impl JsonlSink {
+    pub fn open(path: String, config: WriterConfig, options: RecordOptions) -> std::io::Result<JsonlSink> {
+        let writer = JsonlWriter::open(std::path::Path::new(&path), config)?;
+        let writer_pid = std::sync::atomic::AtomicU32::new(std::process::id());
+        Ok(JsonlSink { writer: ArcSwap::from_pointee(writer), writer_pid, config, options, path })
+    }
+
+    pub fn writer(&self) -> arc_swap::Guard<Arc<JsonlWriter>> {
+        self.writer.load()
+    }
+
+    /// In a child process after `fork()`: a writer of its own on the same file. The parent's writer is
+    /// leaked, not closed: its lock may have been held by its thread at the fork, and its pending lines
+    /// are the parent's to write.
+    pub fn reopen_after_fork(&self) -> std::io::Result<()> {
+        let pid = std::process::id();
+        if self.writer_pid.load(std::sync::atomic::Ordering::Acquire) == pid {
+            return Err(std::io::Error::other("this log's writer already belongs to this process; reopen only after fork()"));
+        }
+        let writer = JsonlWriter::open(std::path::Path::new(&self.path), self.config)?;
+        std::mem::forget(self.writer.swap(Arc::new(writer)));
+        self.writer_pid.store(pid, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Encodes and queues the record.
+    pub fn record(&self, py: Python<'_>, event: &EventValues<'_, '_>) -> PyResult<Recorded> {
+        // Encoding may run Python code (str() of a value) that logs to this very sink: take the buffer
+        // out of its slot so such a nested call starts with a fresh one instead of aliasing it.
+        let mut line = RECORD_BUFFER.with(|slot| slot.take());
+        line.clear();
+        push_record(&mut line, event, &self.options);
+        let writer = self.writer();
+        let outcome = loop {
+            match writer.append(&line) {
+                Ok(Appended::MustWait) => py.detach(|| writer.make_room()),
+                Ok(appended) => break Ok(Recorded { dropped: appended == Appended::Dropped, news: writer.announce() }),
+                Err(error) => break Err(self.error_to_python(error)),
+            }
+        };
+        RECORD_BUFFER.with(|slot| slot.set(line));
+        outcome
+    }
+
+    pub fn error_to_python(&self, error: WriteError) -> PyErr {
+        match error {
+            WriteError::Closed => {
+                LogClosedError::new_err(format!("FileLogCallback for {:?} is closed; create a new one to log more", self.path))
+            }
+            WriteError::Io(reason) => LogFileError::new_err(format!("writing log file {:?} failed: {reason}", self.path)),
+        }
+    }
+}
+
+pub enum Sink {
+    Metrics(Arc<MetricsSink>),
+    Jsonl(Arc<JsonlSink>),
+    /// A core of the pure-Python backend registered with this dispatcher: called through `handle()`.
+    Python(Py<PyAny>),
+}
+
+/// A counter the metrics keep for the dispatcher.
+#[derive(Clone, Copy)]
+pub enum Counter {
+    HandlerError,
+    Dropped(u64),
+    Lost(u64),
+    Rejected,
+}
+
+pub fn count_on(py: Python<'_>, sink: &Sink, counter: Counter) -> PyResult<()> {
+    match (sink, counter) {
+        (Sink::Metrics(metrics), Counter::HandlerError) => metrics.lock().handler_error(),
+        (Sink::Metrics(metrics), Counter::Dropped(count)) => metrics.lock().dropped(count),
+        (Sink::Metrics(metrics), Counter::Lost(count)) => metrics.lock().lost(count),
+        (Sink::Metrics(metrics), Counter::Rejected) => metrics.lock().rejected(),
+        (Sink::Python(core), Counter::HandlerError) => {
+            core.call_method0(py, intern!(py, "handler_error"))?;
+        }
+        (Sink::Python(core), Counter::Dropped(count)) => {
+            core.call_method1(py, intern!(py, "dropped"), (count,))?;
+        }
+        (Sink::Python(core), Counter::Lost(count)) => {
+            core.call_method1(py, intern!(py, "lost"), (count,))?;
+        }
+        (Sink::Python(core), Counter::Rejected) => {
+            core.call_method0(py, intern!(py, "rejected"))?;
+        }
+        (Sink::Jsonl(_), _) => {}
+    }
+    Ok(())
+}
+
+pub fn sink_of(core: &Bound<'_, PyAny>) -> Sink {
+    if let Ok(metrics) = core.cast::<PyMetricsSink>() {
+        Sink::Metrics(Arc::clone(&metrics.get().sink))
+    } else if let Ok(jsonl) = core.cast::<PyJsonlSink>() {
+        Sink::Jsonl(Arc::clone(&jsonl.get().sink))
+    } else {
+        Sink::Python(core.clone().unbind())
+    }
+}
+
+#[pyclass(frozen, name = "MetricsSink", module = "rlm_toolkit._core")]
+pub struct PyMetricsSink {
+    pub sink: Arc<MetricsSink>,
+}
+
+/// Sets `dict[name] = source.name` for each field name, in order.
+macro_rules! copy_fields {
+    ($dict:expr, $source:expr, $($field:ident),+ $(,)?) => {
+        $( $dict.set_item(stringify!($field), $source.$field)?; )+
+    };
+}
+
+/// The snapshot as the dict `MetricsCallback.get_metrics()` returns, keys in the reference's order.
+fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    copy_fields!(
+        dict,
+        snapshot,
+        total_calls,
+        completed_calls,
+        total_tokens,
+        prompt_tokens,
+        completion_tokens,
+        avg_latency_ms,
+        min_latency_ms,
+        max_latency_ms,
+        p50_latency_ms,
+        p95_latency_ms,
+        p99_latency_ms,
+        errors,
+        retries,
+        tool_calls,
+        tool_results,
+        tokens_streamed,
+        memory_stores,
+        memory_recalls,
+        total_cost_usd,
+        unpriced_calls,
+        open_runs,
+        evicted_runs,
+        dropped_events,
+        lost_events,
+        rejected_events,
+        handler_errors,
+    );
+    let by_model = PyDict::new(py);
+    for (model, stats) in &snapshot.by_model {
+        let entry = PyDict::new(py);
+        copy_fields!(
+            entry,
+            stats,
+            calls,
+            completed_calls,
+            errors,
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+            cost_usd,
+            avg_latency_ms,
+        );
+        by_model.set_item(model, entry)?;
+    }
+    dict.set_item("by_model", by_model)?;
+    Ok(dict)
+}
+
+#[pymethods]
+impl PyMetricsSink {
+    #[new]
+    fn new(prices: Vec<(String, f64, f64)>, max_open_runs: usize) -> Self {
+        PyMetricsSink { sink: Arc::new(MetricsSink(Mutex::new(Metrics::new(Prices::new(prices), max_open_runs)))) }
+    }
+
+    /// Records one event (used when a hook is called from Python, e.g. through `super()`).
+    #[pyo3(signature = (event, args, run_id, parent_run_id, model, timestamp, extra))]
+    #[allow(clippy::too_many_arguments)]
+    fn handle(
+        &self,
+        event: &str,
+        args: Vec<Bound<'_, PyAny>>,
+        run_id: Option<Bound<'_, PyAny>>,
+        parent_run_id: Option<Bound<'_, PyAny>>,
+        model: Option<Bound<'_, PyString>>,
+        timestamp: Option<Bound<'_, PyAny>>,
+        extra: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        if let Some(value) = timestamp.as_ref() {
+            if let Err(error) = checked_timestamp(value.py(), event, Some(value)) {
+                self.sink.lock().rejected();
+                return Err(error);
+            }
+        }
+        with_event(event, &args, run_id, parent_run_id, model, timestamp, extra, |event| {
+            self.sink.record(event);
+            Ok(())
+        })
+    }
+
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snapshot = self.sink.lock().snapshot();
+        snapshot_to_dict(py, &snapshot)
+    }
+
+    fn reset(&self) {
+        self.sink.lock().reset();
+    }
+
+    fn handler_error(&self) {
+        self.sink.lock().handler_error();
+    }
+
+    fn dropped(&self, count: u64) {
+        self.sink.lock().dropped(count);
+    }
+
+    fn lost(&self, count: u64) {
+        self.sink.lock().lost(count);
+    }
+
+    fn rejected(&self) {
+        self.sink.lock().rejected();
+    }
+}
+
+#[pyclass(frozen, name = "JsonlSink", module = "rlm_toolkit._core")]
+pub struct PyJsonlSink {
+    pub sink: Arc<JsonlSink>,
+}
+
+#[pymethods]
+impl PyJsonlSink {
+    #[new]
+    #[pyo3(signature = (path, include_prompts, include_responses, max_field_chars, flush_interval, buffer_bytes, max_pending_bytes, block_when_full, close_timeout=5.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        path: String,
+        include_prompts: bool,
+        include_responses: bool,
+        max_field_chars: usize,
+        flush_interval: f64,
+        buffer_bytes: usize,
+        max_pending_bytes: usize,
+        block_when_full: bool,
+        close_timeout: f64,
+    ) -> PyResult<Self> {
+        let seconds = |name: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("{name} must be a finite number of seconds, got {value}")))
+        };
+        let config = WriterConfig {
+            flush_interval: seconds("flush_interval", flush_interval)?,
+            buffer_bytes,
+            max_pending_bytes,
+            block_when_full,
+            close_timeout: seconds("close_timeout", close_timeout)?,
+        };
+        let options = RecordOptions { include_prompts, include_responses, max_chars: max_field_chars };
+        // Opening may wait for another process's writer to finish its batch (the file lock): not holding the GIL.
+        let opened = py.detach(|| JsonlSink::open(path.clone(), config, options));
+        let sink = opened.map_err(|error| {
+            if error.kind() == std::io::ErrorKind::InvalidData {
+                NotAJsonlLogError::new_err(not_a_log_message(&path, &error.to_string()))
+            } else {
+                LogFileError::new_err(format!("cannot open log file {path:?}: {error}"))
+            }
+        })?;
+        Ok(PyJsonlSink { sink: Arc::new(sink) })
+    }
+
+    #[pyo3(signature = (event, args, run_id, parent_run_id, model, timestamp, extra))]
+    #[allow(clippy::too_many_arguments)]
+    fn handle(
+        &self,
+        py: Python<'_>,
+        event: &str,
+        args: Vec<Bound<'_, PyAny>>,
+        run_id: Option<Bound<'_, PyAny>>,
+        parent_run_id: Option<Bound<'_, PyAny>>,
+        model: Option<Bound<'_, PyString>>,
+        timestamp: Option<Bound<'_, PyAny>>,
+        extra: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        with_event(event, &args, run_id, parent_run_id, model, timestamp, extra, |event| self.sink.record(py, event).map(|_| ()))
+    }
+
+    /// With a `timeout` (seconds), waits at most that long (see `JsonlWriter::flush_within`).
+    #[pyo3(signature = (timeout=None))]
+    fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let writer = self.sink.writer();
+        let timeout = timeout
+            .map(|seconds| {
+                Duration::try_from_secs_f64(seconds).map_err(|_| {
+                    pyo3::exceptions::PyValueError::new_err(format!("timeout must be a finite number of seconds, got {seconds}"))
+                })
+            })
+            .transpose()?;
+        py.detach(|| match timeout {
+            Some(timeout) => writer.flush_within(timeout),
+            None => writer.flush(),
+        })
+        .map_err(|error| self.sink.error_to_python(error))
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let writer = self.sink.writer();
+        py.detach(|| writer.close()).map_err(|error| self.sink.error_to_python(error))
+    }
+
+    /// Gives a forked child a writer thread of its own (called by an `os.register_at_fork` hook).
+    fn reopen_after_fork(&self) -> PyResult<()> {
+        self.sink
+            .reopen_after_fork()
+            .map_err(|error| LogFileError::new_err(format!("cannot reopen log file {:?} after fork(): {error}", self.sink.path)))
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.sink.writer().is_closed()
+    }
+
+    #[getter]
+    fn path(&self) -> &str {
+        &self.sink.path
+    }
+
+    #[getter]
+    fn dropped(&self) -> u64 {
+        self.sink.writer().dropped_lines()
+    }
+
+    #[getter]
+    fn lost(&self) -> u64 {
+        self.sink.writer().lost_lines()
+    }
+}
+
+/// The message of `NotAJsonlLogError`; the reference backend words it the same.
+fn not_a_log_message(path: &str, reason: &str) -> String {
+    format!(
+        "log_path {path:?} holds something other than a JSONL log ({reason}); it was left untouched. \
+         Give a new path, or move that file away"
+    )
+}

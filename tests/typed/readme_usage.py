@@ -1,0 +1,83 @@
+"""The public API used as the README uses it, fully typed: `mypy --strict` must accept it as users write it
+(tests/test_typing.py runs it). Never executed; only type-checked."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import rlm_toolkit
+from rlm_toolkit import RLM, LLMResponse, RunResult, Usage
+from rlm_toolkit.callbacks import (
+    AsyncBaseCallback,
+    BaseCallback,
+    CallbackManager,
+    ConsoleCallback,
+    FileLogCallback,
+    MetricsCallback,
+    MetricsSnapshot,
+)
+from rlm_toolkit.memory import BufferMemory
+
+
+class LoggingCallback(BaseCallback):
+    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        print(f"-> {prompt[:50]}  (run {kwargs['run_id'][:8]}, model {kwargs['model']})")
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        print(f"<- {response.content[:50]}  ({response.usage.total_tokens} tokens)")
+
+
+class Alerts(AsyncBaseCallback):
+    async def on_error(self, error: BaseException, **kwargs: Any) -> None:
+        await asyncio.sleep(0)
+
+    def on_retry(self, attempt: int, max_attempts: int, error: BaseException, **kwargs: Any) -> None:
+        print(attempt, max_attempts, error)
+
+
+def get_weather(city: str, unit: Literal["C", "F"] = "C") -> str:
+    """Current weather in a city."""
+    return f"Sunny, 21 {unit}"
+
+
+def version() -> str:
+    return rlm_toolkit.__version__
+
+
+def quick_start() -> None:
+    metrics = MetricsCallback()
+    rlm = RLM.from_openai("gpt-4o", callbacks=[LoggingCallback(), metrics, FileLogCallback("./logs/rlm.jsonl")])
+    result: RunResult = rlm.run("Hello!")
+    print(result.answer, result.usage.total_tokens)
+    snapshot: MetricsSnapshot = metrics.get_metrics()
+    total_calls: int = snapshot["total_calls"]
+    p95: float | None = snapshot["p95_latency_ms"]
+    cost: float = snapshot["total_cost_usd"]
+    print(total_calls, p95, cost, snapshot["by_model"]["gpt-4o"]["calls"])
+
+
+def manager_without_rlm() -> None:
+    metrics = MetricsCallback()
+    with FileLogCallback("batch.jsonl") as log:
+        manager = CallbackManager([metrics, log, Alerts()])
+        manager.on_llm_start("Summarise ...", run_id="job-1", model="gpt-4o-mini")
+        manager.on_llm_end(LLMResponse("A summary.", "gpt-4o-mini", Usage.of(812, 64)), run_id="job-1")
+    print(metrics.get_metrics()["total_cost_usd"])
+
+
+def tools_memory_and_batches() -> None:
+    rlm = RLM.from_openai("gpt-4o", tools=[get_weather], memory=BufferMemory(max_messages=20), callbacks=[ConsoleCallback()])
+    print(rlm.run("What's the weather in Paris? Use get_weather.").answer)
+    results = rlm.batch([f"Summarise document {i}" for i in range(10)], max_concurrency=4, progress=False)
+    failed = [result for result in results if result.error is not None]
+    print(len(failed))
+
+
+async def async_runs() -> None:
+    rlm = RLM.from_openai("gpt-4o-mini", callbacks=[Alerts()])
+    result = await rlm.arun("Hello")
+    async for token in rlm.astream("Tell me a story"):
+        print(token, end="")
+    print(result.answer)
+    await rlm.aclose()
