@@ -98,7 +98,7 @@ def make_rlm(server: LocalServer, *callbacks: Any, **options: Any) -> RLM:
 
 
 def expected_usage(prompt: str, answer: str) -> Usage:
-    """What the LocalServer counts for a one-message prompt (see its module docstring)."""
+    """What the LocalServer counts for a one-message prompt (see rlm_toolkit/server/protocol.py)."""
     return Usage.of(len(prompt.split()) + 3, len(answer.split()))
 
 
