@@ -167,7 +167,7 @@ pub struct TokenPatterns;
 
 impl PatternStarts for TokenPatterns {
     const PAIRS: [[u8; 2]; 3] = [*b"sk", *b"be", *b":/"];
-    const FOLDS: [u8; 3] = [0, 0x20, 0];
+    const FOLD_CASE: [bool; 3] = [false, true, false];
 
     #[inline(always)]
     fn starts_at(bytes: &[u8], at: usize) -> bool {

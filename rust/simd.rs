@@ -2,11 +2,11 @@
 //! by runtime CPU detection; every other CPU takes the scalar loop, which gives the same answers.
 
 /// The patterns a text scan looks for besides escapes: byte pairs one of which begins every pattern
-/// (compared after OR-ing each byte with the pair's fold mask; 0x20 ignores ASCII case), and the exact test
-/// of whether a pattern starts at an index, run only where a pair was found (and on the scalar path).
+/// (lower-case letters in a pair with `FOLD_CASE` match either case), and the exact test of whether a
+/// pattern starts at an index, run only where a pair was found (and on the scalar path).
 pub trait PatternStarts {
     const PAIRS: [[u8; 2]; 3];
-    const FOLDS: [u8; 3];
+    const FOLD_CASE: [bool; 3];
     fn starts_at(bytes: &[u8], at: usize) -> bool;
 }
 
@@ -119,7 +119,7 @@ unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
     let last_control = _mm256_set1_epi8(0x1f);
     let firsts = P::PAIRS.map(|pair| _mm256_set1_epi8(pair[0] as i8));
     let seconds = P::PAIRS.map(|pair| _mm256_set1_epi8(pair[1] as i8));
-    let folds = P::FOLDS.map(|fold| _mm256_set1_epi8(fold as i8));
+    let lower_case_bit = _mm256_set1_epi8(0x20);
     let mut specials = _mm256_setzero_si256();
     let mut may_hold_token = false;
     let mut at = 0;
@@ -134,11 +134,13 @@ unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
         let is_special = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, quote), _mm256_cmpeq_epi8(chunk, backslash)), is_control);
         specials = _mm256_or_si256(specials, is_special);
         if !may_hold_token {
+            let (chunk_lower, next_lower) = (_mm256_or_si256(chunk, lower_case_bit), _mm256_or_si256(next, lower_case_bit));
             let mut pairs_found = _mm256_setzero_si256();
             for pair in 0..P::PAIRS.len() {
-                let first = _mm256_cmpeq_epi8(_mm256_or_si256(chunk, folds[pair]), firsts[pair]);
-                let second = _mm256_cmpeq_epi8(_mm256_or_si256(next, folds[pair]), seconds[pair]);
-                pairs_found = _mm256_or_si256(pairs_found, _mm256_and_si256(first, second));
+                // A constant per pair: the compiler keeps only one side of each choice.
+                let (chunk, next) = if P::FOLD_CASE[pair] { (chunk_lower, next_lower) } else { (chunk, next) };
+                let found = _mm256_and_si256(_mm256_cmpeq_epi8(chunk, firsts[pair]), _mm256_cmpeq_epi8(next, seconds[pair]));
+                pairs_found = _mm256_or_si256(pairs_found, found);
             }
             let mut candidates = _mm256_movemask_epi8(pairs_found) as u32;
             while candidates != 0 && !may_hold_token {
@@ -182,7 +184,7 @@ mod tests {
     struct TwoPairs;
     impl PatternStarts for TwoPairs {
         const PAIRS: [[u8; 2]; 3] = [*b"ab", *b"cd", *b"ab"];
-        const FOLDS: [u8; 3] = [0, 0x20, 0];
+        const FOLD_CASE: [bool; 3] = [false, true, false];
         fn starts_at(bytes: &[u8], at: usize) -> bool {
             bytes[at..].starts_with(b"ab") || (bytes.len() > at + 1 && bytes[at..at + 2].eq_ignore_ascii_case(b"cd"))
         }

@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwapOption;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -62,8 +64,14 @@ fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> Cow<'a, str> {
 }
 
 pub struct JsonlSink {
-    /// Replaced, never closed, in a forked child (the parent's writer thread does not exist there).
-    writer: ArcSwap<JsonlWriter>,
+    /// The writer opened with the sink: this process's, unless `reopened`.
+    opened: Arc<JsonlWriter>,
+    /// A forked child's own writer (the parent's writer thread does not exist there), replaced in each
+    /// further child; the writers it replaces are never closed.
+    after_fork: ArcSwapOption<JsonlWriter>,
+    /// Set once `after_fork` holds this process's writer. Records check it, one load, instead of paying
+    /// for an `ArcSwap` load each: a process that never forked never touches `after_fork`.
+    reopened: AtomicBool,
     /// The process the current writer belongs to.
     writer_pid: std::sync::atomic::AtomicU32,
     config: WriterConfig,
@@ -86,11 +94,18 @@ impl JsonlSink {
     pub fn open(path: String, config: WriterConfig, options: RecordOptions) -> std::io::Result<JsonlSink> {
         let writer = JsonlWriter::open(std::path::Path::new(&path), config)?;
         let writer_pid = std::sync::atomic::AtomicU32::new(std::process::id());
-        Ok(JsonlSink { writer: ArcSwap::from_pointee(writer), writer_pid, config, options, path })
+        let (after_fork, reopened) = (ArcSwapOption::empty(), AtomicBool::new(false));
+        Ok(JsonlSink { opened: Arc::new(writer), after_fork, reopened, writer_pid, config, options, path })
     }
 
-    pub fn writer(&self) -> arc_swap::Guard<Arc<JsonlWriter>> {
-        self.writer.load()
+    /// Runs `use_writer` with this process's writer.
+    #[inline(always)]
+    pub fn with_writer<R>(&self, use_writer: impl FnOnce(&JsonlWriter) -> R) -> R {
+        if !self.reopened.load(Ordering::Acquire) {
+            return use_writer(&self.opened);
+        }
+        let reopened = self.after_fork.load();
+        use_writer(reopened.as_deref().expect("`after_fork` is set before `reopened`"))
     }
 
     /// In a child process after `fork()`: a writer of its own on the same file. The parent's writer is
@@ -102,7 +117,13 @@ impl JsonlSink {
             return Err(std::io::Error::other("this log's writer already belongs to this process; reopen only after fork()"));
         }
         let writer = JsonlWriter::open(std::path::Path::new(&self.path), self.config)?;
-        std::mem::forget(self.writer.swap(Arc::new(writer)));
+        // The writers of the processes before this one must never run their `Drop` (it would wait for a
+        // thread this process does not have): each is left one reference that is never released.
+        std::mem::forget(Arc::clone(&self.opened));
+        if let Some(parents) = self.after_fork.swap(Some(Arc::new(writer))) {
+            std::mem::forget(parents);
+        }
+        self.reopened.store(true, Ordering::Release);
         self.writer_pid.store(pid, std::sync::atomic::Ordering::Release);
         Ok(())
     }
@@ -114,14 +135,13 @@ impl JsonlSink {
         let mut line = RECORD_BUFFER.with(|slot| slot.take());
         line.clear();
         push_record(&mut line, event, &self.options);
-        let writer = self.writer();
-        let outcome = loop {
+        let outcome = self.with_writer(|writer| loop {
             match writer.append(&line) {
                 Ok(Appended::MustWait) => py.detach(|| writer.make_room()),
                 Ok(appended) => break Ok(Recorded { dropped: appended == Appended::Dropped, news: writer.announce() }),
                 Err(error) => break Err(self.error_to_python(error)),
             }
-        };
+        });
         RECORD_BUFFER.with(|slot| slot.set(line));
         outcome
     }
@@ -374,7 +394,7 @@ impl PyJsonlSink {
     /// With a `timeout` (seconds), waits at most that long (see `JsonlWriter::flush_within`).
     #[pyo3(signature = (timeout=None))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
-        let writer = self.sink.writer();
+        let sink = &self.sink;
         let timeout = timeout
             .map(|seconds| {
                 Duration::try_from_secs_f64(seconds).map_err(|_| {
@@ -382,16 +402,18 @@ impl PyJsonlSink {
                 })
             })
             .transpose()?;
-        py.detach(|| match timeout {
-            Some(timeout) => writer.flush_within(timeout),
-            None => writer.flush(),
+        py.detach(|| {
+            sink.with_writer(|writer| match timeout {
+                Some(timeout) => writer.flush_within(timeout),
+                None => writer.flush(),
+            })
         })
-        .map_err(|error| self.sink.error_to_python(error))
+        .map_err(|error| sink.error_to_python(error))
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let writer = self.sink.writer();
-        py.detach(|| writer.close()).map_err(|error| self.sink.error_to_python(error))
+        let sink = &self.sink;
+        py.detach(|| sink.with_writer(JsonlWriter::close)).map_err(|error| sink.error_to_python(error))
     }
 
     /// Gives a forked child a writer thread of its own (called by an `os.register_at_fork` hook).
@@ -403,7 +425,7 @@ impl PyJsonlSink {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.sink.writer().is_closed()
+        self.sink.with_writer(|writer| writer.is_closed())
     }
 
     #[getter]
@@ -413,12 +435,12 @@ impl PyJsonlSink {
 
     #[getter]
     fn dropped(&self) -> u64 {
-        self.sink.writer().dropped_lines()
+        self.sink.with_writer(|writer| writer.dropped_lines())
     }
 
     #[getter]
     fn lost(&self) -> u64 {
-        self.sink.writer().lost_lines()
+        self.sink.with_writer(|writer| writer.lost_lines())
     }
 }
 
