@@ -5,6 +5,7 @@
 //! is computed with the same operations in the same order there.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::histogram::Histogram;
 
@@ -117,17 +118,18 @@ impl Metrics {
     pub fn llm_start(&mut self, run_id: &str, model: Option<&str>, ts: f64) {
         let model = known_model(model);
         self.counters.total_calls += 1;
-        self.models.entry(model.unwrap_or(UNKNOWN_MODEL), &self.prices).calls += 1;
-        if self.open_runs.open(run_id, ts, model) {
+        let model_index = self.models.index(model.unwrap_or(UNKNOWN_MODEL), &self.prices);
+        self.models.entries[model_index].calls += 1;
+        if self.open_runs.open(run_id, ts, model.map(|_| model_index)) {
             self.counters.evicted_runs += 1;
         }
     }
 
     pub fn llm_end(&mut self, run_id: &str, model: Option<&str>, usage: Option<Usage>, ts: f64) {
         let run = self.open_runs.close(run_id);
-        let start_model = run.as_ref().and_then(|run| run.model.as_deref());
-        let model_key = known_model(model).or(start_model).unwrap_or(UNKNOWN_MODEL);
-        let stats = self.models.entry(model_key, &self.prices);
+        let start_model = run.as_ref().and_then(|run| run.model);
+        let model_index = self.models.index_for(known_model(model), start_model, &self.prices);
+        let stats = &mut self.models.entries[model_index];
 
         if let Some(run) = &run {
             let elapsed_ms = (ts - run.start_ts) * 1000.0;
@@ -167,9 +169,10 @@ impl Metrics {
     pub fn llm_error(&mut self, run_id: &str, model: Option<&str>, _ts: f64) {
         self.counters.errors += 1;
         let run = self.open_runs.close(run_id);
-        let start_model = run.as_ref().and_then(|run| run.model.as_deref());
-        if let Some(model_key) = known_model(model).or(start_model) {
-            self.models.entry(model_key, &self.prices).errors += 1;
+        let start_model = run.as_ref().and_then(|run| run.model);
+        if known_model(model).is_some() || start_model.is_some() {
+            let model_index = self.models.index_for(known_model(model), start_model, &self.prices);
+            self.models.entries[model_index].errors += 1;
         }
     }
 
@@ -358,8 +361,19 @@ struct ModelTable {
 }
 
 impl ModelTable {
-    fn entry(&mut self, name: &str, prices: &Prices) -> &mut ModelStats {
-        let index = match self.index_by_name.get(name) {
+    /// The index of `named` (the event's own model), else of the run's start model `started`, else of
+    /// the unknown model. When both name the same model no name is hashed.
+    fn index_for(&mut self, named: Option<&str>, started: Option<usize>, prices: &Prices) -> usize {
+        match (named, started) {
+            (Some(name), Some(index)) if self.entries[index].name == name => index,
+            (Some(name), _) => self.index(name, prices),
+            (None, Some(index)) => index,
+            (None, None) => self.index(UNKNOWN_MODEL, prices),
+        }
+    }
+
+    fn index(&mut self, name: &str, prices: &Prices) -> usize {
+        match self.index_by_name.get(name) {
             Some(&index) => index,
             None => {
                 let index = self.entries.len();
@@ -379,15 +393,15 @@ impl ModelTable {
                 self.index_by_name.insert(name.to_owned(), index);
                 index
             }
-        };
-        &mut self.entries[index]
+        }
     }
 }
 
 #[derive(Debug)]
 struct OpenRun {
     start_ts: f64,
-    model: Option<String>,
+    /// The `ModelTable` index of the start's model, when it named one.
+    model: Option<usize>,
     /// Identifies this opening among `insertion_order` entries for the same run id.
     seq: u64,
 }
@@ -398,8 +412,9 @@ struct OpenRun {
 #[derive(Debug)]
 struct OpenRuns {
     capacity: usize,
-    runs: HashMap<String, OpenRun>,
-    insertion_order: VecDeque<(u64, String)>,
+    /// Keyed by run id; the key's one allocation is shared with its `insertion_order` entry.
+    runs: HashMap<Arc<str>, OpenRun>,
+    insertion_order: VecDeque<(u64, Arc<str>)>,
     stale_entries: usize,
     next_seq: u64,
 }
@@ -414,14 +429,15 @@ impl OpenRuns {
     }
 
     /// Opens (or reopens) `run_id` as the newest run; returns whether the oldest run was evicted.
-    fn open(&mut self, run_id: &str, start_ts: f64, model: Option<&str>) -> bool {
+    fn open(&mut self, run_id: &str, start_ts: f64, model: Option<usize>) -> bool {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let run = OpenRun { start_ts, model: model.map(str::to_owned), seq };
-        if self.runs.insert(run_id.to_owned(), run).is_some() {
+        let run = OpenRun { start_ts, model, seq };
+        let key: Arc<str> = Arc::from(run_id);
+        if self.runs.insert(Arc::clone(&key), run).is_some() {
             self.stale_entries += 1;
         }
-        self.insertion_order.push_back((seq, run_id.to_owned()));
+        self.insertion_order.push_back((seq, key));
         let evicted = self.runs.len() > self.capacity;
         if evicted {
             self.evict_oldest();
