@@ -17,7 +17,7 @@ pub struct TextScan {
     pub may_hold_token: bool,
 }
 
-pub fn needs_escape(byte: u8) -> bool {
+pub const fn needs_escape(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
@@ -89,11 +89,47 @@ unsafe fn next_special_sse2(bytes: &[u8], mut from: usize) -> usize {
     scan_chunks!(bytes, from, 16, _mm_loadu_si128, _mm_set1_epi8, _mm_max_epu8, _mm_cmpeq_epi8, _mm_or_si128, _mm_movemask_epi8)
 }
 
+const ESCAPE: u8 = 1;
+const PAIR_START: u8 = 2;
+
+/// Per byte value: whether JSON escapes it, and whether a pair of `P` starts with it (in either case when
+/// the pair folds case).
+struct ByteClasses<P>(std::marker::PhantomData<P>);
+
+impl<P: PatternStarts> ByteClasses<P> {
+    const TABLE: [u8; 256] = {
+        let mut table = [0u8; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            if needs_escape(byte as u8) {
+                table[byte] = ESCAPE;
+            }
+            byte += 1;
+        }
+        let mut pair = 0;
+        while pair < P::PAIRS.len() {
+            let first = P::PAIRS[pair][0];
+            table[first as usize] |= PAIR_START;
+            if P::FOLD_CASE[pair] {
+                table[first.to_ascii_uppercase() as usize] |= PAIR_START;
+            }
+            pair += 1;
+        }
+        table
+    };
+}
+
 fn scan_scalar<P: PatternStarts>(bytes: &[u8], from: usize) -> TextScan {
     let mut scan = TextScan { needs_escape: false, may_hold_token: false };
     for at in from..bytes.len() {
-        scan.needs_escape |= needs_escape(bytes[at]);
-        scan.may_hold_token = scan.may_hold_token || P::starts_at(bytes, at);
+        let class = ByteClasses::<P>::TABLE[bytes[at] as usize];
+        if class == 0 {
+            continue;
+        }
+        scan.needs_escape |= class & ESCAPE != 0;
+        if class & PAIR_START != 0 && !scan.may_hold_token {
+            scan.may_hold_token = P::starts_at(bytes, at);
+        }
     }
     scan
 }

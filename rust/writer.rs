@@ -433,6 +433,31 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_writer_polls_and_writes_the_last_lines_without_a_wake_or_an_interval() {
+        let path = temp_path("busy");
+        let config = WriterConfig { flush_interval: Duration::from_secs(60), buffer_bytes: 4096, ..config(true, 1 << 24) };
+        let writer = JsonlWriter::open(&path, config).unwrap();
+        let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(100));
+        let started = Instant::now();
+        let mut lines = 0;
+        // Long enough for the writer to find a full buffer at some wake, and so to poll.
+        while started.elapsed() < Duration::from_millis(200) {
+            writer.append(line.as_bytes()).unwrap();
+            lines += 1;
+        }
+        assert!(writer.shared.lock().writer_polls, "a writer that keeps finding full buffers polls");
+        // Fewer bytes than a buffer: no producer wakes the writer for them, and the interval is a minute away.
+        writer.append(line.as_bytes()).unwrap();
+        lines += 1;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&path).unwrap().lines().count() < lines && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), lines);
+        assert!(!writer.shared.lock().writer_polls, "a poll that finds less than a buffer puts the writer back to sleep");
+    }
+
+    #[test]
     fn drop_policy_counts_lines_it_drops() {
         let path = temp_path("drop");
         let writer = JsonlWriter::open(&path, config(false, 16)).unwrap();
