@@ -2,8 +2,8 @@
 //! by runtime CPU detection; every other CPU takes the scalar loop, which gives the same answers.
 
 /// The patterns a text scan looks for besides escapes: byte pairs one of which begins every pattern
-/// (lower-case letters in a pair with `FOLD_CASE` match either case), and the exact test of whether a
-/// pattern starts at an index, run only where a pair was found (and on the scalar path).
+/// (lower-case letters in a pair with `FOLD_CASE` match either case; so every pattern is at least two bytes
+/// long), and the exact test of whether a pattern starts at an index, run only where a pair was found.
 pub trait PatternStarts {
     const PAIRS: [[u8; 2]; 3];
     const FOLD_CASE: [bool; 3];
@@ -137,7 +137,7 @@ fn scan_scalar<P: PatternStarts>(bytes: &[u8], from: usize) -> TextScan {
 /// One pass over `bytes` for both questions of `TextScan`.
 pub fn scan_text<P: PatternStarts>(bytes: &[u8]) -> TextScan {
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() > 32 && std::arch::is_x86_feature_detected!("avx2") {
+    if bytes.len() >= 33 && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { scan_text_avx2::<P>(bytes) };
     }
@@ -158,11 +158,11 @@ unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
     let lower_case_bit = _mm256_set1_epi8(0x20);
     let mut specials = _mm256_setzero_si256();
     let mut may_hold_token = false;
-    let mut at = 0;
-    // Each chunk is compared with the chunk one byte further on too (hence the 33 bytes): only the rare
-    // places where a pair stands are looked at more closely.
-    while at + 33 <= bytes.len() {
-        // SAFETY: both unaligned loads read 32 bytes within `bytes` (`at + 1 + 32 <= len`).
+    // Each chunk is compared with the chunk one byte further on too (hence 33 bytes): only the rare places
+    // where a pair stands are looked at more closely. The last chunk overlaps the one before instead of
+    // leaving a tail to the scalar loop: seeing a byte twice changes neither answer.
+    let mut scan_chunk = |at: usize| {
+        // SAFETY: the caller passes `at + 33 <= len`, so both unaligned loads read 32 bytes within `bytes`.
         let (chunk, next) = unsafe {
             (_mm256_loadu_si256(bytes.as_ptr().add(at) as *const __m256i), _mm256_loadu_si256(bytes.as_ptr().add(at + 1) as *const __m256i))
         };
@@ -184,13 +184,18 @@ unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
                 candidates &= candidates - 1;
             }
         }
+    };
+    let mut at = 0;
+    while at + 33 <= bytes.len() {
+        scan_chunk(at);
         at += 32;
     }
-    let tail = scan_scalar::<P>(bytes, at);
-    TextScan {
-        needs_escape: _mm256_movemask_epi8(specials) != 0 || tail.needs_escape,
-        may_hold_token: may_hold_token || tail.may_hold_token,
+    if at + 1 < bytes.len() {
+        scan_chunk(bytes.len() - 33);
     }
+    // The last byte is in no chunk (each needs the byte after it) and starts no pattern, which all need more.
+    let last_escapes = needs_escape(bytes[bytes.len() - 1]);
+    TextScan { needs_escape: _mm256_movemask_epi8(specials) != 0 || last_escapes, may_hold_token }
 }
 
 #[cfg(test)]

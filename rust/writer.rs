@@ -440,10 +440,15 @@ mod tests {
         let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(100));
         let started = Instant::now();
         let mut lines = 0;
-        // Long enough for the writer to find a full buffer at some wake, and so to poll.
-        while started.elapsed() < Duration::from_millis(200) {
-            writer.append(line.as_bytes()).unwrap();
-            lines += 1;
+        // Until the writer has found a full buffer at one of its wakes, and so polls.
+        while !writer.shared.lock().writer_polls && started.elapsed() < Duration::from_secs(5) {
+            for _ in 0..1000 {
+                // As the sink does: a full buffer is written by the caller, then the line appended.
+                while writer.append(line.as_bytes()).unwrap() == Appended::MustWait {
+                    writer.make_room();
+                }
+                lines += 1;
+            }
         }
         assert!(writer.shared.lock().writer_polls, "a writer that keeps finding full buffers polls");
         // Fewer bytes than a buffer: no producer wakes the writer for them, and the interval is a minute away.
@@ -455,6 +460,8 @@ mod tests {
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), lines);
         assert!(!writer.shared.lock().writer_polls, "a poll that finds less than a buffer puts the writer back to sleep");
+        drop(writer);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
