@@ -304,14 +304,14 @@ impl EventTarget for PyDispatcher {
     }
 
     #[inline]
-    fn fire<'py>(&self, py: Python<'py>, kind: EventKind, args: &[Bound<'py, PyAny>], keywords: &EventKeywords<'py>) -> PyResult<()> {
+    fn fire<'py>(&self, py: Python<'py>, kind: EventKind, args: &[Bound<'py, PyAny>], keywords: &EventKeywords<'_, 'py>) -> PyResult<()> {
         self.inner.fire(
             py,
             kind,
             args,
-            keywords.run_id.as_ref(),
-            keywords.parent_run_id.as_ref(),
-            keywords.model.as_ref(),
+            keywords.run_id,
+            keywords.parent_run_id,
+            keywords.model,
             keywords.timestamp,
             keywords.extra.as_ref(),
         )

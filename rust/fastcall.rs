@@ -27,12 +27,12 @@ const _: () = {
     }
 };
 
-/// The keyword arguments of one event call, sorted into context fields and extras.
+/// The keyword arguments of one event call, sorted into context fields and extras; borrowed from the call.
 #[derive(Default)]
-pub struct EventKeywords<'py> {
-    pub run_id: Option<Bound<'py, PyAny>>,
-    pub parent_run_id: Option<Bound<'py, PyAny>>,
-    pub model: Option<Bound<'py, PyString>>,
+pub struct EventKeywords<'a, 'py> {
+    pub run_id: Option<&'a Bound<'py, PyAny>>,
+    pub parent_run_id: Option<&'a Bound<'py, PyAny>>,
+    pub model: Option<&'a Bound<'py, PyString>>,
     pub timestamp: Option<f64>,
     pub extra: Option<Bound<'py, PyDict>>,
 }
@@ -42,7 +42,7 @@ pub trait EventTarget: PyClass<Frozen = True> + Sync {
     /// Where this class's method definitions are kept, made on first use.
     fn method_definitions() -> &'static MethodDefinitions;
 
-    fn fire<'py>(&self, py: Python<'py>, kind: EventKind, args: &[Bound<'py, PyAny>], keywords: &EventKeywords<'py>) -> PyResult<()>;
+    fn fire<'py>(&self, py: Python<'py>, kind: EventKind, args: &[Bound<'py, PyAny>], keywords: &EventKeywords<'_, 'py>) -> PyResult<()>;
 
     /// An event refused at the call (a bad timestamp), for the metrics to count.
     fn rejected(&self, py: Python<'_>) -> PyResult<()>;
@@ -124,14 +124,6 @@ enum ContextKeyword {
     Timestamp,
 }
 
-fn not_none(value: Bound<'_, PyAny>) -> Option<Bound<'_, PyAny>> {
-    if value.is_none() {
-        None
-    } else {
-        Some(value)
-    }
-}
-
 /// Which context keyword `name` is, or the name itself when it is none of them. Callers' keyword names
 /// are interned by CPython, so pointer identity settles nearly every name without reading it; comparing
 /// text is the fallback for names built at run time.
@@ -174,56 +166,58 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
             spec.args
         )));
     }
-    let mut args: [Option<Bound<'py, PyAny>>; MAX_ARGS] = std::array::from_fn(|_| None);
-    for (slot, value) in args.iter_mut().zip(&values[..positional]) {
-        *slot = Some(value.clone());
-    }
+    // Arguments passed by name, by position in the event's arguments.
+    let mut named_args: [Option<&Bound<'py, PyAny>>; MAX_ARGS] = [None; MAX_ARGS];
     let mut keywords = EventKeywords::default();
     let mut timestamp = None;
     if let Some(kwnames) = kwnames {
         let names = context_names(py);
-        for (name, value) in kwnames.iter_borrowed().zip(&values[positional..]) {
-            let value = value.clone();
+        for (name, passed) in kwnames.iter_borrowed().zip(&values[positional..]) {
+            let value = Some(passed).filter(|value| !value.is_none());
             match context_keyword(names, name)? {
-                Ok(ContextKeyword::RunId) => keywords.run_id = not_none(value),
-                Ok(ContextKeyword::ParentRunId) => keywords.parent_run_id = not_none(value),
+                Ok(ContextKeyword::RunId) => keywords.run_id = value,
+                Ok(ContextKeyword::ParentRunId) => keywords.parent_run_id = value,
                 Ok(ContextKeyword::Model) => {
-                    keywords.model = match not_none(value) {
+                    keywords.model = match value {
                         None => None,
                         Some(model) => Some(
                             model
-                                .cast_into::<PyString>()
+                                .cast::<PyString>()
                                 .map_err(|_| PyTypeError::new_err(format!("on_{hook}(): model must be a str or None")))?,
                         ),
                     }
                 }
-                Ok(ContextKeyword::Timestamp) => timestamp = Some(value),
+                Ok(ContextKeyword::Timestamp) => timestamp = value,
                 Err(name) => match spec.args.iter().position(|arg| name == *arg) {
-                    Some(position) if args[position].is_some() => {
+                    Some(position) if position < positional || named_args[position].is_some() => {
                         return Err(PyTypeError::new_err(format!(
                             "on_{hook}() got multiple values for argument {:?}",
                             spec.args[position]
                         )));
                     }
-                    Some(position) => args[position] = Some(value),
-                    None => keywords.extra.get_or_insert_with(|| PyDict::new(py)).set_item(name, value)?,
+                    Some(position) => named_args[position] = Some(passed),
+                    None => keywords.extra.get_or_insert_with(|| PyDict::new(py)).set_item(name, passed)?,
                 },
             }
         }
     }
-    let none = py.None().into_bound(py);
-    let mut event_args: [Bound<'py, PyAny>; MAX_ARGS] = std::array::from_fn(|_| none.clone());
-    for ((target, value), name) in event_args.iter_mut().zip(args).zip(spec.args) {
-        *target = value.ok_or_else(|| PyTypeError::new_err(format!("on_{hook}() missing required argument {name:?}")))?;
+    if let Some(missing) = (positional..spec.args.len()).find(|&index| named_args[index].is_none()) {
+        return Err(PyTypeError::new_err(format!("on_{hook}() missing required argument {:?}", spec.args[missing])));
     }
-    keywords.timestamp = match checked_timestamp(py, hook, timestamp.as_ref()) {
+    keywords.timestamp = match checked_timestamp(py, hook, timestamp) {
         Ok(timestamp) => timestamp,
         Err(error) => {
             target.rejected(py)?;
             return Err(error);
         }
     };
-    target.fire(py, kind, &event_args[..spec.args.len()], &keywords)
+    if positional == spec.args.len() {
+        // The common call: every argument by position, handed on as CPython passed them.
+        return target.fire(py, kind, &values[..positional], &keywords);
+    }
+    let event_args: Vec<Bound<'py, PyAny>> =
+        values[..positional].iter().chain(named_args[positional..spec.args.len()].iter().flatten().copied()).cloned().collect();
+    target.fire(py, kind, &event_args, &keywords)
 }
 
 unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
