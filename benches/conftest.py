@@ -16,6 +16,7 @@ Two kinds of tests:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -79,10 +80,16 @@ def rows_by_case(bench_cfg: bench.Config) -> Callable[[list[bench.Row]], RowsByC
     return lambda rows: _by_case(rows, bench_cfg)
 
 
+def _interleaved(cfg: bench.Config, names: Sequence[str], min_repeats: int) -> RowsByCase:
+    run_cfg = dataclasses.replace(cfg, repeats=max(cfg.repeats, min_repeats))
+    return _by_case(bench.run_cases(names, run_cfg), run_cfg)
+
+
 @pytest.fixture(scope="session")
-def interleaved(bench_cfg: bench.Config) -> Callable[[Sequence[str]], RowsByCase]:
-    """``interleaved(case_names)``: measure those cases in one run (``bench.run_cases``), rows by case and key."""
-    return lambda names: _by_case(bench.run_cases(names, bench_cfg), bench_cfg)
+def interleaved(bench_cfg: bench.Config) -> Callable[..., RowsByCase]:
+    """``interleaved(case_names, min_repeats=1)``: measure those cases in one run (``bench.run_cases``), with at
+    least ``min_repeats`` batches per implementation (even with --bench-quick); rows by case and key."""
+    return lambda names, min_repeats=1: _interleaved(bench_cfg, names, min_repeats)
 
 
 @dataclass(frozen=True)

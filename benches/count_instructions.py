@@ -1,6 +1,7 @@
 """Instructions per event under callgrind: ratios that do not move with the machine's noise.
 
     python benches/count_instructions.py            # needs valgrind (apt-get install valgrind)
+    python benches/count_instructions.py --only fan-out    # the rows whose label starts with "fan-out"
 
 Each implementation runs twice in a fresh interpreter under ``valgrind --tool=callgrind``, with 0 and with N
 events and a fixed hash seed; the difference divided by the events is its user-space instructions per event
@@ -87,6 +88,8 @@ def instructions(case: str, implementation: str, count: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", metavar="PREFIX", default="",
+                        help="count only the implementations whose label starts with PREFIX (e.g. pair, fan-out)")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "IMPLEMENTATION", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -96,11 +99,14 @@ def main() -> int:
     per_event: dict[str, float] = {}
     print("| implementation | instructions/event | × rlm_toolkit (rust) |\n|---|---:|---:|")
     for label, (case, implementation) in CASES.items():
+        if not label.startswith(args.only):
+            continue
         events = 2 * PAIRS if case == "pair" else EVENTS
         count = PAIRS if case == "pair" else EVENTS
         per_event[label] = (instructions(case, implementation, count) - instructions(case, implementation, 0)) / events
-        reference = per_event[f"{label.split(':')[0]}: rlm_toolkit (rust)"]
-        print(f"| {label} | {per_event[label]:,.0f} | {per_event[label] / reference:.2f} |", flush=True)
+        reference = per_event.get(f"{label.split(':')[0]}: rlm_toolkit (rust)")
+        ratio = "—" if reference is None else f"{per_event[label] / reference:.2f}"
+        print(f"| {label} | {per_event[label]:,.0f} | {ratio} |", flush=True)
     return 0
 
 

@@ -32,10 +32,18 @@ def test_report_shows_figures_and_ratios_only(tmp_path: Path, capsys: pytest.Cap
     rows_path = tmp_path / "rows.json"
     assert bench.main(["--quick", "--repeats", "1", "--cases", "fanout-1,pair", "--json", str(rows_path)]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0] == "| case | implementation | ns/event | events/s | × rust | spread | note |"
+    assert table.splitlines()[0] == ("| case | implementation | ns/event | CPU ns/event | events/s | × rust | spread "
+                                     "| max/min | note |")
     for verdict_word in ("pass", "fail", "target", "issue"):
         assert verdict_word not in table.lower()
-    assert sorted(json.loads(rows_path.read_text())) == ["config", "environment", "loop_overhead_ns", "rows"]
+    payload = json.loads(rows_path.read_text())
+    assert sorted(payload) == ["config", "environment", "loop_overhead_ns", "rows"]
+    measured = [row for row in payload["rows"] if row["skipped"] is None]
+    assert [row["key"] for row in measured if row["case"] == "pair"][-1] == "floor"
+    for row in measured:
+        assert len(row["cpu_samples"]) == len(row["samples"]) == 1
+        assert row["cpu_ns_per_event"] == row["cpu_samples"][0] > 0
+        assert row["max_over_min"] is None  # one batch: no steadiness figure
 
 
 def test_missing_competitors_are_skipped_with_the_extra_named(tmp_path: Path) -> None:

@@ -62,11 +62,17 @@ class Row:
     """Short id of the implementation within the case (``rust``, ``python``, ``json``, ``langchain`` ...)."""
     impl: str
     ns_per_event: float | None = None
+    """Median wall-clock ns per event over the batches."""
     events_per_s: float | None = None
     ratio: float | None = None
     """ns/event divided by that of the case's reference row (this package's Rust backend)."""
+    cpu_ns_per_event: float | None = None
+    """Median whole-process CPU ns per event over the batches (every thread, a log's writer thread included)."""
     note: str = ""
     samples: list[float] = field(default_factory=list)
+    """Wall-clock ns per event of each batch."""
+    cpu_samples: list[float] = field(default_factory=list)
+    """Whole-process CPU ns per event of each batch (same order as ``samples``; empty when not measured)."""
     reference: bool = False
     skipped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +90,14 @@ class Row:
             return None
         median = statistics.median(self.samples)
         return (min(self.samples) / median - 1) * 100, (max(self.samples) / median - 1) * 100
+
+    @property
+    def max_over_min(self) -> float | None:
+        """The slowest sample divided by the fastest: how steady the repeats are (None with fewer than 2)."""
+        if len(self.samples) < 2 or min(self.samples) <= 0:
+            return None
+        return max(self.samples) / min(self.samples)
+
 
 
 def fill_ratios(rows: list[Row]) -> None:

@@ -6,13 +6,14 @@ from collections.abc import Iterable
 
 from .base import Case, Config
 from .fanout import FANOUT_SIZES, fanout_contenders, one_of_16_contenders
-from .pair import add_throughput_notes, jsonl_contenders, pair_contenders
+from .pair import add_throughput_notes, jsonl_contenders, metrics_contenders, pair_contenders
 from .tokens import token_contenders
 
 CASE_GROUPS: dict[str, tuple[str, ...]] = {
     "fanout": tuple(f"fanout-{n}" for n in FANOUT_SIZES),
     "one-of-16": ("one-of-16",),
     "pair": ("pair",),
+    "metrics": ("metrics",),
     "tokens": ("tokens",),
     "get-metrics": ("get-metrics",),
     "rss": ("rss",),
@@ -24,6 +25,7 @@ CASE_TITLES: dict[str, str] = {
     **{f"fanout-{n}": f"on_llm_start fan-out to {n} Python handler{'s' if n > 1 else ''}" for n in FANOUT_SIZES},
     "one-of-16": "16 handlers registered, 1 overrides on_llm_start (vs 1 handler)",
     "pair": "Metrics + FileLog callbacks: llm start+end (200/300 chars), log close timed",
+    "metrics": "MetricsCallback alone: the pair's llm start+end",
     "tokens": "on_llm_new_token to a StreamingCallback",
     "get-metrics": "get_metrics() latency after the feed (ns per call)",
     "rss": "resident memory growth over the feed (metrics + JSONL)",
@@ -66,6 +68,8 @@ def micro_cases(cfg: Config, names: Iterable[str] | None = None) -> dict[str, Ca
                                   bench_n=20_000 // scale)
     if "pair" in wanted:
         cases["pair"] = Case("pair", CASE_TITLES["pair"], pair_contenders(cfg), fixed_n=cfg.pair_n)
+    if "metrics" in wanted:
+        cases["metrics"] = Case("metrics", CASE_TITLES["metrics"], metrics_contenders(), bench_n=cfg.pair_n)
     if "tokens" in wanted:
         cases["tokens"] = Case("tokens", CASE_TITLES["tokens"] + f" ({cfg.token_n:,} tokens per batch)",
                                token_contenders(), fixed_n=cfg.token_n, repeats=cfg.token_repeats)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             handle.write(table)
     if args.json:
         payload = {"config": asdict(cfg), "environment": env, "loop_overhead_ns": loop_ns,
-                   "rows": [asdict(row) for row in rows]}
+                   "rows": [{**asdict(row), "max_over_min": row.max_over_min} for row in rows]}
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2, default=str)
     if args.chart:

@@ -1,6 +1,8 @@
 """The pair/JSONL path: ``MetricsCallback`` + ``FileLogCallback`` for LLM start+end pairs against the same
-work in plain Python, orjson and langchain-core (``pair``), and the JSONL throughput of ``FileLogCallback``
-against raw buffered writes of the same bytes (``jsonl``). Every batch includes closing the log."""
+work in plain Python, orjson and langchain-core, and against the floor of writing the log's own bytes
+(``pair``); ``MetricsCallback`` alone on the same events (``metrics``); and the JSONL throughput of
+``FileLogCallback`` against raw buffered writes of the same bytes (``jsonl``). Every batch that writes a log
+includes closing it."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from .competitors import PlainJsonPair, PlainOrjsonPair, langchain_pair
 
 PAIR_PROMPT_CHARS = 200
 PAIR_RESPONSE_CHARS = 300
+FLOOR_LABEL = "floor: the pair's own output lines, pre-encoded, one write per event (64 KiB buffer)"
 
 
 def pair_payload() -> tuple[str, LLMResponse]:
@@ -58,6 +61,55 @@ def _cached_ids() -> Callable[[int], list[str]]:
         return cache[n]
 
     return ids
+
+
+def _log_bytes(cfg: Config, ids: Callable[[int], list[str]]) -> Callable[[int], bytes]:
+    """``log_bytes(n)``: the bytes FileLogCallback (Rust) writes for the pairs of ``ids(n)`` (made once per n)."""
+    prompt, response = pair_payload()
+    cache: dict[int, bytes] = {}
+
+    def log_bytes(n: int) -> bytes:
+        if n not in cache:
+            path = temp_path(cfg, "log-bytes")
+            log = FileLogCallback(path, backend="rust")
+            _fire_pairs(CallbackManager([log], backend="rust"), log, ids(n), prompt, response, MODEL)
+            with open(path, "rb") as handle:
+                cache[n] = handle.read()
+            remove(path)
+        return cache[n]
+
+    return log_bytes
+
+
+def _raw_write(cfg: Config, key: str, label: str, log_bytes: Callable[[int], bytes], *, chunked: bool,
+               note: str = "") -> Contender:
+    """Write ``log_bytes(n)`` to a new file opened with a 64 KiB buffer, in 64 KiB chunks or one ``write``
+    per line (one per event), and close it: what writing the log costs without producing it."""
+
+    def setup(n: int) -> Any:
+        data = log_bytes(n)
+        pieces: list[Any]
+        if chunked:
+            view = memoryview(data)
+            pieces = [view[i:i + WRITE_BUFFER] for i in range(0, len(data), WRITE_BUFFER)]
+        else:
+            pieces = data.splitlines(keepends=True)
+            expect(len(pieces), 2 * n, "log lines")
+        return {"pieces": pieces, "size": len(data), "path": temp_path(cfg, f"raw-{key}")}
+
+    def run(state: Any) -> None:
+        with open(state["path"], "wb", buffering=WRITE_BUFFER) as handle:
+            write = handle.write
+            for piece in state["pieces"]:
+                write(piece)
+
+    def teardown(state: Any) -> None:
+        try:
+            expect(os.path.getsize(state["path"]), state["size"], "bytes written")
+        finally:
+            remove(state["path"])
+
+    return Contender(key, label, setup, run, teardown, events_per_op=2, note=note)
 
 
 def pair_contenders(cfg: Config) -> list[Contender]:
@@ -115,24 +167,40 @@ def pair_contenders(cfg: Config) -> list[Contender]:
             plain("json", "plain Python: json.dumps + buffered text write", PlainJsonPair),
             Contender("orjson", orjson_label, skip=orjson_skip) if orjson_skip
             else plain("orjson", orjson_label, PlainOrjsonPair),
-            langchain_pair(cfg, prompt, response)]
+            langchain_pair(cfg, prompt, response),
+            _raw_write(cfg, "floor", FLOOR_LABEL, _log_bytes(cfg, ids), chunked=False,
+                       note="the log's bytes alone, no metrics")]
+
+
+def metrics_contenders() -> list[Contender]:
+    """``MetricsCallback`` alone through a ``CallbackManager``: the pair's start+end, no log."""
+    prompt, response = pair_payload()
+    model = MODEL
+    ids = _cached_ids()
+
+    def ours(backend: str) -> Contender:
+        def setup(n: int) -> Any:
+            metrics = MetricsCallback(backend=backend)
+            return {"ids": ids(n), "metrics": metrics, "manager": CallbackManager([metrics], backend=backend)}
+
+        def run(state: Any) -> None:
+            manager = state["manager"]
+            for run_id in state["ids"]:
+                manager.on_llm_start(prompt, run_id=run_id, model=model)
+                manager.on_llm_end(response, run_id=run_id, model=model)
+
+        def teardown(state: Any) -> None:
+            expect(state["metrics"].get_metrics()["completed_calls"], len(state["ids"]), "completed calls")
+
+        return Contender(backend, f"rlm_toolkit MetricsCallback ({backend})", setup, run, teardown, events_per_op=2)
+
+    return [ours("rust"), ours("python")]
 
 
 def jsonl_contenders(cfg: Config) -> list[Contender]:
     prompt, response = pair_payload()
     ids = _cached_ids()
-    bytes_cache: dict[int, bytes] = {}
-
-    def produced_bytes(n: int) -> bytes:
-        """The bytes FileLogCallback (Rust) writes for ``n`` pairs: what the raw writers write."""
-        if n not in bytes_cache:
-            path = temp_path(cfg, "jsonl-source")
-            log = FileLogCallback(path, backend="rust")
-            _fire_pairs(CallbackManager([log], backend="rust"), log, ids(n), prompt, response, MODEL)
-            with open(path, "rb") as handle:
-                bytes_cache[n] = handle.read()
-            remove(path)
-        return bytes_cache[n]
+    log_bytes = _log_bytes(cfg, ids)
 
     def ours(backend: str) -> Contender:
         def setup(n: int) -> Any:
@@ -151,34 +219,11 @@ def jsonl_contenders(cfg: Config) -> list[Contender]:
 
         return Contender(backend, f"rlm_toolkit FileLogCallback ({backend})", setup, run, teardown, events_per_op=2)
 
-    def raw(key: str, label: str, chunked: bool) -> Contender:
-        def setup(n: int) -> Any:
-            data = produced_bytes(n)
-            pieces: list[Any]
-            if chunked:
-                view = memoryview(data)
-                pieces = [view[i:i + WRITE_BUFFER] for i in range(0, len(data), WRITE_BUFFER)]
-            else:
-                pieces = data.splitlines(keepends=True)
-            return {"n": n, "pieces": pieces, "size": len(data), "path": temp_path(cfg, f"jsonl-{key}")}
-
-        def run(state: Any) -> None:
-            with open(state["path"], "wb", buffering=WRITE_BUFFER) as handle:
-                write = handle.write
-                for piece in state["pieces"]:
-                    write(piece)
-
-        def teardown(state: Any) -> None:
-            try:
-                expect(os.path.getsize(state["path"]), state["size"], "bytes written")
-            finally:
-                remove(state["path"])
-
-        return Contender(key, label, setup, run, teardown, events_per_op=2)
-
     return [ours("rust"), ours("python"),
-            raw("raw-chunks", "raw buffered write of the same bytes, 64 KiB chunks", True),
-            raw("raw-lines", "raw buffered write of the same bytes, one line per write", False)]
+            _raw_write(cfg, "raw-chunks", "raw buffered write of the same bytes, 64 KiB chunks", log_bytes,
+                       chunked=True),
+            _raw_write(cfg, "raw-lines", "raw buffered write of the same bytes, one line per write", log_bytes,
+                       chunked=False)]
 
 
 _BYTES_PER_EVENT: list[float] = []

@@ -1,5 +1,5 @@
-"""The results as a markdown table (ns/event, events/s, ratio to this package's Rust backend, spread) and, with
-matplotlib, a PNG bar chart."""
+"""The results as a markdown table (ns/event, CPU ns/event, events/s, ratio to this package's Rust backend,
+spread, max/min) and, with matplotlib, a PNG bar chart."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ def _fmt_spread(row: Row) -> str:
     return f"{low:+.1f}% / {high:+.1f}%"
 
 
+def _fmt_max_over_min(row: Row) -> str:
+    steadiness = row.max_over_min
+    return "—" if steadiness is None else f"{steadiness:.2f}"
+
+
 def _version(dist: str) -> str | None:
     try:
         return version(dist)
@@ -68,20 +73,23 @@ def environment() -> dict[str, Any]:
 
 def render_markdown(rows: list[Row], cfg: Config, *, loop_ns: float | None = None,
                     env: dict[str, Any] | None = None) -> str:
-    lines = ["| case | implementation | ns/event | events/s | × rust | spread | note |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| case | implementation | ns/event | CPU ns/event | events/s | × rust | spread | max/min | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         ratio = "—" if row.ratio is None else ("1 (ref)" if row.reference else f"{row.ratio:.2f}")
         impl = f"**{row.impl}**" if row.reference else row.impl
         note = row.note.replace("|", "\\|")
-        lines.append(f"| {row.case} | {impl} | {fmt_num(row.ns_per_event)} | {_fmt_rate(row.events_per_s)} | "
-                     f"{ratio} | {_fmt_spread(row)} | {note} |")
+        lines.append(f"| {row.case} | {impl} | {fmt_num(row.ns_per_event)} | {fmt_num(row.cpu_ns_per_event)} | "
+                     f"{_fmt_rate(row.events_per_s)} | {ratio} | {_fmt_spread(row)} | {_fmt_max_over_min(row)} | "
+                     f"{note} |")
     lines.append("")
     lines.append(f"Medians of {cfg.repeats} interleaved batches per implementation"
                  f"{' (--quick sizes)' if cfg.quick else ''}. `× rust` = ns/event ÷ the Rust backend's in the same "
-                 "case (above 1: the Rust backend is that many times faster). `spread` = the fastest and the "
-                 "slowest batch against the median. get-metrics and rlm-call rows are ns per call; the rss row's "
-                 "ns/event is the feed rate.")
+                 "case (above 1: the Rust backend is that many times faster). `CPU ns/event` = the whole process's "
+                 "CPU time per event over the same batches, every thread included (above ns/event: other threads, "
+                 "such as the JSONL writer, worked alongside the caller). `spread` = the fastest and the slowest "
+                 "batch against the median; `max/min` = the slowest batch ÷ the fastest. get-metrics and rlm-call "
+                 "rows are ns per call; the rss row's ns/event is the feed rate.")
     if loop_ns is not None:
         lines.append(f"Every row includes the driving `for` loop: {loop_ns:.1f} ns per iteration here.")
     if env:

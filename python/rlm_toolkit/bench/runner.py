@@ -3,7 +3,9 @@
 The contenders of a micro case run interleaved in this one process: one batch each, in an order that rotates
 every repeat, with the cyclic garbage collector paused during timed batches (``time.perf_counter_ns``
 around ``run`` only); each row reports the median ns/event over the repeats and keeps every sample (the
-spread). Batch sizes are fixed per case or calibrated per contender to ``Config.batch_ms``. The outer ``for``
+spread). Around the same ``run``, ``time.process_time_ns`` gives the whole process's CPU time (every thread:
+a log's writer thread counts, and its work is finished by the close inside ``run``), reported as the median
+CPU ns/event. Batch sizes are fixed per case or calibrated per contender to ``Config.batch_ms``. The outer ``for``
 loop that drives the calls is included in every row alike (``loop_overhead_ns`` measures it).
 """
 
@@ -24,30 +26,33 @@ from .metrics import FeedResult, feed, get_metrics_rows, rss_rows
 from .rlm_call import rlm_call_rows
 
 
-def time_batch(contender: Contender, n: int) -> int:
-    """One batch of ``n`` operations; returns the elapsed ns of ``run`` (setup/teardown untimed)."""
+def time_batch(contender: Contender, n: int) -> tuple[int, int]:
+    """One batch of ``n`` operations; returns the wall-clock ns and the whole-process CPU ns of ``run``
+    (setup/teardown untimed)."""
     assert contender.setup is not None and contender.run is not None
     state = contender.setup(n)
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
+        cpu_start = time.process_time_ns()
         start = time.perf_counter_ns()
         contender.run(state)
         elapsed = time.perf_counter_ns() - start
+        cpu = time.process_time_ns() - cpu_start
     finally:
         if was_enabled:
             gc.enable()
     if contender.teardown is not None:
         contender.teardown(state)
-    return elapsed
+    return elapsed, cpu
 
 
 def _calibrate(contender: Contender, target_ns: float, cap: int) -> int:
     """A batch size taking about ``target_ns``; the runs made here also warm the contender up."""
     n = 64
     while True:
-        elapsed = time_batch(contender, n)
+        elapsed, _ = time_batch(contender, n)
         if elapsed >= target_ns / 8 or n >= cap:
             break
         n = min(cap, n * 8)
@@ -69,6 +74,7 @@ def measure_case(case: Case, cfg: Config, *, progress: bool = False) -> list[Row
         except Exception as error:  # a broken competitor must not stop the suite
             errors[contender.key] = f"{type(error).__name__}: {error}"
     samples: dict[str, list[float]] = {c.key: [] for c in live}
+    cpu_samples: dict[str, list[float]] = {c.key: [] for c in live}
     repeats = case.repeats or cfg.repeats
     runnable = [c for c in live if c.key not in errors]
     for repeat in range(repeats):
@@ -80,11 +86,13 @@ def measure_case(case: Case, cfg: Config, *, progress: bool = False) -> list[Row
                 continue
             n = sizes[contender.key]
             try:
-                elapsed = time_batch(contender, n)
+                elapsed, cpu = time_batch(contender, n)
             except Exception as error:
                 errors[contender.key] = f"{type(error).__name__}: {error}"
                 continue
-            samples[contender.key].append(elapsed / (n * contender.events_per_op))
+            events = n * contender.events_per_op
+            samples[contender.key].append(elapsed / events)
+            cpu_samples[contender.key].append(cpu / events)
     rows: list[Row] = []
     for contender in case.contenders:
         row = Row(case.name, contender.key, contender.impl, note=contender.note, reference=contender.key == "rust")
@@ -95,6 +103,8 @@ def measure_case(case: Case, cfg: Config, *, progress: bool = False) -> list[Row
         else:
             row.samples = samples[contender.key]
             row.ns_per_event = statistics.median(row.samples)
+            row.cpu_samples = cpu_samples[contender.key]
+            row.cpu_ns_per_event = statistics.median(row.cpu_samples)
             row.events_per_s = 1e9 / row.ns_per_event
             row.extra["ops_per_batch"] = sizes[contender.key]
         rows.append(row)
