@@ -161,37 +161,45 @@ unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
     // Each chunk is compared with the chunk one byte further on too (hence 33 bytes): only the rare places
     // where a pair stands are looked at more closely. The last chunk overlaps the one before instead of
     // leaving a tail to the scalar loop: seeing a byte twice changes neither answer.
-    let mut scan_chunk = |at: usize| {
-        // SAFETY: the caller passes `at + 33 <= len`, so both unaligned loads read 32 bytes within `bytes`.
-        let (chunk, next) = unsafe {
-            (_mm256_loadu_si256(bytes.as_ptr().add(at) as *const __m256i), _mm256_loadu_si256(bytes.as_ptr().add(at + 1) as *const __m256i))
-        };
-        let is_control = _mm256_cmpeq_epi8(_mm256_max_epu8(chunk, last_control), last_control);
-        let is_special = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, quote), _mm256_cmpeq_epi8(chunk, backslash)), is_control);
-        specials = _mm256_or_si256(specials, is_special);
-        if !may_hold_token {
-            let (chunk_lower, next_lower) = (_mm256_or_si256(chunk, lower_case_bit), _mm256_or_si256(next, lower_case_bit));
-            let mut pairs_found = _mm256_setzero_si256();
-            for pair in 0..P::PAIRS.len() {
-                // A constant per pair: the compiler keeps only one side of each choice.
-                let (chunk, next) = if P::FOLD_CASE[pair] { (chunk_lower, next_lower) } else { (chunk, next) };
-                let found = _mm256_and_si256(_mm256_cmpeq_epi8(chunk, firsts[pair]), _mm256_cmpeq_epi8(next, seconds[pair]));
-                pairs_found = _mm256_or_si256(pairs_found, found);
+    // A macro, not a closure: the body must be inlined in both places for the vector registers to stay.
+    macro_rules! scan_chunk {
+        ($at:expr) => {{
+            let at: usize = $at;
+            // SAFETY: the caller passes `at + 33 <= len`, so both unaligned loads read 32 bytes within `bytes`.
+            let (chunk, next) = unsafe {
+                (
+                    _mm256_loadu_si256(bytes.as_ptr().add(at) as *const __m256i),
+                    _mm256_loadu_si256(bytes.as_ptr().add(at + 1) as *const __m256i),
+                )
+            };
+            let is_control = _mm256_cmpeq_epi8(_mm256_max_epu8(chunk, last_control), last_control);
+            let is_special =
+                _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, quote), _mm256_cmpeq_epi8(chunk, backslash)), is_control);
+            specials = _mm256_or_si256(specials, is_special);
+            if !may_hold_token {
+                let (chunk_lower, next_lower) = (_mm256_or_si256(chunk, lower_case_bit), _mm256_or_si256(next, lower_case_bit));
+                let mut pairs_found = _mm256_setzero_si256();
+                for pair in 0..P::PAIRS.len() {
+                    // A constant per pair: the compiler keeps only one side of each choice.
+                    let (chunk, next) = if P::FOLD_CASE[pair] { (chunk_lower, next_lower) } else { (chunk, next) };
+                    let found = _mm256_and_si256(_mm256_cmpeq_epi8(chunk, firsts[pair]), _mm256_cmpeq_epi8(next, seconds[pair]));
+                    pairs_found = _mm256_or_si256(pairs_found, found);
+                }
+                let mut candidates = _mm256_movemask_epi8(pairs_found) as u32;
+                while candidates != 0 && !may_hold_token {
+                    may_hold_token = P::starts_at(bytes, at + candidates.trailing_zeros() as usize);
+                    candidates &= candidates - 1;
+                }
             }
-            let mut candidates = _mm256_movemask_epi8(pairs_found) as u32;
-            while candidates != 0 && !may_hold_token {
-                may_hold_token = P::starts_at(bytes, at + candidates.trailing_zeros() as usize);
-                candidates &= candidates - 1;
-            }
-        }
-    };
+        }};
+    }
     let mut at = 0;
     while at + 33 <= bytes.len() {
-        scan_chunk(at);
+        scan_chunk!(at);
         at += 32;
     }
     if at + 1 < bytes.len() {
-        scan_chunk(bytes.len() - 33);
+        scan_chunk!(bytes.len() - 33);
     }
     // The last byte is in no chunk (each needs the byte after it) and starts no pattern, which all need more.
     let last_escapes = needs_escape(bytes[bytes.len() - 1]);
