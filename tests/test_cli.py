@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import openai
 import pytest
 
 import rlm_toolkit
-from rlm_toolkit.cli import main
+from rlm_toolkit.cli import _parser, main
 from rlm_toolkit.server import LocalServer
 
 PACKAGE_PARENT = str(Path(rlm_toolkit.__file__).resolve().parent.parent)
@@ -57,9 +58,20 @@ def test_demo_against_a_base_url_skips_the_injected_retry(server: LocalServer, t
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--base-url", server.base_url, "--log", str(tmp_path / "log.jsonl")]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"Using the endpoint {server.base_url} (--base-url) with model 'gpt-4o-mini'"
     assert "embedded local server" not in out
     assert "(skipped: a 429 can only be injected into the local server)" in out
     assert "total calls" in out
+
+
+def test_demo_with_openai_base_url_names_that_endpoint_first(server: LocalServer, monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    assert main(["demo", "--model", "gpt-4o", "--log", str(tmp_path / "log.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"Using the endpoint {server.base_url} ($OPENAI_BASE_URL) with model 'gpt-4o'"
+    assert {request["model"] for request in server.requests} == {"gpt-4o"}
 
 
 def test_run_prints_the_answer(server: LocalServer, no_openai_env: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,6 +100,8 @@ def test_run_streams_and_logs(server: LocalServer, no_openai_env: None, tmp_path
     (["run", "hi", "--base-url", "{server}", "--model", "gpt-9"],
      "model 'gpt-9' not found at {server}; check the model name"),
     (["run", "hi", "--base-url", "{server}", "--log", "/proc/no/such/dir/log.jsonl"], "cannot create the folder"),
+    (["run", "hi", "--base-url", "{server}", "--model", ""],
+     "model must be the model's name as a non-empty str, such as 'gpt-4o-mini'; got ''"),
 ])
 def test_user_errors_are_one_line_with_exit_status_2(server: LocalServer, no_openai_env: None,
                                                      capsys: pytest.CaptureFixture[str], arguments: list[str],
@@ -118,3 +132,64 @@ def test_serve_runs_a_server_the_openai_client_can_use() -> None:
             assert answer.choices[0].message.content == "Hello! You said: ping"
         finally:
             serving.terminate()
+
+
+# -- options and help ---------------------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"rlm-toolkit {rlm_toolkit.__version__}\n"
+
+
+def test_serve_help_describes_it_and_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Run the embedded OpenAI-compatible server in the foreground" in out
+    assert "--host HOST address to listen on (default: 127.0.0.1)" in out
+    assert "--port PORT port to listen on; 0 picks a free one (default: 8000)" in out
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    (commands,) = [action for action in _parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    undocumented = {
+        name: [action.dest for action in command._actions if not action.help or action.help == argparse.SUPPRESS]
+        for name, command in commands.choices.items()
+        if name != "bench"  # its options are the suite's own, documented by `rlm-toolkit bench --help`
+    }
+    assert undocumented == {"demo": [], "run": [], "serve": []}
+    assert all(command.description for name, command in commands.choices.items() if name != "bench")
+
+
+@pytest.mark.parametrize("command", [["run", "hi"], ["demo"]])
+@pytest.mark.parametrize("base_url, why", [
+    ("not a url", "it does not start with http:// or https://"),
+    ("ftp://x", "it does not start with http:// or https://"),
+    ("http://", "it has no host name"),
+])
+def test_a_malformed_base_url_is_an_argument_error(no_openai_env: None, capsys: pytest.CaptureFixture[str],
+                                                   command: list[str], base_url: str, why: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--base-url", base_url])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines()[-1] == (
+        f"rlm-toolkit {command[0]}: error: argument --base-url: invalid URL {base_url!r}: {why}; "
+        "give an http:// or https:// URL such as http://127.0.0.1:8000/v1")
+
+
+def test_a_malformed_openai_base_url_is_one_line_with_exit_status_2(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "ftp://x")
+    assert main(["run", "hi"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "rlm-toolkit: error: invalid OPENAI_BASE_URL 'ftp://x': it does not start with http:// or https://; "
+        "give an http:// or https:// URL such as http://127.0.0.1:8000/v1\n")

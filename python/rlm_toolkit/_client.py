@@ -1,9 +1,9 @@
 """The client layer: the official ``openai`` clients of one endpoint, one attempt sent and read within its
 timeouts (sync or async), the retry policy, and the messages that say why a call failed.
 
-The clients' own retries are off: the run logic retries 429, 5xx, timeouts, connection errors and malformed
-answers itself (``_is_retryable``), waiting per ``Retry-After`` or with full-jitter backoff
-(``_delay_before_retry``).
+The clients' own retries are off: the run logic retries what they would (408, 409, 429, 5xx, timeouts,
+connection errors) and malformed answers itself (``_is_retryable``), waiting per ``Retry-After`` or with
+full-jitter backoff (``_delay_before_retry``).
 Every failure of an attempt is raised as an ``openai.APIError``.
 """
 
@@ -17,6 +17,7 @@ import random
 import sys
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 from contextlib import AsyncExitStack
@@ -33,6 +34,9 @@ from .secrets import redact, register_secret, register_url_secrets
 
 MAX_RETRY_AFTER_SECONDS = 120.0
 """A server's ``Retry-After`` is honoured up to this many seconds."""
+RETRIED_STATUSES = frozenset({408, 409, 429})
+"""HTTP statuses below 500 that are retried (as the official client does): Request Timeout, Conflict (such as a
+lock timeout) and Too Many Requests. Every 5xx is retried too."""
 _KEY_PLACEHOLDER = "not-needed"
 """Sent as the API key to a ``base_url`` given without one (local servers ignore it)."""
 _T = TypeVar("_T")
@@ -61,7 +65,10 @@ class _OpenAIConnection:
         if idle_timeout is not None and idle_timeout <= 0:
             raise RLMConfigError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout}")
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        base_url_source = "base_url" if base_url else "OPENAI_BASE_URL"
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if base_url and (problem := _base_url_problem(base_url)):
+            raise RLMConfigError(f"invalid {base_url_source} {problem}")
         if not api_key and not base_url:
             raise MissingAPIKeyError(
                 "no OpenAI API key: set OPENAI_API_KEY or pass api_key=, or pass base_url= for an "
@@ -104,6 +111,40 @@ class _OpenAIConnection:
             client = self._async_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.close()
+
+
+def _base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an endpoint's base URL (``"'ftp://x': it does not ..."``), or None if it can be."""
+    why = _why_not_a_base_url(url)
+    if why is None:
+        return None
+    return f"{_without_user_info(url)!r}: {why}; give an http:// or https:// URL such as http://127.0.0.1:8000/v1"
+
+
+def _why_not_a_base_url(url: str) -> str | None:
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme.lower() not in ("http", "https"):
+        return "it does not start with http:// or https://"
+    if any(character.isspace() for character in url):
+        return "it contains whitespace"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # raises ValueError unless the port is a number from 0 to 65535
+    except ValueError as error:
+        return f"it is not a valid URL ({error})"
+    if not parts.hostname:
+        return "it has no host name"
+    return None
+
+
+def _without_user_info(url: str) -> str:
+    """``url`` with whatever precedes its last ``@`` (user info, which may hold a password) shown as
+    ``[REDACTED]``: a URL too malformed to use may also be too malformed for ``redact``."""
+    _, at, after = url.rpartition("@")
+    if not at:
+        return url
+    scheme, separator, _ = url.partition("://")
+    return f"{scheme}{separator}[REDACTED]@{after}" if separator and "@" not in scheme else f"[REDACTED]@{after}"
 
 
 # -- one attempt, within its timeouts ---------------------------------------------------------------
@@ -279,7 +320,9 @@ async def _next_or_none(chunks: AsyncIterator[_T]) -> _T | None:
 def _is_retryable(error: openai.APIError) -> bool:
     if isinstance(error, (openai.APIConnectionError, openai.APIResponseValidationError)):  # incl. timeouts
         return True
-    return isinstance(error, openai.APIStatusError) and (error.status_code == 429 or error.status_code >= 500)
+    return isinstance(error, openai.APIStatusError) and (
+        error.status_code in RETRIED_STATUSES or error.status_code >= 500
+    )
 
 
 def _delay_before_retry(
@@ -356,6 +399,10 @@ def _describe_error(error: openai.APIError, attempts: int, *, where: str, model:
         return f"404 Not Found from {where}; check the base URL (OpenAI-compatible APIs usually end in /v1)"
     if status in (401, 403):
         return f"{status}: {where} refused the API key; check OPENAI_API_KEY or api_key="
+    if status == 408:
+        return f"{where} timed out waiting for the request (408){tries}; try again later or raise max_attempts"
+    if status == 409:
+        return f"conflict (409) at {where}{tries}: {redact(error.message)}; try again later or raise max_attempts"
     if status == 429:
         return f"rate limited (429) by {where}{tries}; lower the concurrency or raise max_attempts"
     if status >= 500:

@@ -24,7 +24,7 @@ from ._client import _attempt_async, _attempt_sync, _describe_failure, _is_retry
 from ._context import current_parent_run_id, new_run_id
 from ._tool_calls import _ToolInvocation
 from .callbacks import CallbackManager
-from .errors import LLMCallError, MalformedResponseError, ToolRoundsExceededError
+from .errors import LLMCallError, MalformedResponseError, MissingExtraError, ToolRoundsExceededError
 from .memory import Memory
 from .secrets import redact_exception_chain
 from .tools import Tool, ToolCallRecord
@@ -302,7 +302,8 @@ def _event_loop_running() -> bool:
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
-    """A tqdm bar when asked (``progress=True``) or on a terminal (``None``); None otherwise."""
+    """A tqdm bar when asked (``progress=True``) or on a terminal (``None``, if tqdm is installed); None
+    otherwise."""
     if progress is False or (progress is None and not sys.stderr.isatty()):
         return None
     try:
@@ -310,5 +311,8 @@ def _progress_bar(total: int, progress: bool | None) -> Any:
     except ImportError as error:
         if progress is None:
             return None
-        raise ImportError("progress=True needs tqdm: pip install 'rlm_toolkit[progress]'") from error
+        raise MissingExtraError(
+            "progress=True needs tqdm, which is not installed: pip install 'rlm_toolkit[progress]' "
+            "(or pass progress=False)"
+        ) from error
     return tqdm(total=total, unit="run", file=sys.stderr)

@@ -8,7 +8,7 @@
 ``bench``  the benchmark suite (``rlm_toolkit.bench``).
 
 Problems the user can fix (no key, unreachable server, unknown model, unwritable log) print one line to
-stderr and exit with status 2.
+stderr and exit with status 2; so does a malformed option, such as a ``--base-url`` that is not an http(s) URL.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .callbacks import ConsoleCallback, FileLogCallback, MetricsCallback, StreamingCallback
+from ._client import _base_url_problem
+from .callbacks import ConsoleCallback, FileLogCallback, MetricsCallback, MetricsSnapshot, StreamingCallback
 from .errors import RLMToolkitError
 from .memory import BufferMemory
 from .rlm import RLM, MissingAPIKeyError
@@ -53,24 +54,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__  # read from the package metadata, so only when a parser is built
+
     parser = argparse.ArgumentParser(prog="rlm-toolkit", description="Callbacks (event hooks) for LLM apps.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="show every callback event in a scripted session")
+    demo = commands.add_parser(
+        "demo",
+        help="show every callback event in a scripted session",
+        description="Show every callback event in a scripted session, then the metrics and the JSONL log. "
+        "With no OPENAI_API_KEY, OPENAI_BASE_URL or --base-url it uses the embedded local server.",
+    )
     _add_endpoint_options(demo)
-    demo.add_argument("--log", metavar="PATH", help="JSONL log file (default: a new temporary folder)")
+    demo.add_argument("--log", metavar="PATH", help="JSONL log file (default: demo.jsonl in a new temporary folder)")
     demo.set_defaults(command=_demo)
 
-    run = commands.add_parser("run", help="answer one prompt")
-    run.add_argument("prompt")
+    run = commands.add_parser(
+        "run", help="answer one prompt", description="Answer one prompt and print the answer."
+    )
+    run.add_argument("prompt", help="the prompt to answer")
     _add_endpoint_options(run)
     run.add_argument("--stream", action="store_true", help="print the answer as it arrives")
     run.add_argument("--log", metavar="PATH", help="write a JSONL event log to PATH")
     run.set_defaults(command=_run)
 
-    serve = commands.add_parser("serve", help="run the local OpenAI-compatible server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = commands.add_parser(
+        "serve",
+        help="run the local OpenAI-compatible server",
+        description="Run the embedded OpenAI-compatible server in the foreground (Ctrl+C stops it), for "
+        "testing apps offline: point them at the base URL it prints.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: %(default)s)"
+    )
     serve.set_defaults(command=_serve)
 
     bench = commands.add_parser("bench", help="run the benchmarks (rlm_toolkit.bench)", add_help=False)
@@ -79,8 +97,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
-    parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    parser.add_argument(
+        "--base-url",
+        type=_base_url,
+        metavar="URL",
+        help="OpenAI-compatible endpoint, such as http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL, else OpenAI)",
+    )
+
+
+def _base_url(value: str) -> str:
+    """``--base-url``'s value, if it is an http(s) URL with a host; argparse reports the problem otherwise."""
+    problem = _base_url_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"invalid URL {problem}")
+    return value
 
 
 # -- run / serve / bench ----------------------------------------------------------------------------
@@ -153,19 +184,34 @@ def get_weather(city: str) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if args.base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
-        _demo_session(args.model, args.log, base_url=args.base_url, api_key=None, server=None)
+    if args.base_url:
+        endpoint_source = "--base-url"
+    elif os.environ.get("OPENAI_BASE_URL"):
+        endpoint_source = "$OPENAI_BASE_URL"
+    elif os.environ.get("OPENAI_API_KEY"):
+        endpoint_source = "OpenAI's API, as $OPENAI_API_KEY is set"
+    else:
+        with LocalServer() as server:
+            print(f"No OPENAI_API_KEY or --base-url: using the embedded local server at {server.base_url}")
+            _demo_session(args.model, args.log, base_url=server.base_url, api_key=server.api_key, server=server)
         return 0
-    with LocalServer() as server:
-        print(f"No OPENAI_API_KEY or --base-url: using the embedded local server at {server.base_url}")
-        _demo_session(args.model, args.log, base_url=server.base_url, api_key=server.api_key, server=server)
+    _demo_session(args.model, args.log, base_url=args.base_url, api_key=None, server=None, source=endpoint_source)
     return 0
 
 
 def _demo_session(
-    model: str, log: str | None, *, base_url: str | None, api_key: str | None, server: LocalServer | None
+    model: str,
+    log: str | None,
+    *,
+    base_url: str | None,
+    api_key: str | None,
+    server: LocalServer | None,
+    source: str | None = None,
 ) -> None:
-    """The scripted session; ``server`` is the local server to inject a 429 into (None: no retry step)."""
+    """The scripted session; ``server`` is the local server to inject a 429 into (None: no retry step).
+
+    ``source`` (where the endpoint comes from) makes the first line name the endpoint and model.
+    """
     log_path = Path(log) if log else Path(tempfile.mkdtemp(prefix="rlm-toolkit-demo-")) / "demo.jsonl"
     metrics = MetricsCallback()
     file_log = FileLogCallback(log_path)
@@ -173,6 +219,8 @@ def _demo_session(
     options: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "backoff_base": 0.2}
     try:
         rlm = RLM.from_openai(model, observers, tools=[get_weather], **options)
+        if source is not None:
+            print(f"Using the endpoint {rlm.base_url} ({source}) with model {model!r}")
         _section("1. A plain answer")
         print("answer:", rlm.run("Hello! What can you do?").answer)
 
@@ -209,14 +257,15 @@ def _section(title: str) -> None:
     print(f"\n== {title}")
 
 
-def _print_metrics(metrics: dict[str, Any]) -> None:
+def _print_metrics(metrics: MetricsSnapshot) -> None:
+    latency_quantiles = (metrics["p50_latency_ms"], metrics["p95_latency_ms"], metrics["p99_latency_ms"])
     rows = [
         ("total calls", metrics["total_calls"]),
         ("total tokens", metrics["total_tokens"]),
         ("prompt tokens", metrics["prompt_tokens"]),
         ("completion tokens", metrics["completion_tokens"]),
         ("avg latency", f"{metrics['avg_latency_ms']:.1f} ms"),
-        ("p50 / p95 / p99 latency", " / ".join(f"{metrics[f'p{q}_latency_ms']:.1f}" for q in (50, 95, 99)) + " ms"),
+        ("p50 / p95 / p99 latency", " / ".join(f"{latency:.1f}" for latency in latency_quantiles) + " ms"),
         ("tool calls", metrics["tool_calls"]),
         ("retries", metrics["retries"]),
         ("errors", metrics["errors"]),

@@ -25,8 +25,9 @@ Event arguments beyond the catalogue's:
 
 The run logic is written once, as a generator of *effects* (send this request, sleep this long, run these
 tools); a sync and an async driver carry the effects out with the official ``openai.OpenAI`` and
-``openai.AsyncOpenAI`` clients. The clients' own retries are off: the RLM retries 429, 5xx, timeouts,
-connection errors and malformed answers itself so that each retry fires ``on_retry``.
+``openai.AsyncOpenAI`` clients. The clients' own retries are off: the RLM retries what they would (408,
+409, 429, 5xx, timeouts, connection errors) and malformed answers itself so that each retry fires ``on_retry``
+(the full list is in the ``RLM`` docstring).
 
 Malformed answers (status 200 with a body that is not JSON, such as a proxy's HTML page; a completion without
 ``choices``; a stream event that is not JSON; a stream whose connection closes, or that ends, before its
@@ -45,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, closing
 from typing import Any, cast
@@ -75,7 +76,21 @@ __all__ = ["RLM", "MissingAPIKeyError", "RLMConfigError", "RunResult", "ToolRoun
 
 
 class RLM:
-    """A model behind an OpenAI-compatible endpoint, with callbacks, tools and memory. Build with ``from_openai``."""
+    """A model behind an OpenAI-compatible endpoint, with callbacks, tools and memory. Build with ``from_openai``.
+
+    A prompt is a ``str``: ``run``, ``arun``, ``stream`` and ``astream`` raise ``TypeError`` for anything else
+    (a list of chat messages included). ``batch``/``abatch`` take an iterable of ``str`` prompts and raise
+    ``TypeError`` for a ``str``, ``bytes`` or mapping in its place, or for a prompt that is not a ``str`` (the
+    message names its index). Both checks come before any event fires or request is sent.
+
+    Retries: each LLM call is tried up to ``max_attempts`` times. Retried, each retry firing ``on_retry``:
+    HTTP 408 (Request Timeout), 409 (Conflict), 429 (Too Many Requests) and every 5xx status; an attempt past
+    ``timeout`` or ``idle_timeout``; a connection that cannot be made or breaks before the answer is complete;
+    a malformed answer (see the ``rlm_toolkit.rlm`` docstring). Not retried: every other status (such as 400,
+    401, 403, 404 and 422), and a streamed call that fails after part of its answer was delivered. Before a
+    retry the RLM waits as the server's ``Retry-After`` asks (up to 120 s), else a random time up to
+    ``min(backoff_max, backoff_base * 2**retry)`` seconds.
+    """
 
     def __init__(
         self,
@@ -91,6 +106,7 @@ class RLM:
         backoff_base: float,
         backoff_max: float,
     ) -> None:
+        _check_model(model)
         if max_attempts < 1:
             raise RLMConfigError(f"max_attempts must be at least 1 (1 means no retries), got {max_attempts}")
         if max_tool_rounds < 0:
@@ -144,7 +160,11 @@ class RLM:
         comments do not extend it), or ``idle_timeout`` seconds (if given) for the answer to start or for its
         next chunk. ``client_options`` go to the ``openai`` client constructors (e.g. ``organization=``,
         ``default_headers=``). A password in ``base_url`` is treated like the API key: never shown.
+
+        Raises ``RLMConfigError`` for a bad option: ``model`` not a non-empty ``str``, a ``base_url`` (or
+        ``$OPENAI_BASE_URL``) that is not an http(s) URL with a host, a number out of range.
         """
+        _check_model(model)  # before the connection, so this is the error a bad model gets
         connection = _OpenAIConnection(
             api_key=api_key, base_url=base_url, timeout=timeout, idle_timeout=idle_timeout, options=client_options
         )
@@ -181,13 +201,18 @@ class RLM:
 
     def run(self, prompt: str) -> RunResult:
         """Answer ``prompt`` (running tools as the model asks); raises ``LLMCallError`` if a call fails for good."""
+        _check_prompt(prompt, "run")
         with sync_caller():  # async hooks complete before it returns, also inside a running event loop
             steps = _run_steps(self._settings(), prompt, _RunScope.start(), stream=self.callbacks.streams_tokens)
             with closing(_drive_sync(steps, self._connection)) as items:
                 return _final_result(items)
 
-    def stream(self, prompt: str) -> Iterator[str]:
+    def stream(self, prompt: str) -> Generator[str, None, None]:
         """Answer ``prompt``, yielding the answer's text as it arrives (and firing ``on_llm_new_token``)."""
+        _check_prompt(prompt, "stream")
+        return self._stream(prompt)
+
+    def _stream(self, prompt: str) -> Generator[str, None, None]:
         steps = _run_steps(self._settings(), prompt, _RunScope.start(), stream=True)
         with closing(each_step_as_sync_caller(_drive_sync(steps, self._connection))) as items:
             for item in items:
@@ -196,13 +221,18 @@ class RLM:
 
     async def arun(self, prompt: str) -> RunResult:
         """Async ``run``; async hooks scheduled by its events have completed when it returns or raises."""
+        _check_prompt(prompt, "arun")
         try:
             return await self._arun_without_waiting(prompt, _RunScope.start(), stream=self.callbacks.streams_tokens)
         finally:
             await self.callbacks.wait_pending()
 
-    async def astream(self, prompt: str) -> AsyncIterator[str]:
+    def astream(self, prompt: str) -> AsyncGenerator[str, None]:
         """Async ``stream``. Stopping early? Close it (``contextlib.aclosing``) so its request ends at once."""
+        _check_prompt(prompt, "astream")
+        return self._astream(prompt)
+
+    async def _astream(self, prompt: str) -> AsyncGenerator[str, None]:
         try:
             steps = _run_steps(self._settings(), prompt, _RunScope.start(), stream=True)
             async with aclosing(_drive_async(steps, self._connection)) as items:
@@ -219,7 +249,7 @@ class RLM:
 
         Runs its own event loop (in a worker thread when this thread already runs one).
         """
-        job = self._abatch_on_own_loop(list(prompts), max_concurrency, progress)
+        job = self._abatch_on_own_loop(_prompt_list(prompts, "batch"), max_concurrency, progress)
         if not _event_loop_running():
             return asyncio.run(job)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlm-batch") as worker:
@@ -231,11 +261,18 @@ class RLM:
         """Run every prompt, at most ``max_concurrency`` at a time; results in input order.
 
         A failed run does not stop the others: its result has ``error`` set and ``answer == ""``. A progress
-        bar (tqdm) shows when ``progress`` is True, or when it is None and stderr is a terminal.
+        bar (tqdm) shows when ``progress`` is True, or when it is None, stderr is a terminal and tqdm is
+        installed; ``progress=True`` without tqdm raises ``MissingExtraError`` (an ``RLMConfigError`` and an
+        ``ImportError``) before any run starts: ``pip install 'rlm_toolkit[progress]'``.
         """
+        return await self._abatch(_prompt_list(prompts, "abatch"), max_concurrency, progress)
+
+    # -- what the entry points share ---------------------------------------------------------------
+
+    async def _abatch(self, prompt_list: list[str], max_concurrency: int, progress: bool | None) -> list[RunResult]:
+        """``abatch`` of prompts already checked."""
         if max_concurrency < 1:
             raise RLMConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        prompt_list = list(prompts)
         results: list[RunResult | None] = [None] * len(prompt_list)
         unstarted = iter(enumerate(prompt_list))
         stream = self.callbacks.streams_tokens
@@ -261,13 +298,11 @@ class RLM:
             await self.callbacks.wait_pending()
         return cast("list[RunResult]", results)
 
-    # -- what the entry points share ---------------------------------------------------------------
-
     async def _abatch_on_own_loop(
         self, prompts: list[str], max_concurrency: int, progress: bool | None
     ) -> list[RunResult]:
         try:
-            return await self.abatch(prompts, max_concurrency=max_concurrency, progress=progress)
+            return await self._abatch(prompts, max_concurrency, progress)
         finally:
             await self._connection.aclose_async_client()
 
@@ -298,3 +333,54 @@ class RLM:
     def _retry_delay(self, error: openai.APIError, retry_number: int) -> float:
         """Seconds to wait before retry ``retry_number``: the server's ``Retry-After``, else full-jitter backoff."""
         return _delay_before_retry(error, retry_number, backoff_base=self.backoff_base, backoff_max=self.backoff_max)
+
+
+# -- argument checks ------------------------------------------------------------------------------
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, str) or not model.strip():
+        got = repr(model) if model is None or isinstance(model, str) else f"{model!r} ({type(model).__name__})"
+        raise RLMConfigError(f"model must be the model's name as a non-empty str, such as 'gpt-4o-mini'; got {got}")
+
+
+def _check_prompt(prompt: object, method: str) -> None:
+    if not isinstance(prompt, str):
+        raise TypeError(
+            f"{method}() takes the prompt as a str, not {_a(type(prompt).__name__)}{_prompt_hint(prompt, method)}"
+        )
+
+
+def _prompt_list(prompts: object, method: str) -> list[str]:
+    """``prompts`` as a list, if it is an iterable of ``str`` (but not a ``str`` itself)."""
+    refusal = f"{method}() takes a list of prompts, not {_a(type(prompts).__name__)}"
+    if isinstance(prompts, (str, bytes, bytearray)):
+        raise TypeError(f"{refusal}; for one prompt, pass [prompt] or call {method.removesuffix('batch')}run()")
+    if isinstance(prompts, Mapping):  # iterating it would run its keys
+        raise TypeError(refusal)
+    try:
+        prompt_iterator = iter(cast("Iterable[object]", prompts))
+    except TypeError:
+        raise TypeError(refusal) from None
+    prompt_list = list(prompt_iterator)
+    for index, prompt in enumerate(prompt_list):
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"{method}() takes prompts as str, but prompts[{index}] is {_a(type(prompt).__name__)}"
+                f"{_prompt_hint(prompt, method)}"
+            )
+    return cast("list[str]", prompt_list)
+
+
+def _prompt_hint(prompt: object, method: str) -> str:
+    """What to pass instead, for a prompt of a type that is a likely mistake (``""`` if none comes to mind)."""
+    if isinstance(prompt, (bytes, bytearray)):
+        return "; decode it first, e.g. prompt.decode('utf-8')"
+    if isinstance(prompt, (list, tuple)) and not method.endswith("batch"):
+        several = "abatch" if method.startswith("a") else "batch"
+        return f"; to answer several prompts, call {several}() (a list of chat messages is not supported)"
+    return ""
+
+
+def _a(type_name: str) -> str:
+    return f"an {type_name}" if type_name[0] in "aeiouAEIOU" else f"a {type_name}"
