@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     BackendError,
     CallbackConfigError,
+    CallbackWarning,
     InvalidEventError,
     InvalidSecretError,
     LLMCallError,
@@ -13,6 +14,7 @@ from .errors import (
     MalformedResponseError,
     MemoryConfigError,
     MissingAPIKeyError,
+    MissingExtraError,
     NotAJsonlLogError,
     RLMConfigError,
     RLMToolkitError,
@@ -46,6 +48,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "BackendError",
     "CallbackConfigError",
+    "CallbackWarning",
     "InvalidEventError",
     "InvalidSecretError",
     "LLMCallError",
@@ -55,6 +58,7 @@ __all__ = [
     "MalformedResponseError",
     "MemoryConfigError",
     "MissingAPIKeyError",
+    "MissingExtraError",
     "NotAJsonlLogError",
     "RLM",
     "RLMConfigError",

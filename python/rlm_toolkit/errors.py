@@ -81,3 +81,14 @@ class InvalidEventError(RLMToolkitError, ValueError):
 class InvalidSecretError(RLMToolkitError, ValueError):
     """``register_secret`` was given a str with lone surrogates (no UTF-8 form, so no client can send it and
     the Rust core cannot hold it): pass the secret as the text the server expects."""
+
+
+class MissingExtraError(RLMConfigError, ImportError):
+    """An option needs a package of one of rlm_toolkit's extras (such as tqdm for ``progress=True``) that is
+    not installed; the message gives the ``pip install`` command."""
+
+
+class CallbackWarning(RLMToolkitError, UserWarning):
+    """A callback registered with a method that will not be called as its author likely meant: a method named
+    like a hook that matches no event (a misspelling, so it is never called), or a hook whose parameters
+    take none of its event's arguments (it is called without them)."""

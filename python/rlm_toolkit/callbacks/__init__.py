@@ -1,4 +1,7 @@
-"""Event hooks for the RLM lifecycle: LLM calls, streamed tokens, tools, memory, retries and errors."""
+"""Event hooks for the RLM lifecycle: LLM calls, streamed tokens, tools, memory, retries and errors.
+
+``LoggingCallback``, ``FileCallback`` and ``LLMEvent`` are upstream rlm-toolkit's, for code written against it.
+"""
 
 from .base import AsyncBaseCallback, BaseCallback
 from .console import ConsoleCallback
@@ -6,13 +9,17 @@ from .manager import CallbackManager
 from .metrics_types import MetricsSnapshot, ModelMetricsSnapshot
 from .native import FileLogCallback, MetricsCallback
 from .streaming import StreamingCallback
+from .upstream import FileCallback, LLMEvent, LoggingCallback
 
 __all__ = [
     "AsyncBaseCallback",
     "BaseCallback",
     "CallbackManager",
     "ConsoleCallback",
+    "FileCallback",
     "FileLogCallback",
+    "LLMEvent",
+    "LoggingCallback",
     "MetricsCallback",
     "MetricsSnapshot",
     "ModelMetricsSnapshot",

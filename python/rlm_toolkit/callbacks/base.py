@@ -9,6 +9,10 @@ at registration). Hooks may name their positional parameters as they like (``def
 A hook may be ``def`` or ``async def`` (hence the return type ``Awaitable[None] | None``); see
 ``AsyncBaseCallback`` for how coroutines are awaited.
 
+``on_llm_error`` is upstream rlm-toolkit's hook for failed LLM calls: the ``error`` event calls it for an
+``LLMCallError`` only. Registration warns (``CallbackWarning``) about a method named ``on_...`` that is no
+hook (a misspelling is never called) and about a hook whose parameters take none of its event's arguments.
+
 Set ``raise_error = True`` on a callback to make its exceptions propagate to the code that fired the event;
 by default they are logged on the ``rlm_toolkit`` logger, counted, and the other callbacks still run.
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from typing import Any, ClassVar
+
+from ..errors import LLMCallError
 
 
 class BaseCallback:
@@ -56,6 +62,11 @@ class BaseCallback:
     def on_run_end(self, answer: str, **kwargs: Any) -> Awaitable[None] | None:
         """When an ``RLM`` run has its final answer (a failed run ends with ``on_error`` instead)."""
     # End of generated hooks.
+
+    def on_llm_error(self, error: LLMCallError, **kwargs: Any) -> Awaitable[None] | None:
+        """When an LLM call fails for good, with its ``LLMCallError``: upstream rlm-toolkit's hook, kept for
+        compatibility. It is part of the ``error`` event: called once per failed LLM call, with the keywords of
+        ``on_error``, and never for a tool error. A callback may override both hooks; each is called."""
 
 
 class AsyncBaseCallback(BaseCallback):

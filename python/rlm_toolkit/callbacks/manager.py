@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import _backend
-from ..errors import CallbackConfigError
+from ..errors import CallbackConfigError, LLMCallError
 from ..events import EVENTS
 from ..secrets import redact
 from ._async import AsyncHookRunner
-from ._registration import register
+from ._registration import HOOK_NAMES, register
 from .base import BaseCallback
 from .native import MetricsCallback
 
@@ -48,7 +48,7 @@ def _checked_async_timeout(async_timeout: object) -> float | None:
 
 
 def _has_a_hook(candidate: Any) -> bool:
-    return any(callable(getattr(candidate, spec.hook, None)) for spec in EVENTS)
+    return any(callable(getattr(candidate, hook, None)) for hook in HOOK_NAMES)
 
 
 def _check_is_callback(candidate: Any) -> None:
@@ -56,7 +56,7 @@ def _check_is_callback(candidate: Any) -> None:
         raise CallbackConfigError(f"{candidate.__qualname__} is a class; register an instance: {candidate.__qualname__}()")
     if not _has_a_hook(candidate):
         raise CallbackConfigError(
-            f"{candidate!r} is not a callback: it has none of the hooks {', '.join(spec.hook for spec in EVENTS)}; "
+            f"{candidate!r} is not a callback: it has none of the hooks {', '.join(HOOK_NAMES)}; "
             "subclass rlm_toolkit.callbacks.BaseCallback and override the hooks you need"
         )
 
@@ -107,10 +107,12 @@ class CallbackManager(BaseCallback):
         self._dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
         for spec in EVENTS:
             setattr(self, spec.hook, self._dispatcher.event_method(spec.name))
-        self._apply()
+        self._apply(self._callbacks)
 
-    def _apply(self) -> None:
-        registrations = register(self._callbacks)
+    def _apply(self, callbacks: list[Any]) -> None:
+        """Register ``callbacks``; they become the manager's callbacks only if registration succeeds."""
+        registrations = register(callbacks)
+        self._callbacks = callbacks
         self._dispatcher.set_registration(
             [(registration.sinks, registration.hooks) for registration in registrations],
             [callback.core for callback in self._callbacks if isinstance(callback, MetricsCallback)],
@@ -128,13 +130,18 @@ class CallbackManager(BaseCallback):
 
     def add(self, callback: Any) -> None:
         _check_is_callback(callback)
-        self._callbacks.append(callback)
-        self._apply()
+        self._apply([*self._callbacks, callback])
 
     def remove(self, callback: Any) -> None:
         """Remove ``callback``; raises ValueError if it is not registered."""
-        self._callbacks.remove(callback)
-        self._apply()
+        remaining = list(self._callbacks)
+        remaining.remove(callback)
+        self._apply(remaining)
+
+    def on_llm_error(self, error: LLMCallError, **kwargs: Any) -> None:
+        """Fire the ``error`` event for a failed LLM call: the same as ``on_error(error, ...)``, for code
+        written against upstream rlm-toolkit's hook."""
+        self.on_error(error, **kwargs)
 
     @property
     def handler_errors(self) -> int:

@@ -1,0 +1,147 @@
+"""The callbacks of upstream rlm-toolkit's ``rlm_toolkit.callbacks``, with the same names, arguments and output.
+
+- ``LoggingCallback(logger=None)`` logs ``LLM Start: <first 100 characters of the prompt>...`` and
+  ``LLM End: <first 100 characters of the answer>...`` at INFO, and ``LLM Error: <error>`` at ERROR, on the
+  ``rlm_toolkit`` logger or the one given.
+- ``FileCallback(file_path)`` appends one JSON object per event to ``file_path``:
+  ``{"event": "start", "prompt": ..., "timestamp": ...}``, ``{"event": "end", "response": ...}``,
+  ``{"event": "error", "error": ...}``, each followed by the hook's keywords.
+- ``LLMEvent``: a plain record of one event.
+
+Both callbacks take LLM errors through ``on_llm_error`` (failed LLM calls only, never tool errors) and, like
+everything rlm_toolkit writes, redact secrets (``rlm_toolkit.secrets``) before any shortening.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import LLMCallError, LogFileError
+from ..secrets import _redacted_value, redact
+from .base import BaseCallback
+
+_PREVIEW_CHARS = 100
+"""How much of a prompt or answer ``LoggingCallback`` logs."""
+
+_CONTEXT_KEYWORDS = ("run_id", "parent_run_id", "model")
+
+
+def _text(value: Any) -> str:
+    return str.__str__(value) if isinstance(value, str) else str(value)
+
+
+class LoggingCallback(BaseCallback):
+    """Logs each LLM call's start and end at INFO and its failure at ERROR, as upstream rlm-toolkit does.
+
+    Messages: ``LLM Start: <prompt[:100]>...``, ``LLM End: <answer[:100]>...``, ``LLM Error: <error>``. The
+    text is redacted before it is cut. ``logger`` defaults to the ``rlm_toolkit`` logger.
+    """
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
+        self.logger = logger if logger is not None else logging.getLogger("rlm_toolkit")
+
+    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info("LLM Start: %s...", redact(_text(prompt))[:_PREVIEW_CHARS])
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info("LLM End: %s...", redact(_text(response))[:_PREVIEW_CHARS])
+
+    def on_llm_error(self, error: LLMCallError, **kwargs: Any) -> None:
+        if self.logger.isEnabledFor(logging.ERROR):
+            self.logger.error("LLM Error: %s", redact(_text(error)))
+
+
+def _iso_utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_NOT_JSON = object()
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` redacted, or ``_NOT_JSON`` when JSON cannot hold it (a set, an object, NaN, a cycle)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return _NOT_JSON
+    return _redacted_value(value)
+
+
+class FileCallback(BaseCallback):
+    """Appends one JSON line per LLM event to ``file_path``, in upstream rlm-toolkit's record shape.
+
+    ``{"event": "start", "prompt": PROMPT, "timestamp": TS, ...}`` before a call, ``{"event": "end",
+    "response": ANSWER, ...}`` after it and ``{"event": "error", "error": MESSAGE, ...}`` when it fails for
+    good (tool errors are not written). ``timestamp`` is ISO 8601 UTC (``2025-01-31T12:00:00.123456Z``).
+    Then come the hook's keywords that JSON can hold, as passed: ``run_id``, ``parent_run_id`` and ``model``
+    (left out when None) and any extras; a keyword named like one of the fields before it is left out.
+    Text is redacted (``rlm_toolkit.secrets``); the JSON is ASCII (``json.dumps`` defaults).
+
+    Each line is appended with one write, under a lock, to the file opened for that line: the line is on
+    disk when the hook returns, and the file may be moved or deleted between events (a new one is created,
+    mode 0600). A write that fails raises ``LogFileError`` (through a manager: logged and counted).
+    For high event rates, ``FileLogCallback`` writes from a thread of its own, in batches.
+    """
+
+    def __init__(self, file_path: str | os.PathLike[str]) -> None:
+        path = os.fspath(file_path)
+        if not path:
+            raise LogFileError("file_path is empty; give a file path such as 'rlm_events.jsonl'")
+        if os.path.isdir(path):
+            raise LogFileError(f"file_path {path!r} is a directory; give a file path such as {path}/events.jsonl")
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise LogFileError(f"cannot create the folder for file_path {path!r}: {exc.strerror or exc}") from exc
+        self.file_path = path
+        self._lock = threading.Lock()
+
+    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        self._append("start", "prompt", prompt, kwargs)
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        self._append("end", "response", response, kwargs)
+
+    def on_llm_error(self, error: LLMCallError, **kwargs: Any) -> None:
+        self._append("error", "error", error, kwargs)
+
+    def _append(self, event: str, field_name: str, value: Any, keywords: dict[str, Any]) -> None:
+        record: dict[str, Any] = {"event": event, field_name: redact(_text(value)), "timestamp": _iso_utc_now()}
+        for name, keyword_value in keywords.items():
+            if name in record or (keyword_value is None and name in _CONTEXT_KEYWORDS):
+                continue
+            written = _as_json(keyword_value)
+            if written is not _NOT_JSON:
+                record[redact(name)] = written
+        line = (json.dumps(record) + "\n").encode("ascii")
+        with self._lock:
+            try:
+                fd = os.open(self.file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise LogFileError(f"cannot append to {self.file_path!r}: {exc.strerror or exc}") from exc
+
+
+@dataclass
+class LLMEvent:
+    """One LLM event, as upstream rlm-toolkit describes it: ``event_type`` (such as ``"start"``, ``"end"`` or
+    ``"error"``), ``timestamp`` (epoch seconds, now by default) and ``data`` (the event's values by name)."""
+
+    event_type: str
+    timestamp: float = field(default_factory=time.time)
+    data: dict[str, Any] = field(default_factory=dict)
