@@ -246,9 +246,10 @@ fn response_model<'py>(response: &Bound<'py, PyAny>, model: Option<&Bound<'py, P
     response.getattr(intern!(py, "model")).ok().and_then(|name| name.cast_into::<PyString>().ok())
 }
 
-/// An `llm_end` response's text: a str as it is, else its `content` (when not None), else the response.
+/// An `llm_end` response's text: an exact str as it is, else its `content` (when not None; an `LLMResponse`,
+/// itself a str, holds it as an exact str), else the response.
 fn push_response_text(encoder: &Encoder<'_>, out: &mut Vec<u8>, response: &Bound<'_, PyAny>, max_chars: usize) {
-    if response.is_instance_of::<PyString>() {
+    if response.is_exact_instance_of::<PyString>() {
         return encoder.push_value(out, response, max_chars, 0);
     }
     let py = response.py();

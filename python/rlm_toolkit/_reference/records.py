@@ -201,7 +201,9 @@ def response_model(response: Any, model: str | None) -> str | None:
 
 
 def response_text(response: Any) -> Any:
-    if isinstance(response, str):
+    """An exact str as it is; else the response's ``content`` (an ``LLMResponse``, itself a str, has it as
+    an exact str), else the response."""
+    if type(response) is str:
         return response
     content = _attribute(response, "content")
     return content if content is not None else response
