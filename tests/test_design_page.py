@@ -1,7 +1,7 @@
 """Every code block of the design page (docs/callbacks.md), run as written against the local server.
 
-Blocks are read from the page itself. The only additions allowed (issue 2) are the import of ``RLM`` when a
-block uses it without importing it, and a ``run`` call when a block builds an ``rlm`` without running it.
+Blocks are read from the page itself and run as they stand, each on its own (so each imports what it uses). The
+only addition is a ``run`` call when a block builds an ``rlm`` without running it.
 Blocks that only define a callback class are exercised by instantiating the class and running an RLM with it.
 """
 
@@ -75,11 +75,15 @@ def python_blocks(markdown: str) -> list[PageBlock]:
 BLOCKS = python_blocks(DESIGN_PAGE.read_text(encoding="utf-8"))
 
 
-def page_source(heading: str) -> str:
-    """The block under ``heading`` with only the allowed additions: the ``RLM`` import and a run call."""
+def block_source(heading: str) -> str:
+    """The block under ``heading``, as the page has it."""
     [source] = [block.source for block in BLOCKS if block.heading == heading]
-    if "RLM." in source and RLM_IMPORT not in source:
-        source = f"{RLM_IMPORT}\n{source}"
+    return source
+
+
+def page_source(heading: str) -> str:
+    """The block under ``heading`` with only the allowed addition: a run call."""
+    source = block_source(heading)
     if re.search(r"^rlm = ", source, re.MULTILINE) and not re.search(r"\brlm\.a?run\(", source):
         source = f"{source}{ADDED_RUN}\n"
     return source
@@ -173,6 +177,14 @@ def assert_hello_log(records: list[dict[str, Any]], run_id: str, usage: Usage) -
 
 def test_every_python_block_of_the_page_is_exercised() -> None:
     assert tuple(block.heading for block in BLOCKS) == PAGE_HEADINGS
+
+
+def test_every_block_that_uses_rlm_imports_it() -> None:
+    using_rlm = [block.heading for block in BLOCKS if "RLM." in block.source]
+    assert using_rlm == ["Quick start", "ConsoleCallback", "StreamingCallback", "MetricsCallback",
+                         "FileLogCallback", "Combining callbacks"]
+    assert [heading for heading in using_rlm
+            if RLM_IMPORT not in block_source(heading).splitlines()] == []
 
 
 def test_quick_start(page_env: LocalServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -492,3 +492,46 @@ def test_main_serve_runs_until_interrupted() -> None:
             assert process.wait(timeout=5) == 0
         finally:
             process.kill()
+
+
+def conversation(*turns: tuple[str, str]) -> list[dict[str, Any]]:
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+@pytest.mark.parametrize("turns, answer", [
+    ((("user", "My name is Ada."), ("assistant", "Hello! You said: My name is Ada."), ("user", "What is my name?")),
+     "Your name is Ada."),
+    ((("user", "my favourite colour is deep blue, I think"), ("user", "Hey, what's my  Favourite colour")),
+     "Your favourite colour is deep blue."),
+    ((("user", "My name is Ada. No, my name is Grace!"), ("user", "My name is Linus"), ("user", "WHAT IS MY NAME?")),
+     "Your name is Linus."),
+    ((("user", [{"type": "text", "text": "My name is Ada."}]), ("user", "What is my name?")), "Your name is Ada."),
+])
+def test_a_question_about_something_said_earlier_is_answered_from_the_history(
+        client: openai.OpenAI, turns: tuple[tuple[str, Any], ...], answer: str) -> None:
+    completion = client.chat.completions.create(model="gpt-4o", messages=conversation(*turns))
+
+    assert completion.choices[0].message.content == answer
+    assert completion.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("turns", [
+    (("user", "What is my name?"),),  # never told
+    (("assistant", "My name is Bot."), ("user", "What is my name?")),  # only user messages count
+    (("user", "My name is Ada."), ("user", "What is my age?")),  # told something else
+    (("system", "My name is Ada."), ("user", "What is my name?")),
+])
+def test_a_question_about_something_never_said_gets_the_echo(client: openai.OpenAI,
+                                                             turns: tuple[tuple[str, str], ...]) -> None:
+    completion = client.chat.completions.create(model="gpt-4o", messages=conversation(*turns))
+
+    assert completion.choices[0].message.content == f"Hello! You said: {turns[-1][1]}"
+
+
+def test_the_recalled_answer_streams_like_any_other(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-4o", stream=True,
+        messages=conversation(("user", "My name is Ada."), ("user", "What is my name?")),
+    )
+
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == "Your name is Ada."

@@ -1,6 +1,7 @@
 """The ``rlm-toolkit`` command (also ``python -m rlm_toolkit``).
 
-``demo``   a scripted session that shows every callback event, then a metrics table and the JSONL log path.
+``demo``   a scripted session that shows every callback event (ConsoleCallback, plus a line as each run starts
+           and ends), then a metrics table and the JSONL log path with its count of run records.
            With no API key and no ``--base-url`` it starts the embedded local server (and injects a 429 to
            show a retry); otherwise it talks to that endpoint with ``--model``.
 ``run``    answer one prompt (``--stream`` prints it as it arrives, ``--log`` writes a JSONL event log).
@@ -14,6 +15,7 @@ stderr and exit with status 2; so does a malformed option, such as a ``--base-ur
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -22,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from ._client import _base_url_problem
-from .callbacks import ConsoleCallback, FileLogCallback, MetricsCallback, MetricsSnapshot, StreamingCallback
+from .callbacks import (
+    BaseCallback,
+    ConsoleCallback,
+    FileLogCallback,
+    MetricsCallback,
+    MetricsSnapshot,
+    StreamingCallback,
+)
 from .errors import RLMToolkitError
 from .memory import BufferMemory
 from .rlm import RLM, MissingAPIKeyError
@@ -161,6 +170,26 @@ def _bench(args: argparse.Namespace) -> int:
 # -- demo -------------------------------------------------------------------------------------------
 
 
+class _RunPrinter(BaseCallback):
+    """Prints a line when a run starts and when it ends (ConsoleCallback prints the events inside runs)."""
+
+    def on_run_start(self, prompt: str, *, run_id: Any = None, **kwargs: Any) -> None:
+        print(f"run started   {_short_id(run_id)}  {_demo_quoted(prompt)}")
+
+    def on_run_end(self, answer: str, *, run_id: Any = None, **kwargs: Any) -> None:
+        print(f"run finished  {_short_id(run_id)}  -> {_demo_quoted(answer)}")
+
+
+def _short_id(run_id: Any) -> str:
+    return f"[{str(run_id)[:8]}]"
+
+
+def _demo_quoted(text: str) -> str:
+    """``text`` on one line, cut to 60 characters, in double quotes."""
+    one_line = " ".join(str(text).split())
+    return f'"{one_line[:57]}..."' if len(one_line) > 60 else f'"{one_line}"'
+
+
 class _TokenPrinter(StreamingCallback):
     """Prints streamed tokens as they arrive, and ends the line when the LLM call ends."""
 
@@ -215,7 +244,7 @@ def _demo_session(
     log_path = Path(log) if log else Path(tempfile.mkdtemp(prefix="rlm-toolkit-demo-")) / "demo.jsonl"
     metrics = MetricsCallback()
     file_log = FileLogCallback(log_path)
-    observers = [ConsoleCallback(verbose=True), metrics, file_log]
+    observers = [_RunPrinter(), ConsoleCallback(verbose=True), metrics, file_log]
     options: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "backoff_base": 0.2}
     try:
         rlm = RLM.from_openai(model, observers, tools=[get_weather], **options)
@@ -232,7 +261,7 @@ def _demo_session(
         print("answer:", rlm.run('Use get_weather {"city": "Paris"} to tell me the weather.').answer)
         print("answer:", rlm.run('Use get_weather {"city": "Atlantis"} to tell me the weather.').answer)
 
-        _section("4. Memory: the second run recalls the first")
+        _section("4. Memory: the second run recalls the first, so the model knows the name")
         with_memory = RLM.from_openai(model, observers, memory=BufferMemory(max_messages=10), **options)
         with_memory.run("My name is Ada.")
         print("answer:", with_memory.run("What is my name?").answer)
@@ -249,8 +278,9 @@ def _demo_session(
     _section("Metrics (MetricsCallback().get_metrics())")
     _print_metrics(metrics.get_metrics())
     with log_path.open(encoding="utf-8") as lines:
-        line_count = sum(1 for _ in lines)
-    print(f"\nJSONL log (FileLogCallback): {log_path.resolve()}  ({line_count} lines)")
+        events = [json.loads(line)["event"] for line in lines]
+    print(f"\nJSONL log (FileLogCallback): {log_path.resolve()}  ({len(events)} lines, "
+          f"{events.count('run_start')} run_start and {events.count('run_end')} run_end records)")
 
 
 def _section(title: str) -> None:

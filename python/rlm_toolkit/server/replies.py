@@ -15,6 +15,15 @@ Default answers (deterministic: the same request always gets the same text)
       gets a placeholder: string -> the word right after the name (``"test"``
       if none), integer -> 1, number -> 1.0, boolean -> true, array -> [],
       object -> {}, anything else -> null.
+    * Recall: when the last user message asks ``what is my A`` (or ``what's my
+      A``; ``A`` one to three words, ended by ``?``, ``.``, ``!`` or the end of
+      the message; case-insensitive) and an earlier user message of the
+      conversation says ``my A is V``, the answer is ``f"Your {a} is {V}."``,
+      ``a`` being ``A`` in lower case and ``V`` the text up to the next ``.``,
+      ``!``, ``?``, ``;``, ``,`` or line end; the latest such statement wins.
+      So ``"My name is Ada."`` then ``"What is my name?"`` gets ``"Your name is
+      Ada."``: the answer shows that the client sent the earlier turns (such as
+      those its memory recalled) with the request.
     * Otherwise the answer is ``f"Hello! You said: {m}"`` for the last user
       message ``m``; if ``m`` contains the word "long" a fixed paragraph is
       appended so the answer is about 60 words long (for streaming demos).
@@ -40,6 +49,7 @@ _LONG_ANSWER_EXTRA = (
 _LONG_WORD = re.compile(r"\blong\b", re.IGNORECASE)
 _WORD_AFTER_TOOL_NAME = re.compile(r"\W*(\w+(?:['.-]\w+)*)")
 _JSON_DECODER = json.JSONDecoder()
+_RECALL_QUESTION = re.compile(r"\bwhat(?:\s+is|'s)\s+my\s+(\w+(?:\s+\w+){0,2}?)\s*(?:[?.!]|$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -107,10 +117,31 @@ def default_reply(messages: list[dict[str, Any]], functions: list[dict[str, Any]
         if tool_calls:
             return Reply(None, tool_calls)
 
+    recalled = _recalled_answer(user_text, messages[:last_user_index])
+    if recalled is not None:
+        return Reply(recalled)
+
     answer = f"Hello! You said: {user_text}"
     if _LONG_WORD.search(user_text):
         answer = f"{answer} {_LONG_ANSWER_EXTRA}"
     return Reply(answer)
+
+
+def _recalled_answer(question: str, earlier_messages: list[dict[str, Any]]) -> str | None:
+    """``"Your A is V."`` if ``question`` asks for "my A" and an earlier user message said "my A is V"."""
+    asked = _RECALL_QUESTION.search(question)
+    if asked is None:
+        return None
+    attribute = " ".join(asked.group(1).split())
+    attribute_words = r"\s+".join(re.escape(word) for word in attribute.split())
+    statement = re.compile(rf"\bmy\s+{attribute_words}\s+is\s+([^.!?;,\n]*[^.!?;,\s])", re.IGNORECASE)
+    for message in reversed(earlier_messages):
+        if message["role"] != "user":
+            continue
+        statements = list(statement.finditer(message_text(message)))
+        if statements:
+            return f"Your {attribute.lower()} is {statements[-1].group(1).strip()}."
+    return None
 
 
 def _tool_results_answer(messages: list[dict[str, Any]], tool_results: list[dict[str, Any]]) -> str:
