@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..callbacks import BaseCallback, CallbackManager, ConsoleCallback, FileLogCallback, MetricsCallback
-from ..types import LLMResponse, Usage
-from .base import MODEL, Config, Row, expect, fill_ratios, progress_line, remove, run_ids, temp_path
+from .base import MODEL, Config, Row, count_lines, expect, fill_ratios, progress_line, remove, temp_path
 
 if TYPE_CHECKING:
     from ..rlm import RLM
@@ -113,9 +112,11 @@ def rlm_call_rows(cfg: Config, *, progress: bool = False) -> list[Row]:
             if index % 50 == 49:
                 loopback.server.reset()
         expect(loopback.custom.calls, 2 * (cfg.rlm_calls + warm), "custom callback calls")
+        events = _events_of_one_run(loopback)
 
-    # Direct estimate: the same 4 callbacks fed the 2 events of one call, outside the RLM (far less noisy).
-    direct = direct_callback_cost(cfg)
+    # Measured directly: the events of one real run replayed through the same 4 callbacks, outside the RLM
+    # (far less noisy than differences of whole calls).
+    direct = direct_callback_cost(cfg, events)
     medians = {key: statistics.median(values) for key, values in samples.items()}
     base = medians["none"]
     rows = [Row("rlm-call", "none", "RLM.run, no callbacks", base, 1e9 / base, note="baseline",
@@ -127,7 +128,8 @@ def rlm_call_rows(cfg: Config, *, progress: bool = False) -> list[Row]:
         note = f"{overhead:+.2f}% vs none (medians); paired {paired:+.2f}%"
         if key in direct:
             extra.update(direct_callback_ns=direct[key], direct_overhead_pct=direct[key] / base * 100)
-            note += f"; direct: callbacks {direct[key] / 1e3:.1f} us = {direct[key] / base * 100:.2f}% of a call"
+            note += (f"; direct: the {len(events)} events of a run cost {direct[key] / 1e3:.1f} us"
+                     f" = {direct[key] / base * 100:.2f}% of a call")
         else:
             note += " (diagnostic)"
         rows.append(Row("rlm-call", key, label, medians[key], 1e9 / medians[key], note=note, samples=samples[key],
@@ -136,25 +138,52 @@ def rlm_call_rows(cfg: Config, *, progress: bool = False) -> list[Row]:
     return rows
 
 
-def direct_callback_cost(cfg: Config) -> dict[str, float]:
-    """ns for the ``on_llm_start`` + ``on_llm_end`` of one call through the 4 callbacks, per backend."""
-    prompt = PROMPT
-    response = LLMResponse("Hello! You said: Hello! What can you do?", MODEL, Usage.of(8, 7), "stop")
+class _EventRecorder(BaseCallback):
+    """Records the events of a run as (hook, positional arguments, keywords), to replay them elsewhere. It has
+    no token hook, which would make the run stream: the run streams only if the callbacks beside it do."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def on_run_start(self, *args: Any, **kwargs: Any) -> None:
+        self.events.append(("on_run_start", args, kwargs))
+
+    def on_llm_start(self, *args: Any, **kwargs: Any) -> None:
+        self.events.append(("on_llm_start", args, kwargs))
+
+    def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+        self.events.append(("on_llm_end", args, kwargs))
+
+    def on_run_end(self, *args: Any, **kwargs: Any) -> None:
+        self.events.append(("on_run_end", args, kwargs))
+
+
+def _events_of_one_run(loopback: LoopbackRLM) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """The events one ``RLM.run`` of the 4-callback variant fires."""
+    recorder = _EventRecorder()
+    loopback.rlm.callbacks = CallbackManager([*loopback.managers["rust"].callbacks, recorder], backend="rust")
+    loopback.rlm.run(PROMPT)
+    return recorder.events
+
+
+def direct_callback_cost(cfg: Config, events: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> dict[str, float]:
+    """ns for the events of one run (``events``, recorded from a real one) through the 4 callbacks, per backend."""
     result: dict[str, float] = {}
-    pairs = 500 if cfg.quick else 5_000
+    runs = 200 if cfg.quick else 2_000
     for backend in ("rust", "python"):
         samples = []
         for _ in range(cfg.repeats):
             log = FileLogCallback(temp_path(cfg, f"direct-{backend}"), backend=backend)
             manager = CallbackManager(_four_callbacks(log, backend), backend=backend)
-            ids = run_ids(pairs)
-            parent = run_ids(1)[0]
+            hooks = [(getattr(manager, hook), args, kwargs) for hook, args, kwargs in events]
             start = time.perf_counter_ns()
-            for run_id in ids:
-                manager.on_llm_start(prompt, run_id=run_id, parent_run_id=parent, model=MODEL)
-                manager.on_llm_end(response, run_id=run_id, parent_run_id=parent, model=MODEL)
+            for _ in range(runs):
+                for fire, args, kwargs in hooks:
+                    fire(*args, **kwargs)
+            # The log's close is left out, as it is of the whole calls: once per job, not per run.
+            samples.append((time.perf_counter_ns() - start) / runs)
             log.close()
-            samples.append((time.perf_counter_ns() - start) / pairs)
+            expect(count_lines(log.log_path), runs * len(events), "direct log lines")
             remove(log.log_path)
         result[backend] = statistics.median(samples)
     return result
