@@ -56,7 +56,7 @@ pub struct ModelSnapshot {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
-    /// None once a completed call of this model had no price.
+    /// None once a completed call of this model had no price or did not report its usage.
     pub cost_usd: Option<f64>,
     pub avg_latency_ms: f64,
 }
@@ -84,6 +84,7 @@ pub struct Snapshot {
     pub memory_recalls: u64,
     pub total_cost_usd: f64,
     pub unpriced_calls: u64,
+    pub unreported_usage_calls: u64,
     pub open_runs: u64,
     pub evicted_runs: u64,
     pub dropped_events: u64,
@@ -139,15 +140,21 @@ impl Metrics {
             stats.latency_sum_ms += latency_ms;
         }
 
-        let usage = usage.unwrap_or_default();
-        let total_tokens =
-            if usage.total_tokens > 0 { usage.total_tokens } else { usage.prompt_tokens.saturating_add(usage.completion_tokens) };
         let counters = &mut self.counters;
         counters.completed_calls += 1;
+        stats.completed_calls += 1;
+        let Some(usage) = usage else {
+            // Unreported usage: no tokens to add, and the call's cost is unknown like an unpriced model's.
+            counters.unreported_usage_calls += 1;
+            counters.unpriced_calls += 1;
+            stats.cost_usd = None;
+            return;
+        };
+        let total_tokens =
+            if usage.total_tokens > 0 { usage.total_tokens } else { usage.prompt_tokens.saturating_add(usage.completion_tokens) };
         counters.prompt_tokens = counters.prompt_tokens.saturating_add(usage.prompt_tokens);
         counters.completion_tokens = counters.completion_tokens.saturating_add(usage.completion_tokens);
         counters.total_tokens = counters.total_tokens.saturating_add(total_tokens);
-        stats.completed_calls += 1;
         stats.prompt_tokens = stats.prompt_tokens.saturating_add(usage.prompt_tokens);
         stats.completion_tokens = stats.completion_tokens.saturating_add(usage.completion_tokens);
         stats.total_tokens = stats.total_tokens.saturating_add(total_tokens);
@@ -244,6 +251,7 @@ impl Metrics {
             memory_recalls: counters.memory_recalls,
             total_cost_usd: counters.total_cost_usd,
             unpriced_calls: counters.unpriced_calls,
+            unreported_usage_calls: counters.unreported_usage_calls,
             open_runs: self.open_runs.len() as u64,
             evicted_runs: counters.evicted_runs,
             dropped_events: counters.dropped_events,
@@ -291,6 +299,7 @@ struct Counters {
     memory_recalls: u64,
     total_cost_usd: f64,
     unpriced_calls: u64,
+    unreported_usage_calls: u64,
     evicted_runs: u64,
     dropped_events: u64,
     lost_events: u64,

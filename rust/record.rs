@@ -304,14 +304,18 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
             out.extend_from_slice(b",\"response\":");
             push_response_text(&encoder, out, &event.args[0], max_chars);
         }
-        let (prompt_tokens, completion_tokens, total_tokens) = event.usage().unwrap_or((0, 0, 0));
-        let total = if total_tokens > 0 { total_tokens } else { prompt_tokens.saturating_add(completion_tokens) };
-        out.extend_from_slice(b",\"prompt_tokens\":");
-        push_u64(out, prompt_tokens);
-        out.extend_from_slice(b",\"completion_tokens\":");
-        push_u64(out, completion_tokens);
-        out.extend_from_slice(b",\"total_tokens\":");
-        push_u64(out, total);
+        match event.usage() {
+            Some((prompt_tokens, completion_tokens, total_tokens)) => {
+                let total = if total_tokens > 0 { total_tokens } else { prompt_tokens.saturating_add(completion_tokens) };
+                out.extend_from_slice(b",\"prompt_tokens\":");
+                push_u64(out, prompt_tokens);
+                out.extend_from_slice(b",\"completion_tokens\":");
+                push_u64(out, completion_tokens);
+                out.extend_from_slice(b",\"total_tokens\":");
+                push_u64(out, total);
+            }
+            None => out.extend_from_slice(b",\"prompt_tokens\":null,\"completion_tokens\":null,\"total_tokens\":null"),
+        }
     } else {
         for (field, switches) in spec.fields.iter().zip(field_switches) {
             if *field == "model" {

@@ -243,6 +243,7 @@ fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound
         memory_recalls,
         total_cost_usd,
         unpriced_calls,
+        unreported_usage_calls,
         open_runs,
         evicted_runs,
         dropped_events,

@@ -43,7 +43,8 @@ class _ChatAttempt:
         self._tool_calls: dict[int, dict[str, Any]] = {}
         self._model: str | None = None
         self._finish_reason: str | None = None
-        self._usage = Usage()
+        # None until a chunk reports the usage: a server may ignore ``include_usage``.
+        self._usage: Usage | None = None
 
     def response(self) -> LLMResponse:
         """The answer: the completion taken, or the one assembled from the streamed chunks."""
@@ -171,7 +172,8 @@ def _chunks(count: int) -> str:
     return "1 chunk" if count == 1 else f"{count} chunks"
 
 
-def _usage_of(usage: Any) -> Usage:
+def _usage_of(usage: Any) -> Usage | None:
+    """The reported usage, or None when the server sent none."""
     if usage is None:
-        return Usage()
+        return None
     return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)

@@ -40,8 +40,9 @@ class RunResult:
     """
 
     answer: str
-    usage: Usage
-    """Token usage summed over every LLM call of the run."""
+    usage: Usage | None
+    """Token usage summed over every LLM call of the run; None when a call's server did not report its usage
+    (the sum would be too low). A failed run in ``batch``/``abatch`` results has ``Usage()``."""
     run_id: str
     parent_run_id: str | None = None
     """The run (or tool call) this run was started inside, if any."""
@@ -116,7 +117,7 @@ def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: b
         messages.append({"role": "system", "content": settings.system_prompt})
     messages += _recall(settings, prompt, run)
     messages.append({"role": "user", "content": prompt})
-    usage = Usage()
+    usage: Usage | None = Usage()
     tool_records: list[ToolCallRecord] = []
     tool_rounds = 0
     while True:
@@ -213,7 +214,10 @@ def _remember(settings: _RunSettings, prompt: str, answer: str, run: _RunScope) 
         settings.callbacks.on_memory_store(content, role=role, run_id=new_run_id(), parent_run_id=run.run_id)
 
 
-def _add_usage(first: Usage, second: Usage) -> Usage:
+def _add_usage(first: Usage | None, second: Usage | None) -> Usage | None:
+    """The sum of two usages; None (unknown) when either is."""
+    if first is None or second is None:
+        return None
     return Usage(
         first.prompt_tokens + second.prompt_tokens,
         first.completion_tokens + second.completion_tokens,

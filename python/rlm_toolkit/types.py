@@ -27,7 +27,9 @@ class LLMResponse(str):
     It is the answer itself, as a ``str`` (``response[:100]``, ``len(response)``, ``f"{response}"``,
     ``response == "text"``, ``json.dumps(response)``, str methods, which return plain ``str``), with the other
     fields as attributes: ``content`` (the answer as a plain ``str``), ``model``, ``usage``, ``finish_reason``
-    and ``tool_calls``. An answer that only calls tools is ``""``.
+    and ``tool_calls``. An answer that only calls tools is ``""``. ``usage`` is None when the server did not
+    report it (some proxies and older servers ignore ``stream_options.include_usage``): the tokens and cost
+    of that call are unknown, not 0. Built without ``usage``, a response has ``Usage()``.
 
     Immutable; pickles and copies with all its fields. Equality: equal to a plain ``str`` with the same text;
     two ``LLMResponse`` are equal when all their fields are. Its hash is the text's hash.
@@ -37,11 +39,11 @@ class LLMResponse(str):
 
     content: str
     model: str | None
-    usage: Usage
+    usage: Usage | None
     finish_reason: str | None
     tool_calls: tuple[Any, ...]
 
-    def __new__(cls, content: str, model: str | None = None, usage: Usage = _NO_USAGE,
+    def __new__(cls, content: str, model: str | None = None, usage: Usage | None = _NO_USAGE,
                 finish_reason: str | None = None, tool_calls: Iterable[Any] = ()) -> "LLMResponse":
         if not isinstance(content, str):
             raise TypeError(
@@ -58,7 +60,7 @@ class LLMResponse(str):
         fields["tool_calls"] = tuple(tool_calls)
         return response
 
-    def _fields(self) -> tuple[str, str | None, Usage, str | None, tuple[Any, ...]]:
+    def _fields(self) -> tuple[str, str | None, Usage | None, str | None, tuple[Any, ...]]:
         return (self.content, self.model, self.usage, self.finish_reason, self.tool_calls)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -67,7 +69,8 @@ class LLMResponse(str):
     def __delattr__(self, name: str) -> None:
         raise FrozenInstanceError(f"cannot delete field {name!r}: LLMResponse is immutable")
 
-    def __reduce__(self) -> tuple[type[LLMResponse], tuple[str, str | None, Usage, str | None, tuple[Any, ...]]]:
+    def __reduce__(self) -> tuple[type[LLMResponse], tuple[str, str | None, Usage | None, str | None,
+                                                          tuple[Any, ...]]]:
         return (type(self), self._fields())
 
     def __eq__(self, other: object) -> bool:

@@ -49,7 +49,7 @@ def quick_start() -> None:
     metrics = MetricsCallback()
     rlm = RLM.from_openai("gpt-4o", callbacks=[LoggingCallback(), metrics, FileLogCallback("./logs/rlm.jsonl")])
     result: RunResult = rlm.run("Hello!")
-    print(result.answer, result.usage.total_tokens)
+    print(result.answer, result.usage.total_tokens if result.usage is not None else "unreported")
     snapshot: MetricsSnapshot = metrics.get_metrics()
     total_calls: int = snapshot["total_calls"]
     p95: float | None = snapshot["p95_latency_ms"]

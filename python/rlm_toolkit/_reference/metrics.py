@@ -111,6 +111,7 @@ class ReferenceMetrics:
         self._memory_recalls = 0
         self._total_cost_usd = 0.0
         self._unpriced_calls = 0
+        self._unreported_usage_calls = 0
         self._evicted_runs = 0
         self._dropped_events = 0
         self._lost_events = 0
@@ -154,16 +155,22 @@ class ReferenceMetrics:
                 stats.latency_count += 1
                 stats.latency_sum_ms += latency_ms
 
-            prompt_tokens, completion_tokens, reported_total = usage if usage is not None else (0, 0, 0)
+            self._completed_calls += 1
+            stats.completed_calls += 1
+            if usage is None:
+                # Unreported usage: no tokens to add, and the call's cost is unknown like an unpriced model's.
+                self._unreported_usage_calls += 1
+                self._unpriced_calls += 1
+                stats.cost_usd = None
+                return
+            prompt_tokens, completion_tokens, reported_total = usage
             if reported_total > 0:
                 total_tokens = reported_total
             else:
                 total_tokens = _saturating_add(prompt_tokens, completion_tokens)
-            self._completed_calls += 1
             self._prompt_tokens = _saturating_add(self._prompt_tokens, prompt_tokens)
             self._completion_tokens = _saturating_add(self._completion_tokens, completion_tokens)
             self._total_tokens = _saturating_add(self._total_tokens, total_tokens)
-            stats.completed_calls += 1
             stats.prompt_tokens = _saturating_add(stats.prompt_tokens, prompt_tokens)
             stats.completion_tokens = _saturating_add(stats.completion_tokens, completion_tokens)
             stats.total_tokens = _saturating_add(stats.total_tokens, total_tokens)
@@ -282,6 +289,7 @@ class ReferenceMetrics:
                 "memory_recalls": self._memory_recalls,
                 "total_cost_usd": self._total_cost_usd,
                 "unpriced_calls": self._unpriced_calls,
+                "unreported_usage_calls": self._unreported_usage_calls,
                 "open_runs": len(self._open_runs),
                 "evicted_runs": self._evicted_runs,
                 "dropped_events": self._dropped_events,

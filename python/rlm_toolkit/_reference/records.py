@@ -250,10 +250,14 @@ def build_record(event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: 
         record["model"] = jsonable(response_model(response, model), max_chars)
         if _written(event, "response", role, switched_on):
             record["response"] = jsonable(response_text(response), max_chars)
-        prompt_tokens, completion_tokens, total_tokens = usage_of(response) or (0, 0, 0)
-        record["prompt_tokens"] = prompt_tokens
-        record["completion_tokens"] = completion_tokens
-        record["total_tokens"] = total_tokens or min(prompt_tokens + completion_tokens, MAX_COUNT)
+        usage = usage_of(response)
+        if usage is None:
+            record["prompt_tokens"] = record["completion_tokens"] = record["total_tokens"] = None
+        else:
+            prompt_tokens, completion_tokens, total_tokens = usage
+            record["prompt_tokens"] = prompt_tokens
+            record["completion_tokens"] = completion_tokens
+            record["total_tokens"] = total_tokens or min(prompt_tokens + completion_tokens, MAX_COUNT)
     else:
         for name in spec.fields:
             if name == "model":

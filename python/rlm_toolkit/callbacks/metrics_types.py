@@ -16,7 +16,7 @@ class ModelMetricsSnapshot(TypedDict):
     completion_tokens: int
     total_tokens: int
     cost_usd: float | None
-    """None once a completed call of this model had no price."""
+    """None once a completed call of this model had no price or did not report its usage."""
     avg_latency_ms: float
 
 
@@ -43,6 +43,9 @@ class MetricsSnapshot(TypedDict):
     memory_recalls: int
     total_cost_usd: float
     unpriced_calls: int
+    """Completed calls whose cost is unknown: their model has no price, or their usage was not reported."""
+    unreported_usage_calls: int
+    """Completed calls whose response reported no token usage; their tokens are not in the sums."""
     open_runs: int
     evicted_runs: int
     dropped_events: int

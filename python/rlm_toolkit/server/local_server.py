@@ -4,7 +4,8 @@
 :meth:`~LocalServer.fail_next`, :meth:`~LocalServer.hang_next`,
 :meth:`~LocalServer.drop_next`, :meth:`~LocalServer.malform_next` and
 :meth:`~LocalServer.keep_alive_next` queue faults for the next chat-completion
-requests (see ``faults.py`` for how they apply). Every JSON body received is
+requests (see ``faults.py`` for how they apply); :meth:`~LocalServer.omit_usage_next`
+leaves the usage out of the next answers. Every JSON body received is
 appended to ``LocalServer.requests``. All of these are thread-safe. ``latency``
 seconds are slept before every successful answer, and ``latency / number of
 chunks`` between stream chunks.
@@ -74,6 +75,7 @@ class LocalServer:
         self._lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self._replies: deque[Reply] = deque()
+        self._answers_without_usage = 0
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
@@ -245,6 +247,18 @@ class LocalServer:
             raise ValueError(f"seconds must be >= 0 and interval > 0, got {seconds} and {interval}")
         self._add_faults(KeepAliveFault(seconds, interval), count)
 
+    def omit_usage_next(self, count: int = 1) -> None:
+        """Leave the token usage out of the next ``count`` answers, as a server that ignores
+        ``stream_options.include_usage`` does.
+
+        A non-streamed completion has no ``usage`` key; a stream has no usage chunk. Requests
+        answered with an error or dropped do not count; the other faults apply as usual.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        with self._lock:
+            self._answers_without_usage += count
+
     def queue_reply(self, content: str | None = None, *, tool_calls: list[dict[str, Any]] | None = None,
                     usage: tuple[int, int] | None = None) -> None:
         """Queue a canned answer for the next request without a fault.
@@ -259,10 +273,11 @@ class LocalServer:
             self._replies.append(reply)
 
     def reset(self) -> None:
-        """Forget queued replies, pending faults and recorded requests."""
+        """Forget queued replies, pending faults, pending usage omissions and recorded requests."""
         with self._lock:
             self._faults.clear()
             self._replies.clear()
+            self._answers_without_usage = 0
             self.requests.clear()
 
     def _add_faults(self, fault: Fault, count: int) -> None:
@@ -301,9 +316,12 @@ class LocalServer:
             return error.to_response()
         with self._lock:
             reply = self._replies.popleft() if self._replies else None
+            omit_usage = self._answers_without_usage > 0
+            if omit_usage:
+                self._answers_without_usage -= 1
         if reply is None:
             reply = default_reply(chat.messages, chat.functions)
-        usage = usage_of(chat, reply)
+        usage = None if omit_usage else usage_of(chat, reply)
 
         if self.latency > 0:
             await asyncio.sleep(self.latency)

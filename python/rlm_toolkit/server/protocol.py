@@ -5,7 +5,10 @@ Usage numbers
     ``max(1, word count of the text content) + 3``; ``completion_tokens`` is
     the word count of the answer (for tool calls: of each call's name and
     arguments JSON), at least 1; ``total_tokens`` is their sum.
-    ``queue_reply(usage=(prompt, completion))`` overrides both.
+    ``queue_reply(usage=(prompt, completion))`` overrides both. After
+    ``omit_usage_next()`` an answer carries no usage at all, as from a server
+    that ignores ``stream_options``: a completion without the ``usage`` key, a
+    stream without the usage chunk.
 
 Streaming (``"stream": true``)
     Server-sent events: a first chunk with ``delta.role``, one chunk per word of
@@ -124,8 +127,8 @@ def new_completion_id() -> str:
 
 
 def completion(completion_id: str, created: int, model: str, reply: Reply,
-               usage: dict[str, int]) -> dict[str, Any]:
-    """The ``chat.completion`` object answering with ``reply``."""
+               usage: dict[str, int] | None) -> dict[str, Any]:
+    """The ``chat.completion`` object answering with ``reply``; without a ``usage`` key when ``usage`` is None."""
     message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
     if reply.tool_calls:
         message["tool_calls"] = [
@@ -133,7 +136,7 @@ def completion(completion_id: str, created: int, model: str, reply: Reply,
              "function": {"name": call.name, "arguments": call.arguments}}
             for call in reply.tool_calls
         ]
-    return {
+    body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
@@ -143,11 +146,19 @@ def completion(completion_id: str, created: int, model: str, reply: Reply,
         "usage": usage,
         "system_fingerprint": None,
     }
+    if usage is None:
+        del body["usage"]
+    return body
 
 
 def completion_chunks(completion_id: str, created: int, chat: ChatRequest, reply: Reply,
-                      usage: dict[str, int]) -> list[dict[str, Any]]:
-    """The ``chat.completion.chunk`` objects streaming ``reply``, in order."""
+                      usage: dict[str, int] | None) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects streaming ``reply``, in order.
+
+    With ``usage`` None they are those of a server that ignores ``include_usage``: no usage chunk, and no
+    ``usage`` key in the others.
+    """
+    include_usage = chat.include_usage and usage is not None
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -155,7 +166,7 @@ def completion_chunks(completion_id: str, created: int, chat: ChatRequest, reply
             "model": chat.model, "system_fingerprint": None,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         }
-        if chat.include_usage:
+        if include_usage:
             body["usage"] = None
         return body
 
@@ -170,7 +181,7 @@ def completion_chunks(completion_id: str, created: int, chat: ChatRequest, reply
         chunks += [chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
                    for piece in argument_pieces]
     chunks.append(chunk({}, reply.finish_reason))
-    if chat.include_usage:
+    if include_usage:
         chunks.append({"id": completion_id, "object": "chat.completion.chunk", "created": created,
                        "model": chat.model, "system_fingerprint": None, "choices": [], "usage": usage})
     return chunks
