@@ -59,6 +59,8 @@ def _one_line(text: str, limit: int) -> str:
 def _printable(text: str, stream: TextIO) -> str:
     """``text`` as ``stream`` can encode it: lone surrogates (which no encoding holds) and characters outside
     the stream's encoding become backslash escapes, so no line is lost to a UnicodeEncodeError."""
+    if text.isascii():  # every encoding a console uses holds ASCII
+        return text
     encoding = getattr(stream, "encoding", None)
     if not isinstance(encoding, str):  # io.StringIO and other streams that encode nothing
         encoding = "utf-8"
@@ -130,8 +132,9 @@ class ConsoleCallback(BaseCallback):
     ``verbose=False`` prints only finished LLM calls, retries and errors; ``verbose=True`` also prints LLM
     starts with the prompt, finished calls with the answer, tool calls and memory operations.
     ``show_tokens`` / ``show_cost`` add token usage and its cost (``rlm_toolkit.pricing``) to finished
-    calls; the cost of a model without a price is shown as unknown. ``color`` turns ANSI colours on or
-    off; None colours only when the stream is a terminal and ``NO_COLOR`` is not set. The extra keywords
+    calls; the cost of a model without a price is shown as unknown, and so are the tokens and cost of a
+    call whose server reported no usage. ``color`` turns ANSI colours on or off; None colours only when the
+    stream is a terminal and ``NO_COLOR`` is not set. The extra keywords
     the RLM sends are shown too: the ``role`` of a stored message, the ``tool_name`` of a failed tool.
 
     Latency pairs each LLM start with its end by ``run_id``; at most ``max_open_calls`` unfinished calls
@@ -147,6 +150,8 @@ class ConsoleCallback(BaseCallback):
         self.show_cost = show_cost
         self.stream = stream
         self.color = color
+        self._color_decision: tuple[TextIO, bool] | None = None
+        """The stream color was last decided for, and the decision."""
         self._started_at: dict[Any, float] = {}
         """``time.perf_counter()`` at the start of each unfinished LLM call, by run id, oldest first."""
         self._started_at_lock = threading.Lock()
@@ -218,12 +223,17 @@ class ConsoleCallback(BaseCallback):
             return self._started_at.pop(run_id, None)
 
     def _uses_color(self, stream: TextIO) -> bool:
+        """``color`` if given, else whether ``stream`` is a terminal and ``NO_COLOR`` is unset: decided once per
+        stream (a terminal check is a system call, too dear for every line)."""
         if self.color is not None:
             return self.color
-        if "NO_COLOR" in os.environ:
-            return False
+        decided = self._color_decision
+        if decided is not None and decided[0] is stream:
+            return decided[1]
         isatty = getattr(stream, "isatty", None)
-        return bool(isatty and isatty())
+        uses_color = "NO_COLOR" not in os.environ and bool(isatty and isatty())
+        self._color_decision = (stream, uses_color)
+        return uses_color
 
     def _print(self, label: str, details: list[str | None], run_id: Any, parent_run_id: Any, *,
                color_key: str | None = None) -> None:
