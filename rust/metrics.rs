@@ -15,24 +15,54 @@ use rustc_hash::FxHashMap as HashMap;
 
 const UNKNOWN_MODEL: &str = "unknown";
 
-/// Per-model prices in USD per million tokens: `(prompt, completion)`.
+/// The prices of one model in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub prompt: f64,
+    pub completion: f64,
+    /// The price of cached prompt tokens, when the table has one.
+    pub cached_prompt: Option<f64>,
+}
+
+impl Price {
+    /// The cost of one call in USD: without a cached price every prompt token is billed at the prompt price.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        match self.cached_prompt {
+            None => usage.prompt_tokens as f64 * self.prompt / 1e6 + usage.completion_tokens as f64 * self.completion / 1e6,
+            Some(cached_price) => {
+                let cached = usage.cached_tokens.min(usage.prompt_tokens);
+                (usage.prompt_tokens - cached) as f64 * self.prompt / 1e6
+                    + cached as f64 * cached_price / 1e6
+                    + usage.completion_tokens as f64 * self.completion / 1e6
+            }
+        }
+    }
+}
+
+/// Per-model prices.
 #[derive(Debug, Clone, Default)]
 pub struct Prices {
-    per_model: HashMap<String, (f64, f64)>,
+    per_model: HashMap<String, Price>,
 }
 
 impl Prices {
-    /// Builds the table from `(model, usd_per_1m_prompt, usd_per_1m_completion)`; a repeated model keeps its
-    /// last row.
-    pub fn new(table: Vec<(String, f64, f64)>) -> Self {
-        let per_model =
-            table.into_iter().map(|(model, prompt_price, completion_price)| (model, (prompt_price, completion_price))).collect();
+    /// Builds the table from `(model, usd_per_1m_prompt, usd_per_1m_completion)` and
+    /// `(model, usd_per_1m_cached_prompt)`; a repeated model keeps its last row, a cached price of a model
+    /// without prompt and completion prices is ignored.
+    pub fn new(table: Vec<(String, f64, f64)>, cached_prompt_table: Vec<(String, f64)>) -> Self {
+        let mut per_model: HashMap<String, Price> =
+            table.into_iter().map(|(model, prompt, completion)| (model, Price { prompt, completion, cached_prompt: None })).collect();
+        for (model, cached_price) in cached_prompt_table {
+            if let Some(price) = per_model.get_mut(&model) {
+                price.cached_prompt = Some(cached_price);
+            }
+        }
         Prices { per_model }
     }
 
     /// The exact entry for `model`, else the longest key `k` such that `model` starts with `k + "-"`
     /// (so dated snapshots like `gpt-4o-2024-08-06` find `gpt-4o`), else None.
-    pub fn lookup(&self, model: &str) -> Option<(f64, f64)> {
+    pub fn lookup(&self, model: &str) -> Option<Price> {
         if let Some(&price) = self.per_model.get(model) {
             return Some(price);
         }
@@ -46,6 +76,19 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    /// The reported total, else (0 reported) prompt + completion.
+    pub fn total(&self) -> u64 {
+        if self.total_tokens > 0 {
+            self.total_tokens
+        } else {
+            self.prompt_tokens.saturating_add(self.completion_tokens)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +99,8 @@ pub struct ModelSnapshot {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
     /// None once a completed call of this model had no price or did not report its usage.
     pub cost_usd: Option<f64>,
     pub avg_latency_ms: f64,
@@ -69,6 +114,8 @@ pub struct Snapshot {
     pub total_tokens: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
     pub avg_latency_ms: f64,
     pub min_latency_ms: f64,
     pub max_latency_ms: f64,
@@ -150,18 +197,21 @@ impl Metrics {
             stats.cost_usd = None;
             return;
         };
-        let total_tokens =
-            if usage.total_tokens > 0 { usage.total_tokens } else { usage.prompt_tokens.saturating_add(usage.completion_tokens) };
+        let total_tokens = usage.total();
         counters.prompt_tokens = counters.prompt_tokens.saturating_add(usage.prompt_tokens);
         counters.completion_tokens = counters.completion_tokens.saturating_add(usage.completion_tokens);
         counters.total_tokens = counters.total_tokens.saturating_add(total_tokens);
+        counters.cached_tokens = counters.cached_tokens.saturating_add(usage.cached_tokens);
+        counters.reasoning_tokens = counters.reasoning_tokens.saturating_add(usage.reasoning_tokens);
         stats.prompt_tokens = stats.prompt_tokens.saturating_add(usage.prompt_tokens);
         stats.completion_tokens = stats.completion_tokens.saturating_add(usage.completion_tokens);
         stats.total_tokens = stats.total_tokens.saturating_add(total_tokens);
+        stats.cached_tokens = stats.cached_tokens.saturating_add(usage.cached_tokens);
+        stats.reasoning_tokens = stats.reasoning_tokens.saturating_add(usage.reasoning_tokens);
 
         match stats.price {
-            Some((prompt_price, completion_price)) => {
-                let cost = usage.prompt_tokens as f64 * prompt_price / 1e6 + usage.completion_tokens as f64 * completion_price / 1e6;
+            Some(price) => {
+                let cost = price.cost(&usage);
                 counters.total_cost_usd += cost;
                 stats.cost_usd = stats.cost_usd.map(|model_cost| model_cost + cost);
             }
@@ -236,6 +286,8 @@ impl Metrics {
             total_tokens: counters.total_tokens,
             prompt_tokens: counters.prompt_tokens,
             completion_tokens: counters.completion_tokens,
+            cached_tokens: counters.cached_tokens,
+            reasoning_tokens: counters.reasoning_tokens,
             avg_latency_ms: average(latency.sum_ms, latency.count),
             min_latency_ms: latency.min_ms,
             max_latency_ms: latency.max_ms,
@@ -290,6 +342,8 @@ struct Counters {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
+    cached_tokens: u64,
+    reasoning_tokens: u64,
     errors: u64,
     retries: u64,
     tool_calls: u64,
@@ -334,13 +388,15 @@ impl LatencyStats {
 struct ModelStats {
     name: String,
     /// Resolved once: prices never change for the life of the aggregator.
-    price: Option<(f64, f64)>,
+    price: Option<Price>,
     calls: u64,
     completed_calls: u64,
     errors: u64,
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
+    cached_tokens: u64,
+    reasoning_tokens: u64,
     cost_usd: Option<f64>,
     latency_count: u64,
     latency_sum_ms: f64,
@@ -355,6 +411,8 @@ impl ModelStats {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             total_tokens: self.total_tokens,
+            cached_tokens: self.cached_tokens,
+            reasoning_tokens: self.reasoning_tokens,
             cost_usd: self.cost_usd,
             avg_latency_ms: average(self.latency_sum_ms, self.latency_count),
         };
@@ -395,6 +453,8 @@ impl ModelTable {
                     prompt_tokens: 0,
                     completion_tokens: 0,
                     total_tokens: 0,
+                    cached_tokens: 0,
+                    reasoning_tokens: 0,
                     cost_usd: Some(0.0),
                     latency_count: 0,
                     latency_sum_ms: 0.0,
@@ -498,7 +558,7 @@ mod tests {
     use super::*;
 
     fn prices() -> Prices {
-        Prices::new(vec![("gpt-4o".to_owned(), 2.5, 10.0)])
+        Prices::new(vec![("gpt-4o".to_owned(), 2.5, 10.0)], Vec::new())
     }
 
     #[test]

@@ -12,6 +12,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 use crate::errors::InvalidEventError;
 use crate::escape::push_u64;
 use crate::events::{EventKind, EventSpec, EVENTS};
+use crate::metrics::Usage;
 use crate::pyvalue::Encoder;
 use crate::redact::registered_secrets;
 use crate::time::{now, push_iso_utc};
@@ -190,7 +191,7 @@ pub struct EventValues<'a, 'py> {
     pub ts: f64,
     pub extra: Option<&'a Bound<'py, PyDict>>,
     /// Read from an `llm_end` response once, for every sink.
-    response_usage: std::cell::OnceCell<Option<(u64, u64, u64)>>,
+    response_usage: std::cell::OnceCell<Option<Usage>>,
     response_model: std::cell::OnceCell<Option<Bound<'py, PyString>>>,
 }
 
@@ -208,8 +209,8 @@ impl<'a, 'py> EventValues<'a, 'py> {
         EventValues { kind, args, run_id, parent_run_id, model, ts, extra, response_usage, response_model }
     }
 
-    /// (prompt, completion, total) tokens of the `llm_end` response, or None when it carries no usage.
-    pub fn usage(&self) -> Option<(u64, u64, u64)> {
+    /// The token counts of the `llm_end` response, or None when it carries no usage.
+    pub fn usage(&self) -> Option<Usage> {
         *self.response_usage.get_or_init(|| usage_of(&self.args[0]))
     }
 
@@ -226,15 +227,17 @@ fn token_count(usage: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> u64 {
     }
 }
 
-/// (prompt, completion, total) tokens of an LLM response, or None when it carries no usage.
-fn usage_of(response: &Bound<'_, PyAny>) -> Option<(u64, u64, u64)> {
+/// The token counts of an LLM response, or None when it carries no usage.
+fn usage_of(response: &Bound<'_, PyAny>) -> Option<Usage> {
     let py = response.py();
     let usage = response.getattr(intern!(py, "usage")).ok().filter(|usage| !usage.is_none())?;
-    Some((
-        token_count(&usage, intern!(py, "prompt_tokens")),
-        token_count(&usage, intern!(py, "completion_tokens")),
-        token_count(&usage, intern!(py, "total_tokens")),
-    ))
+    Some(Usage {
+        prompt_tokens: token_count(&usage, intern!(py, "prompt_tokens")),
+        completion_tokens: token_count(&usage, intern!(py, "completion_tokens")),
+        total_tokens: token_count(&usage, intern!(py, "total_tokens")),
+        cached_tokens: token_count(&usage, intern!(py, "cached_tokens")),
+        reasoning_tokens: token_count(&usage, intern!(py, "reasoning_tokens")),
+    })
 }
 
 /// The `model` keyword, else the response's own `model` when it is a str.
@@ -305,16 +308,21 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
             push_response_text(&encoder, out, &event.args[0], max_chars);
         }
         match event.usage() {
-            Some((prompt_tokens, completion_tokens, total_tokens)) => {
-                let total = if total_tokens > 0 { total_tokens } else { prompt_tokens.saturating_add(completion_tokens) };
+            Some(usage) => {
                 out.extend_from_slice(b",\"prompt_tokens\":");
-                push_u64(out, prompt_tokens);
+                push_u64(out, usage.prompt_tokens);
                 out.extend_from_slice(b",\"completion_tokens\":");
-                push_u64(out, completion_tokens);
+                push_u64(out, usage.completion_tokens);
                 out.extend_from_slice(b",\"total_tokens\":");
-                push_u64(out, total);
+                push_u64(out, usage.total());
+                out.extend_from_slice(b",\"cached_tokens\":");
+                push_u64(out, usage.cached_tokens);
+                out.extend_from_slice(b",\"reasoning_tokens\":");
+                push_u64(out, usage.reasoning_tokens);
             }
-            None => out.extend_from_slice(b",\"prompt_tokens\":null,\"completion_tokens\":null,\"total_tokens\":null"),
+            None => out.extend_from_slice(
+                b",\"prompt_tokens\":null,\"completion_tokens\":null,\"total_tokens\":null,\"cached_tokens\":null,\"reasoning_tokens\":null",
+            ),
         }
     } else {
         for (field, switches) in spec.fields.iter().zip(field_switches) {

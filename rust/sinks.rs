@@ -15,7 +15,7 @@ use pyo3::types::{PyDict, PyString};
 
 use crate::errors::{LogClosedError, LogFileError, NotAJsonlLogError};
 use crate::events::EventKind;
-use crate::metrics::{Metrics, Prices, Snapshot, Usage};
+use crate::metrics::{Metrics, Prices, Snapshot};
 use crate::record::{checked_timestamp, push_record, with_event, EventValues, RecordOptions};
 use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
 
@@ -32,11 +32,7 @@ impl MetricsSink {
         match event.kind {
             EventKind::LlmStart => self.lock().llm_start(&run_key, model, event.ts),
             EventKind::LlmEnd => {
-                let usage = event.usage().map(|(prompt_tokens, completion_tokens, total_tokens)| Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                    total_tokens,
-                });
+                let usage = event.usage();
                 let model = event.response_model().and_then(|name| name.to_str().ok());
                 self.lock().llm_end(&run_key, model, usage, event.ts)
             }
@@ -228,6 +224,8 @@ fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound
         total_tokens,
         prompt_tokens,
         completion_tokens,
+        cached_tokens,
+        reasoning_tokens,
         avg_latency_ms,
         min_latency_ms,
         max_latency_ms,
@@ -263,6 +261,8 @@ fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound
             prompt_tokens,
             completion_tokens,
             total_tokens,
+            cached_tokens,
+            reasoning_tokens,
             cost_usd,
             avg_latency_ms,
         );
@@ -275,8 +275,10 @@ fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound
 #[pymethods]
 impl PyMetricsSink {
     #[new]
-    fn new(prices: Vec<(String, f64, f64)>, max_open_runs: usize) -> Self {
-        PyMetricsSink { sink: Arc::new(MetricsSink(Mutex::new(Metrics::new(Prices::new(prices), max_open_runs)))) }
+    #[pyo3(signature = (prices, max_open_runs, cached_prompt_prices = Vec::new()))]
+    fn new(prices: Vec<(String, f64, f64)>, max_open_runs: usize, cached_prompt_prices: Vec<(String, f64)>) -> Self {
+        let prices = Prices::new(prices, cached_prompt_prices);
+        PyMetricsSink { sink: Arc::new(MetricsSink(Mutex::new(Metrics::new(prices, max_open_runs)))) }
     }
 
     /// Records one event (used when a hook is called from Python, e.g. through `super()`).

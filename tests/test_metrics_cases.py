@@ -202,11 +202,12 @@ def test_last_row_wins_for_a_repeated_model(backend: str) -> None:
 def test_completed_call_counts_tokens_cost_and_latency(backend: str) -> None:
     calls = Calls()
     calls.start("a", "gpt-4o-2024-08-06", 100.0)
-    calls.end("a", None, tokens(1000, 500), 100.25)
+    calls.end("a", None, Usage(1000, 500, 0, 200, 50), 100.25)
     snapshot = calls.snapshot()
     expected_cost = 1000 * 2.5 / 1e6 + 500 * 10.0 / 1e6
     assert snapshot["total_calls"] == snapshot["completed_calls"] == 1
     assert (snapshot["prompt_tokens"], snapshot["completion_tokens"], snapshot["total_tokens"]) == (1000, 500, 1500)
+    assert (snapshot["cached_tokens"], snapshot["reasoning_tokens"]) == (200, 50)
     assert snapshot["avg_latency_ms"] == 250.0
     assert snapshot["open_runs"] == 0
     assert snapshot["total_cost_usd"] == expected_cost
@@ -218,6 +219,8 @@ def test_completed_call_counts_tokens_cost_and_latency(backend: str) -> None:
             "prompt_tokens": 1000,
             "completion_tokens": 500,
             "total_tokens": 1500,
+            "cached_tokens": 200,
+            "reasoning_tokens": 50,
             "cost_usd": expected_cost,
             "avg_latency_ms": 250.0,
         }

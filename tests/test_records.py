@@ -53,7 +53,7 @@ def fire_every_event(manager: CallbackManager) -> None:
 
 
 ALWAYS_WRITTEN = {"ts", "event", "run_id", "parent_run_id", "model", "tool_name", "attempt", "max_attempts",
-                  "prompt_tokens", "completion_tokens", "total_tokens", "extra"}
+                  "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "extra"}
 PROMPT_FIELDS = {("run_start", "prompt"), ("memory_recall", "query"), ("llm_start", "prompt"),
                  ("memory_store", "stored user text")}
 RESPONSE_FIELDS = {("llm_new_token", "token"), ("llm_end", "response"), ("run_end", "answer"),
@@ -138,7 +138,8 @@ def test_every_string_is_capped_keys_and_model_too(backend: str, tmp_path: Path)
         '"extra":{"xxxxxxxxxxxxxxxx…[truncated 14 chars]":"vvvvvvvvvvvvvvvv…[truncated 14 chars]"}}',
         HEAD + '"llm_start","run_id":null,"parent_run_id":null,"model":"mmmmmmmmmmmmmmmm…[truncated 4 chars]","prompt":"p"}',
         HEAD + '"llm_end","run_id":null,"parent_run_id":null,"model":"nnnnnnnnnnnnnnnn…[truncated 4 chars]",'
-        '"response":"a","prompt_tokens":0,"completion_tokens":0,"total_tokens":0}',
+        '"response":"a","prompt_tokens":0,"completion_tokens":0,"total_tokens":0,"cached_tokens":0,'
+        '"reasoning_tokens":0}',
         HEAD + '"error","run_id":null,"parent_run_id":null,"model":null,'
         '"error":{"type":"EEEEEEEEEEEEEEEE…[truncated 24 chars]","message":"e"}}',
     ]

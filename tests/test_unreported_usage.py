@@ -18,7 +18,8 @@ from rlm_toolkit.types import LLMResponse, Usage
 
 MODEL = "gpt-4o"
 TS = 1_700_000_000.0
-NULL_TOKENS = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+NULL_TOKENS = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None, "cached_tokens": None,
+               "reasoning_tokens": None}
 
 
 class Responses(BaseCallback):
@@ -182,7 +183,8 @@ def test_jsonl_writes_null_tokens_for_an_unreported_usage(backend: str, tmp_path
         CallbackManager([log]).on_llm_end(response, run_id="r", timestamp=TS)
 
     line = path.read_text(encoding="utf-8")
-    assert line.endswith('"prompt_tokens":null,"completion_tokens":null,"total_tokens":null}\n')
+    assert line.endswith('"prompt_tokens":null,"completion_tokens":null,"total_tokens":null,"cached_tokens":null,'
+                         '"reasoning_tokens":null}\n')
     [record] = jsonl_records(path)
     assert {name: record[name] for name in NULL_TOKENS} == NULL_TOKENS
 

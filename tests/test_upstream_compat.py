@@ -317,8 +317,8 @@ def test_llm_response_is_its_content_with_fields() -> None:
     assert LLMResponse(content="a", model="m", usage=usage, finish_reason=None, tool_calls=[1]).tool_calls == (1,)
     assert (LLMResponse("a").model, LLMResponse("a").usage, LLMResponse("a").tool_calls) == (None, Usage(), ())
     assert repr(LLMResponse("a", "m")) == (
-        "LLMResponse(content='a', model='m', usage=Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0), "
-        "finish_reason=None, tool_calls=())")
+        "LLMResponse(content='a', model='m', usage=Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0, "
+        "cached_tokens=0, reasoning_tokens=0), finish_reason=None, tool_calls=())")
 
 
 def test_llm_response_equality_is_documented() -> None:

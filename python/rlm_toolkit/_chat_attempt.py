@@ -176,4 +176,12 @@ def _usage_of(usage: Any) -> Usage | None:
     """The reported usage, or None when the server sent none."""
     if usage is None:
         return None
-    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
+                 _detail(usage.prompt_tokens_details, "cached_tokens"),
+                 _detail(usage.completion_tokens_details, "reasoning_tokens"))
+
+
+def _detail(details: Any, name: str) -> int:
+    """One count of a usage's ``*_tokens_details``; 0 when the server left the details or the count out."""
+    count = getattr(details, name, None) if details is not None else None
+    return count if isinstance(count, int) else 0

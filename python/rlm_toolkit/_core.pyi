@@ -26,7 +26,12 @@ class Dispatcher:
     def handler_errors(self) -> int: ...
 
 class MetricsSink:
-    def __new__(cls, prices: Sequence[tuple[str, float, float]], max_open_runs: int) -> MetricsSink: ...
+    def __new__(
+        cls,
+        prices: Sequence[tuple[str, float, float]],
+        max_open_runs: int,
+        cached_prompt_prices: Sequence[tuple[str, float]] = (),
+    ) -> MetricsSink: ...
     def handle(
         self,
         event: str,

@@ -222,6 +222,8 @@ def _add_usage(first: Usage | None, second: Usage | None) -> Usage | None:
         first.prompt_tokens + second.prompt_tokens,
         first.completion_tokens + second.completion_tokens,
         first.total_tokens + second.total_tokens,
+        first.cached_tokens + second.cached_tokens,
+        first.reasoning_tokens + second.reasoning_tokens,
     )
 
 

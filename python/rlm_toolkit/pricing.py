@@ -1,29 +1,35 @@
-"""USD prices per million tokens (prompt, completion) for common OpenAI models.
+"""USD prices per million tokens for common OpenAI models: (prompt, completion) or, for a model with
+prompt caching, (prompt, completion, cached prompt).
 
-Dated model names match by prefix: ``gpt-4o-2024-08-06`` is priced as ``gpt-4o``. A model that is not
-here has an unknown cost (``None``), never 0.
+OpenAI's standard-tier list prices per 1M tokens, taken 2025-06-10 (after that day's o3 price change).
+A call's cached prompt tokens (``Usage.cached_tokens``) are billed at the cached prompt price when the
+model has one, the rest of its prompt at the prompt price. Dated model names match by prefix:
+``gpt-4o-2024-08-06`` is priced as ``gpt-4o``. A model that is not here has an unknown cost (``None``),
+never 0.
 """
 
 from __future__ import annotations
 
-PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
+ModelPrice = tuple[float, float] | tuple[float, float, float]
+"""USD per million tokens: (prompt, completion) or (prompt, completion, cached prompt)."""
+
+PRICES_PER_MILLION: dict[str, ModelPrice] = {
+    "gpt-4o": (2.50, 10.00, 1.25),
+    "gpt-4o-mini": (0.15, 0.60, 0.075),
+    "gpt-4.1": (2.00, 8.00, 0.50),
+    "gpt-4.1-mini": (0.40, 1.60, 0.10),
+    "gpt-4.1-nano": (0.10, 0.40, 0.025),
     "gpt-4-turbo": (10.00, 30.00),
     "gpt-4": (30.00, 60.00),
     "gpt-3.5-turbo": (0.50, 1.50),
-    "o1": (15.00, 60.00),
-    "o1-mini": (1.10, 4.40),
-    "o3": (2.00, 8.00),
-    "o3-mini": (1.10, 4.40),
-    "o4-mini": (1.10, 4.40),
+    "o1": (15.00, 60.00, 7.50),
+    "o1-mini": (1.10, 4.40, 0.55),
+    "o3": (2.00, 8.00, 0.50),
+    "o3-mini": (1.10, 4.40, 0.55),
+    "o4-mini": (1.10, 4.40, 0.275),
 }
 
-
-def price_for(model: str | None, prices: dict[str, tuple[float, float]] = PRICES_PER_MILLION) -> tuple[float, float] | None:
+def price_for(model: str | None, prices: dict[str, ModelPrice] = PRICES_PER_MILLION) -> ModelPrice | None:
     """Exact name, else the longest priced name that ``model`` starts with followed by ``-``."""
     if model is None:
         return None
@@ -33,8 +39,18 @@ def price_for(model: str | None, prices: dict[str, tuple[float, float]] = PRICES
     return prices[max(candidates, key=len)] if candidates else None
 
 
-def cost_usd(model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+def cost_usd(model: str | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float | None:
     price = price_for(model)
     if price is None:
         return None
-    return prompt_tokens * price[0] / 1e6 + completion_tokens * price[1] / 1e6
+    return call_cost(price, prompt_tokens, completion_tokens, cached_tokens)
+
+
+def call_cost(price: ModelPrice, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float:
+    """The USD cost of one call; ``cached_tokens`` (at most ``prompt_tokens`` of them) are billed at the
+    cached prompt price when ``price`` has one."""
+    if len(price) == 2:
+        return float(prompt_tokens) * price[0] / 1e6 + float(completion_tokens) * price[1] / 1e6
+    cached = min(cached_tokens, prompt_tokens)
+    return (float(prompt_tokens - cached) * price[0] / 1e6 + float(cached) * price[2] / 1e6
+            + float(completion_tokens) * price[1] / 1e6)

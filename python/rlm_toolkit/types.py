@@ -12,6 +12,10 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens served from the provider's prompt cache (``prompt_tokens_details.cached_tokens``)."""
+    reasoning_tokens: int = 0
+    """Completion tokens spent on hidden reasoning (``completion_tokens_details.reasoning_tokens``)."""
 
     @classmethod
     def of(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from ..callbacks.metrics_types import MetricsSnapshot, ModelMetricsSnapshot
-from ..pricing import price_for
+from ..pricing import ModelPrice, call_cost, price_for
 
 UNKNOWN_MODEL = "unknown"
 U64_MAX = 2**64 - 1
@@ -67,6 +67,8 @@ class _ModelStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     cost_usd: float | None = 0.0
     latency_count: int = 0
     latency_sum_ms: float = 0.0
@@ -79,6 +81,8 @@ class _ModelStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": self.cost_usd,
             "avg_latency_ms": _average(self.latency_sum_ms, self.latency_count),
         }
@@ -87,7 +91,7 @@ class _ModelStats:
 class ReferenceMetrics:
     """Aggregates callback events as docs/metrics.md says."""
 
-    def __init__(self, prices: dict[str, tuple[float, float]], max_open_runs: int = 10_000) -> None:
+    def __init__(self, prices: dict[str, ModelPrice], max_open_runs: int = 10_000) -> None:
         self._prices = dict(prices)
         self._max_open_runs = max_open_runs
         self._lock = threading.Lock()
@@ -102,6 +106,8 @@ class ReferenceMetrics:
         self._prompt_tokens = 0
         self._completion_tokens = 0
         self._total_tokens = 0
+        self._cached_tokens = 0
+        self._reasoning_tokens = 0
         self._errors = 0
         self._retries = 0
         self._tool_calls = 0
@@ -140,7 +146,7 @@ class ReferenceMetrics:
                 self._evicted_runs += 1
 
     def llm_end(
-        self, run_id: str, model: str | None, usage: tuple[int, int, int] | None, ts: float
+        self, run_id: str, model: str | None, usage: tuple[int, int, int, int, int] | None, ts: float
     ) -> None:
         with self._lock:
             run = self._open_runs.pop(run_id, None)
@@ -163,7 +169,7 @@ class ReferenceMetrics:
                 self._unpriced_calls += 1
                 stats.cost_usd = None
                 return
-            prompt_tokens, completion_tokens, reported_total = usage
+            prompt_tokens, completion_tokens, reported_total, cached_tokens, reasoning_tokens = usage
             if reported_total > 0:
                 total_tokens = reported_total
             else:
@@ -171,20 +177,20 @@ class ReferenceMetrics:
             self._prompt_tokens = _saturating_add(self._prompt_tokens, prompt_tokens)
             self._completion_tokens = _saturating_add(self._completion_tokens, completion_tokens)
             self._total_tokens = _saturating_add(self._total_tokens, total_tokens)
+            self._cached_tokens = _saturating_add(self._cached_tokens, cached_tokens)
+            self._reasoning_tokens = _saturating_add(self._reasoning_tokens, reasoning_tokens)
             stats.prompt_tokens = _saturating_add(stats.prompt_tokens, prompt_tokens)
             stats.completion_tokens = _saturating_add(stats.completion_tokens, completion_tokens)
             stats.total_tokens = _saturating_add(stats.total_tokens, total_tokens)
+            stats.cached_tokens = _saturating_add(stats.cached_tokens, cached_tokens)
+            stats.reasoning_tokens = _saturating_add(stats.reasoning_tokens, reasoning_tokens)
 
             price = price_for(key, self._prices)
             if price is None:
                 self._unpriced_calls += 1
                 stats.cost_usd = None
             else:
-                prompt_price, completion_price = price
-                cost = (
-                    float(prompt_tokens) * prompt_price / 1e6
-                    + float(completion_tokens) * completion_price / 1e6
-                )
+                cost = call_cost(price, prompt_tokens, completion_tokens, cached_tokens)
                 self._total_cost_usd += cost
                 if stats.cost_usd is not None:
                     stats.cost_usd += cost
@@ -274,6 +280,8 @@ class ReferenceMetrics:
                 "total_tokens": self._total_tokens,
                 "prompt_tokens": self._prompt_tokens,
                 "completion_tokens": self._completion_tokens,
+                "cached_tokens": self._cached_tokens,
+                "reasoning_tokens": self._reasoning_tokens,
                 "avg_latency_ms": _average(self._latency_sum_ms, self._latency_count),
                 "min_latency_ms": self._min_latency_ms,
                 "max_latency_ms": self._max_latency_ms,

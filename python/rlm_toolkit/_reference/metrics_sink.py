@@ -8,10 +8,12 @@ at import, as an unmatched ``EventKind`` is a compile error in Rust.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from ..errors import InvalidEventError
 from ..events import EVENTS
+from ..pricing import ModelPrice
 from .clock import now
 from .metrics import ReferenceMetrics
 from .records import checked_timestamp, response_model, usage_of
@@ -109,8 +111,14 @@ _check_covers_catalogue()
 class ReferenceMetricsSink(ReferenceMetrics):
     """The reference backend's metrics core: what ``MetricsCallback`` sends events to."""
 
-    def __init__(self, prices: list[tuple[str, float, float]], max_open_runs: int) -> None:
-        super().__init__({name: (p_in, p_out) for name, p_in, p_out in prices}, max_open_runs)
+    def __init__(self, prices: list[tuple[str, float, float]], max_open_runs: int,
+                 cached_prompt_prices: Sequence[tuple[str, float]] = ()) -> None:
+        table: dict[str, ModelPrice] = {name: (p_in, p_out) for name, p_in, p_out in prices}
+        for name, cached_price in cached_prompt_prices:
+            price = table.get(name)
+            if price is not None:
+                table[name] = (price[0], price[1], cached_price)
+        super().__init__(table, max_open_runs)
 
     def handle(self, event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: Any, model: str | None,
                ts: float | None, extra: dict[str, Any] | None) -> None:

@@ -184,13 +184,18 @@ def _token_count(usage: Any, name: str) -> int:
     return 0
 
 
-def usage_of(response: Any) -> tuple[int, int, int] | None:
-    """(prompt, completion, total) tokens of an LLM response, or None when it carries no usage."""
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
+"""The token counts read from an LLM response's usage, in the order of ``usage_of`` and of the record."""
+
+
+def usage_of(response: Any) -> tuple[int, int, int, int, int] | None:
+    """(prompt, completion, total, cached, reasoning) tokens of an LLM response, or None when it carries no
+    usage."""
     usage = _attribute(response, "usage")
     if usage is None:
         return None
-    return (_token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens"),
-            _token_count(usage, "total_tokens"))
+    prompt, completion, total, cached, reasoning = (_token_count(usage, name) for name in USAGE_FIELDS)
+    return (prompt, completion, total, cached, reasoning)
 
 
 def response_model(response: Any, model: str | None) -> str | None:
@@ -252,12 +257,14 @@ def build_record(event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: 
             record["response"] = jsonable(response_text(response), max_chars)
         usage = usage_of(response)
         if usage is None:
-            record["prompt_tokens"] = record["completion_tokens"] = record["total_tokens"] = None
+            record.update(dict.fromkeys(USAGE_FIELDS))
         else:
-            prompt_tokens, completion_tokens, total_tokens = usage
+            prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens = usage
             record["prompt_tokens"] = prompt_tokens
             record["completion_tokens"] = completion_tokens
             record["total_tokens"] = total_tokens or min(prompt_tokens + completion_tokens, MAX_COUNT)
+            record["cached_tokens"] = cached_tokens
+            record["reasoning_tokens"] = reasoning_tokens
     else:
         for name in spec.fields:
             if name == "model":

@@ -121,7 +121,9 @@ def _usage_texts(response: Any, model: str | None, show_tokens: bool, show_cost:
             f"tokens: {usage.total_tokens} ({usage.prompt_tokens} prompt + {usage.completion_tokens} completion)"
         )
     if show_cost:
-        cost = cost_usd(model, usage.prompt_tokens, usage.completion_tokens)
+        cached = getattr(usage, "cached_tokens", 0)  # a user's own usage object may not have it
+        cached = cached if isinstance(cached, int) and not isinstance(cached, bool) else 0
+        cost = cost_usd(model, usage.prompt_tokens, usage.completion_tokens, cached)
         texts.append("cost: unknown" if cost is None else f"cost: ${cost:.6f}")
     return texts
 

@@ -15,6 +15,8 @@ class ModelMetricsSnapshot(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
     cost_usd: float | None
     """None once a completed call of this model had no price or did not report its usage."""
     avg_latency_ms: float
@@ -28,6 +30,10 @@ class MetricsSnapshot(TypedDict):
     total_tokens: int
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int
+    """Prompt tokens the provider reported as served from its prompt cache (included in ``prompt_tokens``)."""
+    reasoning_tokens: int
+    """Completion tokens the provider reported as hidden reasoning (included in ``completion_tokens``)."""
     avg_latency_ms: float
     min_latency_ms: float
     max_latency_ms: float

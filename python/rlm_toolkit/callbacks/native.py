@@ -12,7 +12,7 @@ from typing import Any, Literal, cast
 from .. import _backend
 from ..errors import CallbackConfigError, LogFileError
 from ..events import EVENTS, EventSpec
-from ..pricing import PRICES_PER_MILLION
+from ..pricing import PRICES_PER_MILLION, ModelPrice
 from . import _lifecycle
 from .base import BaseCallback
 from .metrics_types import MetricsSnapshot
@@ -69,12 +69,19 @@ MAX_CLOSE_TIMEOUT = 3_600.0
 class MetricsCallback(NativeSinkCallback):
     """Aggregates calls, tokens, latency percentiles, cost, errors and retries with bounded memory."""
 
-    def __init__(self, *, prices: dict[str, tuple[float, float]] | None = None, max_open_runs: int = 10_000,
+    def __init__(self, *, prices: dict[str, ModelPrice] | None = None, max_open_runs: int = 10_000,
                  backend: _backend.BackendName | None = None) -> None:
         _checked_int("max_open_runs", max_open_runs, 1, MAX_OPEN_RUNS)
         table = PRICES_PER_MILLION if prices is None else prices
+        for name, price in table.items():
+            if len(price) not in (2, 3):
+                raise CallbackConfigError(
+                    f"the price of {name!r} must be (prompt, completion) or (prompt, completion, cached prompt) "
+                    f"in USD per million tokens, got {price!r}"
+                )
         self.core = _backend.load(backend).MetricsSink(
-            [(name, float(p_in), float(p_out)) for name, (p_in, p_out) in table.items()], max_open_runs
+            [(name, float(price[0]), float(price[1])) for name, price in table.items()], max_open_runs,
+            [(name, float(price[2])) for name, price in table.items() if len(price) == 3],
         )
         self.native_events = frozenset(spec.name for spec in EVENTS)
 

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -103,7 +103,7 @@ def _fault_response(fault: ErrorFault, authorization: str | None) -> web.Respons
 
 
 async def malformed_answer(request: web.Request, fault: MalformedFault, completion_id: str, created: int,
-                           chat: ChatRequest, reply: Reply, usage: dict[str, int] | None) -> web.StreamResponse:
+                           chat: ChatRequest, reply: Reply, usage: dict[str, Any] | None) -> web.StreamResponse:
     """Answer with status 200 and the broken body ``fault.kind`` names."""
     body = completion(completion_id, created, chat.model, reply, usage)
     if fault.kind == "invalid_json":
@@ -133,7 +133,7 @@ async def malformed_answer(request: web.Request, fault: MalformedFault, completi
 
 
 async def keep_alive_then_answer(request: web.Request, fault: KeepAliveFault, completion_id: str, created: int,
-                                 chat: ChatRequest, reply: Reply, usage: dict[str, int] | None,
+                                 chat: ChatRequest, reply: Reply, usage: dict[str, Any] | None,
                                  latency: Callable[[], float]) -> web.StreamResponse:
     """Send filler bytes for ``fault.seconds``, then the answer.
 

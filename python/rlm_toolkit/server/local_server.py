@@ -5,7 +5,8 @@
 :meth:`~LocalServer.drop_next`, :meth:`~LocalServer.malform_next` and
 :meth:`~LocalServer.keep_alive_next` queue faults for the next chat-completion
 requests (see ``faults.py`` for how they apply); :meth:`~LocalServer.omit_usage_next`
-leaves the usage out of the next answers. Every JSON body received is
+leaves the usage out of the next answers and :meth:`~LocalServer.usage_details_next` adds
+cached and reasoning token counts to it. Every JSON body received is
 appended to ``LocalServer.requests``. All of these are thread-safe. ``latency``
 seconds are slept before every successful answer, and ``latency / number of
 chunks`` between stream chunks.
@@ -26,8 +27,8 @@ from aiohttp import web
 
 from .faults import (DropFault, ErrorFault, Fault, HangFault, KeepAliveFault, MalformedFault, MalformedKind,
                      answer_before_validation, keep_alive_then_answer, malformed_answer)
-from .protocol import (RequestError, completion, completion_chunks, new_completion_id, parse_chat_request,
-                       stream_events, usage_of)
+from .protocol import (RequestError, UsageDetails, completion, completion_chunks, new_completion_id,
+                       parse_chat_request, stream_events, usage_of)
 from .replies import Reply, default_reply, scripted_reply
 
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -76,6 +77,7 @@ class LocalServer:
         self._faults: deque[Fault] = deque()
         self._replies: deque[Reply] = deque()
         self._answers_without_usage = 0
+        self._usage_details: deque[UsageDetails] = deque()
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
@@ -259,6 +261,20 @@ class LocalServer:
         with self._lock:
             self._answers_without_usage += count
 
+    def usage_details_next(self, *, cached_tokens: int = 0, reasoning_tokens: int = 0, count: int = 1) -> None:
+        """Report ``prompt_tokens_details.cached_tokens`` and ``completion_tokens_details.reasoning_tokens``
+        in the usage of the next ``count`` answers that carry one (streamed or not).
+
+        Answers left without usage by :meth:`omit_usage_next`, errors and dropped requests do not count.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        if cached_tokens < 0 or reasoning_tokens < 0:
+            raise ValueError(f"token counts must be >= 0, got cached_tokens={cached_tokens} and "
+                             f"reasoning_tokens={reasoning_tokens}")
+        with self._lock:
+            self._usage_details.extend([UsageDetails(cached_tokens, reasoning_tokens)] * count)
+
     def queue_reply(self, content: str | None = None, *, tool_calls: list[dict[str, Any]] | None = None,
                     usage: tuple[int, int] | None = None) -> None:
         """Queue a canned answer for the next request without a fault.
@@ -273,11 +289,12 @@ class LocalServer:
             self._replies.append(reply)
 
     def reset(self) -> None:
-        """Forget queued replies, pending faults, pending usage omissions and recorded requests."""
+        """Forget queued replies, pending faults, pending usage omissions and details, and recorded requests."""
         with self._lock:
             self._faults.clear()
             self._replies.clear()
             self._answers_without_usage = 0
+            self._usage_details.clear()
             self.requests.clear()
 
     def _add_faults(self, fault: Fault, count: int) -> None:
@@ -319,9 +336,10 @@ class LocalServer:
             omit_usage = self._answers_without_usage > 0
             if omit_usage:
                 self._answers_without_usage -= 1
+            details = self._usage_details.popleft() if self._usage_details and not omit_usage else None
         if reply is None:
             reply = default_reply(chat.messages, chat.functions)
-        usage = None if omit_usage else usage_of(chat, reply)
+        usage = None if omit_usage else usage_of(chat, reply, details)
 
         if self.latency > 0:
             await asyncio.sleep(self.latency)

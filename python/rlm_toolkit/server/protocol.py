@@ -8,7 +8,9 @@ Usage numbers
     ``queue_reply(usage=(prompt, completion))`` overrides both. After
     ``omit_usage_next()`` an answer carries no usage at all, as from a server
     that ignores ``stream_options``: a completion without the ``usage`` key, a
-    stream without the usage chunk.
+    stream without the usage chunk. After ``usage_details_next(cached_tokens=...,
+    reasoning_tokens=...)`` the usage also has ``prompt_tokens_details.cached_tokens``
+    and ``completion_tokens_details.reasoning_tokens``, as OpenAI reports them.
 
 Streaming (``"stream": true``)
     Server-sent events: a first chunk with ``delta.role``, one chunk per word of
@@ -101,12 +103,25 @@ def parse_chat_request(body: Any, models: tuple[str, ...]) -> ChatRequest:
 # -- usage ----------------------------------------------------------------------
 
 
-def usage_of(chat: ChatRequest, reply: Reply) -> dict[str, int]:
-    """The ``usage`` object answering ``chat`` with ``reply``: the reply's own numbers, else counted."""
+def usage_of(chat: ChatRequest, reply: Reply, details: UsageDetails | None = None) -> dict[str, Any]:
+    """The ``usage`` object answering ``chat`` with ``reply``: the reply's own numbers, else counted; with
+    ``details``, also the ``*_tokens_details`` objects."""
     prompt_tokens, completion_tokens = reply.usage or (
         _count_prompt_tokens(chat.messages), _count_completion_tokens(reply))
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+    if details is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": details.cached_tokens}
+        usage["completion_tokens_details"] = {"reasoning_tokens": details.reasoning_tokens}
+    return usage
+
+
+@dataclass(frozen=True)
+class UsageDetails:
+    """The counts an answer's usage reports in ``prompt_tokens_details``/``completion_tokens_details``."""
+
+    cached_tokens: int
+    reasoning_tokens: int
 
 
 def _count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -127,7 +142,7 @@ def new_completion_id() -> str:
 
 
 def completion(completion_id: str, created: int, model: str, reply: Reply,
-               usage: dict[str, int] | None) -> dict[str, Any]:
+               usage: dict[str, Any] | None) -> dict[str, Any]:
     """The ``chat.completion`` object answering with ``reply``; without a ``usage`` key when ``usage`` is None."""
     message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
     if reply.tool_calls:
@@ -152,7 +167,7 @@ def completion(completion_id: str, created: int, model: str, reply: Reply,
 
 
 def completion_chunks(completion_id: str, created: int, chat: ChatRequest, reply: Reply,
-                      usage: dict[str, int] | None) -> list[dict[str, Any]]:
+                      usage: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The ``chat.completion.chunk`` objects streaming ``reply``, in order.
 
     With ``usage`` None they are those of a server that ignores ``include_usage``: no usage chunk, and no
