@@ -16,6 +16,8 @@ from rlm_toolkit.rlm import RLM
 from rlm_toolkit.server import LocalServer
 from rlm_toolkit.types import LLMResponse, Usage
 
+from test_rlm import make_rlm
+
 MODEL = "gpt-4o"
 TS = 1_700_000_000.0
 NULL_TOKENS = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None, "cached_tokens": None,
@@ -35,11 +37,6 @@ class Responses(BaseCallback):
 
     def on_llm_end(self, response: Any, **kwargs: Any) -> None:
         self.responses.append(response)
-
-
-def make_rlm(server: LocalServer, *callbacks: Any) -> RLM:
-    return RLM.from_openai(MODEL, list(callbacks), base_url=server.base_url, api_key=server.api_key,
-                           backoff_base=0.001)
 
 
 def jsonl_records(path: Path) -> list[dict[str, Any]]:
@@ -84,7 +81,7 @@ def test_omit_usage_next_refuses_a_count_below_one(server: LocalServer) -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["completion", "stream"])
 def test_unreported_usage_is_none_on_the_response_and_the_run(server: LocalServer, stream: bool) -> None:
     responses = Responses(stream=stream)
-    rlm = make_rlm(server, responses)
+    rlm = make_rlm(server, responses, model=MODEL)
     server.omit_usage_next()
 
     unreported = rlm.run("Hello there!")
@@ -120,7 +117,7 @@ def test_one_unreported_call_makes_the_run_usage_none(server: LocalServer) -> No
 
 def test_metrics_count_an_unreported_call_with_an_unknown_cost(server: LocalServer, backend: str) -> None:
     metrics = MetricsCallback()
-    rlm = make_rlm(server, metrics)
+    rlm = make_rlm(server, metrics, model=MODEL)
     server.omit_usage_next()
 
     rlm.run("Hello there!")
@@ -192,7 +189,7 @@ def test_jsonl_writes_null_tokens_for_an_unreported_usage(backend: str, tmp_path
 def test_jsonl_of_a_streamed_run_without_usage(server: LocalServer, backend: str, tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
     with FileLogCallback(path) as log:
-        rlm = make_rlm(server, log, Responses(stream=True))
+        rlm = make_rlm(server, log, Responses(stream=True), model=MODEL)
         server.omit_usage_next()
         rlm.run("Hello there!")
 
@@ -202,7 +199,7 @@ def test_jsonl_of_a_streamed_run_without_usage(server: LocalServer, backend: str
 
 def test_console_shows_an_unreported_streamed_call_as_unknown(server: LocalServer, backend: str) -> None:
     output = io.StringIO()
-    rlm = make_rlm(server, ConsoleCallback(verbose=False, stream=output, color=False), Responses(stream=True))
+    rlm = make_rlm(server, ConsoleCallback(verbose=False, stream=output, color=False), Responses(stream=True), model=MODEL)
     server.omit_usage_next()
 
     rlm.run("Hello there!")

@@ -11,36 +11,19 @@ import openai
 import pytest
 
 from rlm_toolkit._chat_attempt import _usage_of
-from rlm_toolkit.callbacks import BaseCallback, CallbackManager, FileLogCallback, MetricsCallback
+from rlm_toolkit.callbacks import CallbackManager, FileLogCallback, MetricsCallback
 from rlm_toolkit.errors import CallbackConfigError
 from rlm_toolkit.pricing import PRICES_PER_MILLION, cost_usd
 from rlm_toolkit.rlm import RLM
 from rlm_toolkit.server import LocalServer
 from rlm_toolkit.types import LLMResponse, Usage
 
+from test_rlm import make_rlm
+from test_unreported_usage import Responses
+
 MODEL = "gpt-4o"
 TS = 1_700_000_000.25
 HEAD = '{"ts":"2023-11-14T22:13:20.250000Z","event":'
-
-
-class Responses(BaseCallback):
-    """Keeps every ``on_llm_end`` response; with ``stream`` its token hook makes runs stream."""
-
-    def __init__(self, *, stream: bool) -> None:
-        self.responses: list[Any] = []
-        if stream:
-            self.on_llm_new_token = self._ignore_token  # type: ignore[method-assign]
-
-    def _ignore_token(self, token: str, **kwargs: Any) -> None:
-        pass
-
-    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
-        self.responses.append(response)
-
-
-def make_rlm(server: LocalServer, *callbacks: Any) -> RLM:
-    return RLM.from_openai(MODEL, list(callbacks), base_url=server.base_url, api_key=server.api_key,
-                           backoff_base=0.001)
 
 
 # -- Usage --------------------------------------------------------------------------------------
@@ -156,7 +139,7 @@ def test_reset_forgets_pending_usage_details(server: LocalServer) -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["completion", "stream"])
 def test_a_hook_receives_the_usage_details(server: LocalServer, backend: str, stream: bool) -> None:
     responses = Responses(stream=stream)
-    rlm = make_rlm(server, responses)
+    rlm = make_rlm(server, responses, model=MODEL)
     server.usage_details_next(cached_tokens=8, reasoning_tokens=3)
 
     result = rlm.run("Hello there!")
@@ -231,7 +214,7 @@ def test_jsonl_of_a_run_carries_the_reported_details(server: LocalServer, backen
     path = tmp_path / "log.jsonl"
     server.usage_details_next(cached_tokens=9, reasoning_tokens=4)
     with FileLogCallback(path) as log:
-        make_rlm(server, log, Responses(stream=stream)).run("Hello there!")
+        make_rlm(server, log, Responses(stream=stream), model=MODEL).run("Hello there!")
 
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     [end] = [record for record in records if record["event"] == "llm_end"]
@@ -280,7 +263,7 @@ def test_metrics_details_saturate_and_reset(backend: str) -> None:
 
 def test_metrics_of_a_run_count_the_reported_details(server: LocalServer, backend: str) -> None:
     metrics = MetricsCallback()
-    rlm = make_rlm(server, metrics)
+    rlm = make_rlm(server, metrics, model=MODEL)
     server.usage_details_next(cached_tokens=12, reasoning_tokens=7)
 
     rlm.run("Hello there!")
