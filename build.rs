@@ -1,6 +1,6 @@
 //! Generates the Rust side of the event catalogue from `python/rlm_toolkit/events.toml`, the one table
 //! both languages read: the `EventKind` enum, `EVENTS`, `EVENT_COUNT`, `MAX_ARGS` and the
-//! `for_each_event_index!` macro the trampolines are listed with.
+//! `MAX_KEYWORDS` and the `for_each_event_index!` macro the trampolines are listed with.
 
 use std::fmt::Write;
 
@@ -10,6 +10,7 @@ struct Event {
     name: String,
     args: Vec<String>,
     fields: Vec<String>,
+    keywords: Vec<String>,
     has_model: bool,
 }
 
@@ -25,6 +26,22 @@ fn strings(value: Option<&toml::Value>, what: &str) -> Vec<String> {
     }
 }
 
+/// The `name`s of an array of `{ name, type }` tables (an absent array is empty).
+fn names(value: Option<&toml::Value>, what: &str) -> Vec<String> {
+    let Some(value) = value else { return Vec::new() };
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("{CATALOGUE}: {what} must be an array"))
+        .iter()
+        .map(|item| {
+            item.get("name")
+                .and_then(|name| name.as_str())
+                .unwrap_or_else(|| panic!("{CATALOGUE}: {what}: an item without a name"))
+                .to_owned()
+        })
+        .collect()
+}
+
 fn read_events(text: &str) -> Vec<Event> {
     let table: toml::Table = text.parse().unwrap_or_else(|error| panic!("{CATALOGUE} is not valid TOML: {error}"));
     let events = table.get("events").and_then(|events| events.as_array()).unwrap_or_else(|| panic!("{CATALOGUE}: no [[events]]"));
@@ -35,19 +52,9 @@ fn read_events(text: &str) -> Vec<Event> {
             let is_identifier = name.chars().next().is_some_and(|first| first.is_ascii_lowercase())
                 && name.chars().all(|character| character.is_ascii_lowercase() || character.is_ascii_digit() || character == '_');
             assert!(is_identifier, "{CATALOGUE}: event name {name:?} must be a lower_snake_case identifier");
-            let args: Vec<String> = event
-                .get("args")
-                .and_then(|args| args.as_array())
-                .unwrap_or_else(|| panic!("{CATALOGUE}: {name} has no args"))
-                .iter()
-                .map(|arg| {
-                    arg.get("name")
-                        .and_then(|arg| arg.as_str())
-                        .unwrap_or_else(|| panic!("{CATALOGUE}: {name}: an arg without a name"))
-                        .to_owned()
-                })
-                .collect();
+            let args = names(event.get("args"), &format!("{name}.args"));
             assert!(!args.is_empty(), "{CATALOGUE}: {name} needs at least one argument");
+            let keywords = names(event.get("keywords"), &format!("{name}.keywords"));
             let has_model = event
                 .get("model")
                 .and_then(|model| model.as_bool())
@@ -55,7 +62,7 @@ fn read_events(text: &str) -> Vec<Event> {
             let mut fields: Vec<String> = if has_model { vec!["model".into()] } else { Vec::new() };
             fields.extend(args.iter().cloned());
             fields.extend(strings(event.get("derived"), &format!("{name}.derived")));
-            Event { name: name.to_owned(), args, fields, has_model }
+            Event { name: name.to_owned(), args, fields, keywords, has_model }
         })
         .collect()
 }
@@ -78,15 +85,22 @@ fn generate(events: &[Event]) -> String {
     writeln!(out, "pub const EVENT_COUNT: usize = {};\n", events.len()).unwrap();
     let max_args = events.iter().map(|event| event.args.len()).max().unwrap_or(0);
     writeln!(out, "/// The most positional arguments any event's hook takes.\npub const MAX_ARGS: usize = {max_args};\n").unwrap();
+    let max_keywords = events.iter().map(|event| event.keywords.len()).max().unwrap_or(0);
+    writeln!(
+        out,
+        "/// The most event keywords (besides the context ones) any event has.\npub const MAX_KEYWORDS: usize = {max_keywords};\n"
+    )
+    .unwrap();
     out.push_str("pub const EVENTS: [EventSpec; EVENT_COUNT] = [\n");
     for event in events {
         writeln!(
             out,
-            "    EventSpec {{ kind: EventKind::{}, name: {:?}, args: &[{}], fields: &[{}], has_model: {} }},",
+            "    EventSpec {{ kind: EventKind::{}, name: {:?}, args: &[{}], fields: &[{}], keywords: &[{}], has_model: {} }},",
             camel_case(&event.name),
             event.name,
             quoted(&event.args),
             quoted(&event.fields),
+            quoted(&event.keywords),
             event.has_model
         )
         .unwrap();

@@ -12,9 +12,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::errors::LogClosedError;
-use crate::events::{EventKind, EVENT_COUNT, MAX_ARGS};
-use crate::fastcall::{event_function, vectorcall, EventKeywords, EventTarget, MethodDefinitions, CONTEXT_KEYWORDS};
-use crate::record::{event_kind, EventValues};
+use crate::events::{EventKind, EVENT_COUNT, MAX_ARGS, MAX_KEYWORDS};
+use crate::fastcall::{event_function, vectorcall, EventTarget, MethodDefinitions, CONTEXT_KEYWORDS};
+use crate::record::{event_kind, EventContext, EventValues};
 use crate::sinks::{count_on, sink_of, Counter, JsonlSink, Sink};
 use crate::time::now;
 use crate::writer::WriteError;
@@ -126,23 +126,18 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    #[allow(clippy::too_many_arguments)]
     pub fn fire<'py>(
         &self,
         py: Python<'py>,
         kind: EventKind,
         args: &[Bound<'py, PyAny>],
-        run_id: Option<&Bound<'py, PyAny>>,
-        parent_run_id: Option<&Bound<'py, PyAny>>,
-        model: Option<&Bound<'py, PyString>>,
+        context: EventContext<'_, 'py>,
         timestamp: Option<f64>,
-        extra: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<()> {
         let registry = self.registry.load();
         let table = &registry.events[kind.index()];
         if !table.sinks.is_empty() {
-            let ts = timestamp.unwrap_or_else(now);
-            let event = EventValues::new(kind, args, run_id, parent_run_id, model, ts, extra);
+            let event = EventValues::new(kind, args, context, timestamp.unwrap_or_else(now));
             for sink in &table.sinks {
                 self.record(py, sink, &event, &registry)?;
             }
@@ -150,17 +145,23 @@ impl Dispatcher {
         if table.hooks.is_empty() {
             return Ok(());
         }
+        // The hooks' slots, in the order of `_registration.slot_names`: the arguments, the context keywords
+        // (`model` only for LLM events), then the event's own keywords.
         let none = py.None().into_bound(py);
-        let context = [run_id, parent_run_id, model.map(Bound::as_any)];
-        let context_count = if kind.spec().has_model { CONTEXT_KEYWORDS } else { CONTEXT_KEYWORDS - 1 };
-        let mut slots: [&Bound<'py, PyAny>; MAX_ARGS + CONTEXT_KEYWORDS] = [&none; MAX_ARGS + CONTEXT_KEYWORDS];
-        for (slot, arg) in slots.iter_mut().zip(args) {
-            *slot = arg;
+        let spec = kind.spec();
+        let model = if spec.has_model { Some(context.model.map(Bound::as_any)) } else { None };
+        let context_values =
+            [Some(context.run_id), Some(context.parent_run_id), model, Some(context.tags), Some(context.metadata)].into_iter().flatten();
+        let values = context_values.chain(context.keywords[..spec.keywords.len()].iter().copied());
+        let mut slots: [&Bound<'py, PyAny>; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS] =
+            [&none; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS];
+        let mut count = 0;
+        for value in args.iter().map(Some).chain(values) {
+            slots[count] = value.unwrap_or(&none);
+            count += 1;
         }
-        for (offset, value) in context[..context_count].iter().enumerate() {
-            slots[args.len() + offset] = value.unwrap_or(&none);
-        }
-        let slots = &slots[..args.len() + context_count];
+        let extra = context.extra;
+        let slots = &slots[..count];
         let mut pending: Vec<Bound<'py, PyTuple>> = Vec::new();
         for hook in &table.hooks {
             match hook.call(py, slots, extra) {
@@ -203,10 +204,12 @@ impl Dispatcher {
             }
             Sink::Python(core) => {
                 let args = PyTuple::new(py, event.args)?;
+                let context = &event.context;
+                let extra = context.extra_with_keywords(py, event.kind)?;
                 let handled = core.call_method1(
                     py,
                     intern!(py, "handle"),
-                    (event.kind.spec().name, args, event.run_id, event.parent_run_id, event.model, event.ts, event.extra),
+                    (event.kind.spec().name, args, context.run_id, context.parent_run_id, context.model, event.ts, extra),
                 );
                 if let Err(error) = handled {
                     let path = core.getattr(py, intern!(py, "path")).and_then(|path| path.extract::<String>(py)).unwrap_or_default();
@@ -233,7 +236,7 @@ impl Dispatcher {
         let error = jsonl.error_to_python(WriteError::Io(reason)).into_value(py).into_bound(py).into_any();
         let label = PyString::new(py, &format!("FileLogCallback({})", jsonl.path));
         self.hook_failed(py, registry, &label, kind.spec().name, error.clone())?;
-        self.fire(py, EventKind::Error, &[error], None, None, None, None, None)
+        self.fire(py, EventKind::Error, &[error], EventContext::default(), None)
     }
 
     /// Counts an event refused at the call (a bad timestamp) in the registered metrics.
@@ -304,17 +307,15 @@ impl EventTarget for PyDispatcher {
     }
 
     #[inline]
-    fn fire<'py>(&self, py: Python<'py>, kind: EventKind, args: &[Bound<'py, PyAny>], keywords: &EventKeywords<'_, 'py>) -> PyResult<()> {
-        self.inner.fire(
-            py,
-            kind,
-            args,
-            keywords.run_id,
-            keywords.parent_run_id,
-            keywords.model,
-            keywords.timestamp,
-            keywords.extra.as_ref(),
-        )
+    fn fire<'py>(
+        &self,
+        py: Python<'py>,
+        kind: EventKind,
+        args: &[Bound<'py, PyAny>],
+        context: EventContext<'_, 'py>,
+        timestamp: Option<f64>,
+    ) -> PyResult<()> {
+        self.inner.fire(py, kind, args, context, timestamp)
     }
 
     fn rejected(&self, py: Python<'_>) -> PyResult<()> {

@@ -5,8 +5,10 @@ pub struct EventSpec {
     pub kind: EventKind,
     pub name: &'static str,
     pub args: &'static [&'static str],
-    /// The record's fields besides `ts`, `event`, `run_id` and `parent_run_id`.
+    /// The record's fields besides `ts`, `event`, `run_id`, `parent_run_id`, the keywords and the context.
     pub fields: &'static [&'static str],
+    /// Keywords of this event besides the context ones (`llm_end`'s `ttft_ms`), written after `fields`.
+    pub keywords: &'static [&'static str],
     pub has_model: bool,
 }
 
@@ -51,5 +53,6 @@ mod tests {
     #[test]
     fn max_args_is_the_widest_event() {
         assert_eq!(EVENTS.iter().map(|spec| spec.args.len()).max(), Some(MAX_ARGS));
+        assert_eq!(EVENTS.iter().map(|spec| spec.keywords.len()).max(), Some(MAX_KEYWORDS));
     }
 }

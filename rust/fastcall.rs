@@ -12,11 +12,12 @@ use pyo3::pyclass::boolean_struct::True;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::PyClass;
 
-use crate::events::{for_each_event_index, EventKind, EVENTS, EVENT_COUNT, MAX_ARGS};
-use crate::record::checked_timestamp;
+use crate::events::{for_each_event_index, EventKind, EVENTS, EVENT_COUNT, MAX_ARGS, MAX_KEYWORDS};
+use crate::record::{checked_timestamp, EventContext};
 
-/// The context keywords every hook may receive: `run_id`, `parent_run_id` and, for LLM events, `model`.
-pub const CONTEXT_KEYWORDS: usize = 3;
+/// The context keywords every hook may receive: `run_id`, `parent_run_id`, `model` (LLM events only), `tags`
+/// and `metadata`.
+pub const CONTEXT_KEYWORDS: usize = 5;
 
 // The argument arrays below are sized by the catalogue's widest event.
 const _: () = {
@@ -27,22 +28,19 @@ const _: () = {
     }
 };
 
-/// The keyword arguments of one event call, sorted into context fields and extras; borrowed from the call.
-#[derive(Default)]
-pub struct EventKeywords<'a, 'py> {
-    pub run_id: Option<&'a Bound<'py, PyAny>>,
-    pub parent_run_id: Option<&'a Bound<'py, PyAny>>,
-    pub model: Option<&'a Bound<'py, PyString>>,
-    pub timestamp: Option<f64>,
-    pub extra: Option<Bound<'py, PyDict>>,
-}
-
 /// The `self` of the `on_<event>` builtins: what their calls fire into.
 pub trait EventTarget: PyClass<Frozen = True> + Sync {
     /// Where this class's method definitions are kept, made on first use.
     fn method_definitions() -> &'static MethodDefinitions;
 
-    fn fire<'py>(&self, py: Python<'py>, kind: EventKind, args: &[Bound<'py, PyAny>], keywords: &EventKeywords<'_, 'py>) -> PyResult<()>;
+    fn fire<'py>(
+        &self,
+        py: Python<'py>,
+        kind: EventKind,
+        args: &[Bound<'py, PyAny>],
+        context: EventContext<'_, 'py>,
+        timestamp: Option<f64>,
+    ) -> PyResult<()>;
 
     /// An event refused at the call (a bad timestamp), for the metrics to count.
     fn rejected(&self, py: Python<'_>) -> PyResult<()>;
@@ -63,7 +61,7 @@ unsafe impl Sync for Definitions {}
 unsafe impl Send for Definitions {}
 
 /// The builtin that fires `kind` into `target`, taking the event's arguments and the keywords `run_id`,
-/// `parent_run_id`, `model`, `timestamp` and any extras.
+/// `parent_run_id`, `model`, `tags`, `metadata`, the event's own keywords, `timestamp` and any extras.
 pub fn event_function<'py, T: EventTarget>(target: &Bound<'py, T>, kind: EventKind) -> PyResult<Bound<'py, PyAny>> {
     let definitions = T::method_definitions().0.get_or_init(definitions::<T>);
     let definition = &definitions.0[kind.index()] as *const ffi::PyMethodDef;
@@ -85,9 +83,10 @@ fn definitions<T: EventTarget>() -> Definitions {
     Definitions(std::array::from_fn(|index| {
         let spec = &EVENTS[index];
         let hook = format!("on_{}", spec.name);
+        let event_keywords: String = spec.keywords.iter().map(|name| format!("{name}=None, ")).collect();
         let doc = format!(
-            "{hook}($self, {}, *, run_id=None, parent_run_id=None, model=None, timestamp=None, **extra)\n--\n\n\
-             Fire the {:?} event to the registered callbacks.",
+            "{hook}($self, {}, *, run_id=None, parent_run_id=None, model=None, tags=None, metadata=None, {event_keywords}\
+             timestamp=None, **extra)\n--\n\nFire the {:?} event to the registered callbacks.",
             spec.args.join(", "),
             spec.name
         );
@@ -104,6 +103,8 @@ struct ContextNames {
     run_id: Py<PyString>,
     parent_run_id: Py<PyString>,
     model: Py<PyString>,
+    tags: Py<PyString>,
+    metadata: Py<PyString>,
     timestamp: Py<PyString>,
 }
 
@@ -113,6 +114,8 @@ fn context_names(py: Python<'_>) -> &'static ContextNames {
         run_id: PyString::intern(py, "run_id").unbind(),
         parent_run_id: PyString::intern(py, "parent_run_id").unbind(),
         model: PyString::intern(py, "model").unbind(),
+        tags: PyString::intern(py, "tags").unbind(),
+        metadata: PyString::intern(py, "metadata").unbind(),
         timestamp: PyString::intern(py, "timestamp").unbind(),
     })
 }
@@ -121,6 +124,8 @@ enum ContextKeyword {
     RunId,
     ParentRunId,
     Model,
+    Tags,
+    Metadata,
     Timestamp,
 }
 
@@ -132,6 +137,8 @@ fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) ->
         (&names.run_id, ContextKeyword::RunId),
         (&names.parent_run_id, ContextKeyword::ParentRunId),
         (&names.model, ContextKeyword::Model),
+        (&names.tags, ContextKeyword::Tags),
+        (&names.metadata, ContextKeyword::Metadata),
         (&names.timestamp, ContextKeyword::Timestamp),
     ];
     if let Some((_, keyword)) = by_identity.into_iter().find(|(interned, _)| interned.as_ptr() == name.as_ptr()) {
@@ -142,6 +149,8 @@ fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) ->
         "run_id" => Ok(ContextKeyword::RunId),
         "parent_run_id" => Ok(ContextKeyword::ParentRunId),
         "model" => Ok(ContextKeyword::Model),
+        "tags" => Ok(ContextKeyword::Tags),
+        "metadata" => Ok(ContextKeyword::Metadata),
         "timestamp" => Ok(ContextKeyword::Timestamp),
         _ => Err(name),
     })
@@ -168,17 +177,21 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
     }
     // Arguments passed by name, by position in the event's arguments.
     let mut named_args: [Option<&Bound<'py, PyAny>>; MAX_ARGS] = [None; MAX_ARGS];
-    let mut keywords = EventKeywords::default();
+    let mut context = EventContext::default();
+    let mut event_keywords: [Option<&Bound<'py, PyAny>>; MAX_KEYWORDS] = Default::default();
+    let mut extra: Option<Bound<'py, PyDict>> = None;
     let mut timestamp = None;
     if let Some(kwnames) = kwnames {
         let names = context_names(py);
         for (name, passed) in kwnames.iter_borrowed().zip(&values[positional..]) {
             let value = Some(passed).filter(|value| !value.is_none());
             match context_keyword(names, name)? {
-                Ok(ContextKeyword::RunId) => keywords.run_id = value,
-                Ok(ContextKeyword::ParentRunId) => keywords.parent_run_id = value,
+                Ok(ContextKeyword::RunId) => context.run_id = value,
+                Ok(ContextKeyword::ParentRunId) => context.parent_run_id = value,
+                Ok(ContextKeyword::Tags) => context.tags = value,
+                Ok(ContextKeyword::Metadata) => context.metadata = value,
                 Ok(ContextKeyword::Model) => {
-                    keywords.model = match value {
+                    context.model = match value {
                         None => None,
                         Some(model) => Some(
                             model
@@ -196,7 +209,10 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
                         )));
                     }
                     Some(position) => named_args[position] = Some(passed),
-                    None => keywords.extra.get_or_insert_with(|| PyDict::new(py)).set_item(name, passed)?,
+                    None => match spec.keywords.iter().position(|keyword| name == *keyword) {
+                        Some(position) => event_keywords[position] = value,
+                        None => extra.get_or_insert_with(|| PyDict::new(py)).set_item(name, passed)?,
+                    },
                 },
             }
         }
@@ -204,20 +220,22 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
     if let Some(missing) = (positional..spec.args.len()).find(|&index| named_args[index].is_none()) {
         return Err(PyTypeError::new_err(format!("on_{hook}() missing required argument {:?}", spec.args[missing])));
     }
-    keywords.timestamp = match checked_timestamp(py, hook, timestamp) {
+    let timestamp = match checked_timestamp(py, hook, timestamp) {
         Ok(timestamp) => timestamp,
         Err(error) => {
             target.rejected(py)?;
             return Err(error);
         }
     };
+    context.keywords = event_keywords;
+    context.extra = extra.as_ref();
     if positional == spec.args.len() {
         // The common call: every argument by position, handed on as CPython passed them.
-        return target.fire(py, kind, &values[..positional], &keywords);
+        return target.fire(py, kind, &values[..positional], context, timestamp);
     }
     let event_args: Vec<Bound<'py, PyAny>> =
         values[..positional].iter().chain(named_args[positional..spec.args.len()].iter().flatten().copied()).cloned().collect();
-    target.fire(py, kind, &event_args, &keywords)
+    target.fire(py, kind, &event_args, context, timestamp)
 }
 
 unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(

@@ -122,6 +122,11 @@ pub struct Snapshot {
     pub p50_latency_ms: f64,
     pub p95_latency_ms: f64,
     pub p99_latency_ms: f64,
+    /// None while no completed call reported its time to first token.
+    pub avg_ttft_ms: Option<f64>,
+    pub p50_ttft_ms: Option<f64>,
+    pub p95_ttft_ms: Option<f64>,
+    pub p99_ttft_ms: Option<f64>,
     pub errors: u64,
     pub retries: u64,
     pub tool_calls: u64,
@@ -149,6 +154,7 @@ pub struct Metrics {
     open_runs: OpenRuns,
     counters: Counters,
     latency: LatencyStats,
+    ttft: LatencyStats,
     models: ModelTable,
 }
 
@@ -159,6 +165,7 @@ impl Metrics {
             open_runs: OpenRuns::new(max_open_runs),
             counters: Counters::default(),
             latency: LatencyStats::default(),
+            ttft: LatencyStats::default(),
             models: ModelTable::default(),
         }
     }
@@ -173,7 +180,11 @@ impl Metrics {
         }
     }
 
-    pub fn llm_end(&mut self, run_id: &str, model: Option<&str>, usage: Option<Usage>, ts: f64) {
+    /// `ttft_ms` is the call's time to first token, if it streamed: a sample when finite (negative counts as 0).
+    pub fn llm_end(&mut self, run_id: &str, model: Option<&str>, usage: Option<Usage>, ttft_ms: Option<f64>, ts: f64) {
+        if let Some(ttft_ms) = ttft_ms.filter(|ttft_ms| ttft_ms.is_finite()) {
+            self.ttft.record(ttft_ms.max(0.0));
+        }
         let run = self.open_runs.close(run_id);
         let start_model = run.as_ref().and_then(|run| run.model);
         let model_index = self.models.index_for(known_model(model), start_model, &self.prices);
@@ -294,6 +305,10 @@ impl Metrics {
             p50_latency_ms: latency.histogram.percentile_ms(50),
             p95_latency_ms: latency.histogram.percentile_ms(95),
             p99_latency_ms: latency.histogram.percentile_ms(99),
+            avg_ttft_ms: self.ttft.sampled(|ttft| average(ttft.sum_ms, ttft.count)),
+            p50_ttft_ms: self.ttft.sampled(|ttft| ttft.histogram.percentile_ms(50)),
+            p95_ttft_ms: self.ttft.sampled(|ttft| ttft.histogram.percentile_ms(95)),
+            p99_ttft_ms: self.ttft.sampled(|ttft| ttft.histogram.percentile_ms(99)),
             errors: counters.errors,
             retries: counters.retries,
             tool_calls: counters.tool_calls,
@@ -319,6 +334,7 @@ impl Metrics {
         self.open_runs = OpenRuns::new(self.open_runs.capacity);
         self.counters = Counters::default();
         self.latency = LatencyStats::default();
+        self.ttft = LatencyStats::default();
         self.models = ModelTable::default();
     }
 }
@@ -381,6 +397,11 @@ impl LatencyStats {
         self.count += 1;
         self.sum_ms += latency_ms;
         self.histogram.record_ms(latency_ms);
+    }
+
+    /// `statistic(self)`, or None before the first sample.
+    fn sampled(&self, statistic: impl Fn(&LatencyStats) -> f64) -> Option<f64> {
+        (self.count > 0).then(|| statistic(self))
     }
 }
 
@@ -566,7 +587,7 @@ mod tests {
         // Not reachable through the Python layer, which refuses a NaN timestamp.
         let mut metrics = Metrics::new(prices(), 10);
         metrics.llm_start("a", None, f64::NAN);
-        metrics.llm_end("a", None, None, 1.0);
+        metrics.llm_end("a", None, None, None, 1.0);
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot.max_latency_ms.to_bits(), 0.0f64.to_bits());
         assert_eq!(snapshot.avg_latency_ms.to_bits(), 0.0f64.to_bits());
@@ -579,7 +600,7 @@ mod tests {
         for i in 0..1_000_000u64 {
             let run_id = i.to_string();
             metrics.llm_start(&run_id, Some("gpt-4o"), 0.0);
-            metrics.llm_end(&run_id, None, None, 0.001);
+            metrics.llm_end(&run_id, None, None, None, 0.001);
         }
         assert_eq!(metrics.open_runs.len(), 0);
         assert!(metrics.open_runs.insertion_order.len() <= STALE_SLACK + 1);
@@ -596,7 +617,7 @@ mod tests {
             let run_id = (i * 7919 % 150).to_string();
             match i % 3 {
                 0 | 1 => metrics.llm_start(&run_id, None, 0.0),
-                _ => metrics.llm_end(&run_id, None, None, 1.0),
+                _ => metrics.llm_end(&run_id, None, None, None, 1.0),
             }
             let open_runs = &metrics.open_runs;
             assert!(open_runs.len() <= 100);

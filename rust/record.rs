@@ -1,6 +1,7 @@
 //! One event as the dispatcher received it, and its JSONL record, with the rules of
 //! `python/rlm_toolkit/_reference/records.py` (the oracle): `ts`, `event`, `run_id`, `parent_run_id`, then
-//! the event's fields of the catalogue (values encoded by `pyvalue`), then `extra`. Which conversation text
+//! the event's fields and keywords of the catalogue (values encoded by `pyvalue`), then `tags` and
+//! `metadata` when given, then `extra`. Which conversation text
 //! is written follows the table `rlm_toolkit.events.CONTENT_FIELDS`, read once.
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
@@ -11,7 +12,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use crate::errors::InvalidEventError;
 use crate::escape::push_u64;
-use crate::events::{EventKind, EventSpec, EVENTS};
+use crate::events::{EventKind, EventSpec, EVENTS, MAX_KEYWORDS};
 use crate::metrics::Usage;
 use crate::pyvalue::Encoder;
 use crate::redact::registered_secrets;
@@ -157,6 +158,73 @@ pub fn checked_timestamp(py: Python<'_>, event: &str, timestamp: Option<&Bound<'
 }
 
 /// Runs `record` on the event a sink's `handle(...)` was called with from Python.
+/// The keywords of one event call besides its arguments, borrowed from the call. None stands for a keyword
+/// not given (or given as None).
+#[derive(Clone, Copy, Default)]
+pub struct EventContext<'a, 'py> {
+    pub run_id: Option<&'a Bound<'py, PyAny>>,
+    pub parent_run_id: Option<&'a Bound<'py, PyAny>>,
+    pub model: Option<&'a Bound<'py, PyString>>,
+    pub tags: Option<&'a Bound<'py, PyAny>>,
+    pub metadata: Option<&'a Bound<'py, PyAny>>,
+    /// The event's own keywords (`EventSpec::keywords`), in catalogue order.
+    pub keywords: [Option<&'a Bound<'py, PyAny>>; MAX_KEYWORDS],
+    pub extra: Option<&'a Bound<'py, PyDict>>,
+}
+
+impl<'py> EventContext<'_, 'py> {
+    /// The extras with the tags, metadata and event keywords put back in: how a Python core's `handle()`
+    /// takes them.
+    pub fn extra_with_keywords(&self, py: Python<'py>, kind: EventKind) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let named = [("tags", self.tags), ("metadata", self.metadata)];
+        let keywords = kind.spec().keywords.iter().copied().zip(self.keywords);
+        let mut given = named.into_iter().chain(keywords).filter_map(|(name, value)| value.map(|value| (name, value))).peekable();
+        if given.peek().is_none() {
+            return Ok(self.extra.cloned());
+        }
+        let extra = match self.extra {
+            Some(extra) => extra.copy()?,
+            None => PyDict::new(py),
+        };
+        for (name, value) in given {
+            extra.set_item(name, value)?;
+        }
+        Ok(Some(extra))
+    }
+}
+
+/// The context and event keywords that a `handle()` call passes inside `extra`, taken out of a copy of it.
+struct HandledKeywords<'py> {
+    tags: Option<Bound<'py, PyAny>>,
+    metadata: Option<Bound<'py, PyAny>>,
+    keywords: [Option<Bound<'py, PyAny>>; MAX_KEYWORDS],
+    extra: Option<Bound<'py, PyDict>>,
+}
+
+impl<'py> HandledKeywords<'py> {
+    fn split(kind: EventKind, extra: Option<Bound<'py, PyDict>>) -> PyResult<HandledKeywords<'py>> {
+        let mut split = HandledKeywords { tags: None, metadata: None, keywords: Default::default(), extra: None };
+        let Some(extra) = extra.filter(|extra| !extra.is_empty()) else { return Ok(split) };
+        let extra = extra.copy()?;
+        let take = |name: &str| -> PyResult<Option<Bound<'py, PyAny>>> {
+            let value = extra.get_item(name)?;
+            if value.is_some() {
+                extra.del_item(name)?;
+            }
+            Ok(value.filter(|value| !value.is_none()))
+        };
+        split.tags = take("tags")?;
+        split.metadata = take("metadata")?;
+        for (slot, name) in split.keywords.iter_mut().zip(kind.spec().keywords) {
+            *slot = take(name)?;
+        }
+        split.extra = Some(extra).filter(|extra| !extra.is_empty());
+        Ok(split)
+    }
+}
+
+/// Builds the event of a `handle()` call (a subclass's hook calling its native core through `super()`),
+/// with its tags, metadata and event keywords taken from `extra`, and records it.
 #[allow(clippy::too_many_arguments)]
 pub fn with_event<'py>(
     event: &str,
@@ -173,8 +241,21 @@ pub fn with_event<'py>(
         Some(value) => checked_timestamp(value.py(), event, Some(value))?.unwrap_or_else(now),
         None => now(),
     };
-    let event = EventValues::new(kind, args, run_id.as_ref(), parent_run_id.as_ref(), model.as_ref(), ts, extra.as_ref());
-    record(&event)
+    let handled = HandledKeywords::split(kind, extra)?;
+    let mut keywords: [Option<&Bound<'py, PyAny>>; MAX_KEYWORDS] = Default::default();
+    for (slot, value) in keywords.iter_mut().zip(&handled.keywords) {
+        *slot = value.as_ref();
+    }
+    let context = EventContext {
+        run_id: run_id.as_ref(),
+        parent_run_id: parent_run_id.as_ref(),
+        model: model.as_ref(),
+        tags: handled.tags.as_ref(),
+        metadata: handled.metadata.as_ref(),
+        keywords,
+        extra: handled.extra.as_ref(),
+    };
+    record(&EventValues::new(kind, args, context, ts))
 }
 
 pub fn event_kind(name: &str) -> PyResult<EventKind> {
@@ -185,28 +266,23 @@ pub fn event_kind(name: &str) -> PyResult<EventKind> {
 pub struct EventValues<'a, 'py> {
     pub kind: EventKind,
     pub args: &'a [Bound<'py, PyAny>],
-    pub run_id: Option<&'a Bound<'py, PyAny>>,
-    pub parent_run_id: Option<&'a Bound<'py, PyAny>>,
-    pub model: Option<&'a Bound<'py, PyString>>,
+    pub context: EventContext<'a, 'py>,
     pub ts: f64,
-    pub extra: Option<&'a Bound<'py, PyDict>>,
     /// Read from an `llm_end` response once, for every sink.
     response_usage: std::cell::OnceCell<Option<Usage>>,
     response_model: std::cell::OnceCell<Option<Bound<'py, PyString>>>,
 }
 
 impl<'a, 'py> EventValues<'a, 'py> {
-    pub fn new(
-        kind: EventKind,
-        args: &'a [Bound<'py, PyAny>],
-        run_id: Option<&'a Bound<'py, PyAny>>,
-        parent_run_id: Option<&'a Bound<'py, PyAny>>,
-        model: Option<&'a Bound<'py, PyString>>,
-        ts: f64,
-        extra: Option<&'a Bound<'py, PyDict>>,
-    ) -> Self {
+    pub fn new(kind: EventKind, args: &'a [Bound<'py, PyAny>], context: EventContext<'a, 'py>, ts: f64) -> Self {
         let (response_usage, response_model) = (std::cell::OnceCell::new(), std::cell::OnceCell::new());
-        EventValues { kind, args, run_id, parent_run_id, model, ts, extra, response_usage, response_model }
+        EventValues { kind, args, context, ts, response_usage, response_model }
+    }
+
+    /// The value of the event keyword `name` (one of its `EventSpec::keywords`), if given.
+    pub fn keyword(&self, name: &str) -> Option<&'a Bound<'py, PyAny>> {
+        let position = self.kind.spec().keywords.iter().position(|keyword| *keyword == name)?;
+        self.context.keywords[position]
     }
 
     /// The token counts of the `llm_end` response, or None when it carries no usage.
@@ -216,7 +292,7 @@ impl<'a, 'py> EventValues<'a, 'py> {
 
     /// The `model` keyword, else the `llm_end` response's own `model` when it is a str.
     pub fn response_model(&self) -> Option<&Bound<'py, PyString>> {
-        self.response_model.get_or_init(|| response_model(&self.args[0], self.model)).as_ref()
+        self.response_model.get_or_init(|| response_model(&self.args[0], self.context.model)).as_ref()
     }
 }
 
@@ -290,15 +366,15 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
     let py = event.args[0].py();
     let content = content_table(py);
     let switched_on = options.switched_on();
-    let role = if content.uses_role[event.kind.index()] { role_of(event.extra) } else { None };
+    let role = if content.uses_role[event.kind.index()] { role_of(event.context.extra) } else { None };
     let role = role.as_ref().and_then(|role| role.to_str().ok());
     let field_switches = &content.fields[event.kind.index()];
     out.extend_from_slice(b"{\"ts\":");
     push_iso_utc(out, event.ts);
     out.extend_from_slice(&record_heads()[event.kind.index()]);
-    encoder.push_optional(out, event.run_id, max_chars);
+    encoder.push_optional(out, event.context.run_id, max_chars);
     out.extend_from_slice(b",\"parent_run_id\":");
-    encoder.push_optional(out, event.parent_run_id, max_chars);
+    encoder.push_optional(out, event.context.parent_run_id, max_chars);
     if event.kind == EventKind::LlmEnd {
         out.extend_from_slice(b",\"model\":");
         encoder.push_optional(out, event.response_model().map(|model| model.as_any()), max_chars);
@@ -328,7 +404,7 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
         for (field, switches) in spec.fields.iter().zip(field_switches) {
             if *field == "model" {
                 push_key(out, field);
-                encoder.push_optional(out, event.model.map(|model| model.as_any()), max_chars);
+                encoder.push_optional(out, event.context.model.map(|model| model.as_any()), max_chars);
                 continue;
             }
             let value = &event.args[spec.args.iter().position(|arg| arg == field).expect("fields name arguments")];
@@ -343,7 +419,17 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
             }
         }
     }
-    if let Some(extra) = event.extra.filter(|extra| !extra.is_empty()) {
+    for (name, value) in spec.keywords.iter().zip(event.context.keywords) {
+        push_key(out, name);
+        encoder.push_optional(out, value, max_chars);
+    }
+    for (name, value) in [("tags", event.context.tags), ("metadata", event.context.metadata)] {
+        if let Some(value) = value {
+            push_key(out, name);
+            encoder.push_value(out, value, max_chars, 0);
+        }
+    }
+    if let Some(extra) = event.context.extra.filter(|extra| !extra.is_empty()) {
         push_key(out, "extra");
         encoder.push_value(out, extra.as_any(), max_chars, 0);
     }

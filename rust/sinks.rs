@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwapOption;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use crate::errors::{LogClosedError, LogFileError, NotAJsonlLogError};
 use crate::events::EventKind;
@@ -27,14 +27,15 @@ impl MetricsSink {
     }
 
     pub fn record(&self, event: &EventValues<'_, '_>) {
-        let run_key = run_key(event.run_id);
-        let model = event.model.and_then(|name| name.to_str().ok());
+        let run_key = run_key(event.context.run_id);
+        let model = event.context.model.and_then(|name| name.to_str().ok());
         match event.kind {
             EventKind::LlmStart => self.lock().llm_start(&run_key, model, event.ts),
             EventKind::LlmEnd => {
                 let usage = event.usage();
                 let model = event.response_model().and_then(|name| name.to_str().ok());
-                self.lock().llm_end(&run_key, model, usage, event.ts)
+                let ttft_ms = event.keyword("ttft_ms").and_then(milliseconds);
+                self.lock().llm_end(&run_key, model, usage, ttft_ms, event.ts)
             }
             EventKind::Error => self.lock().llm_error(&run_key, model, event.ts),
             EventKind::LlmNewToken => self.lock().token(),
@@ -46,6 +47,14 @@ impl MetricsSink {
             EventKind::RunStart | EventKind::RunEnd => {}
         }
     }
+}
+
+/// A duration keyword's value as milliseconds: an int or float (not a bool), else None.
+fn milliseconds(value: &Bound<'_, PyAny>) -> Option<f64> {
+    if value.is_instance_of::<PyBool>() || !(value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyInt>()) {
+        return None;
+    }
+    value.extract::<f64>().ok()
 }
 
 /// Latency pairs starts and ends by this key; events without a run id share the key "".
@@ -232,6 +241,10 @@ fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound
         p50_latency_ms,
         p95_latency_ms,
         p99_latency_ms,
+        avg_ttft_ms,
+        p50_ttft_ms,
+        p95_ttft_ms,
+        p99_ttft_ms,
         errors,
         retries,
         tool_calls,

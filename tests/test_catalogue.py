@@ -29,7 +29,7 @@ def test_base_module_holds_the_hooks_generated_from_the_catalogue() -> None:
 def test_an_event_added_to_the_table_gets_its_hooks(monkeypatch) -> None:
     import rlm_toolkit.events as events
 
-    added = events.EventSpec("cache_hit", ("key",), ("key",), False, ("str",), "When a cached answer is used.")
+    added = events.EventSpec("cache_hit", ("key",), ("key",), False, (), ("str",), "When a cached answer is used.")
     monkeypatch.setattr(events, "EVENTS", (*EVENTS, added))
     monkeypatch.setattr(catalogue_codegen, "EVENTS", (*EVENTS, added))
     generated = "\n".join(generated_blocks(BASE_MODULE.read_text(encoding="utf-8")))
@@ -59,8 +59,10 @@ def test_manager_methods_take_the_catalogue_arguments(backend: str) -> None:
         assert {"run_id", "parent_run_id", "model", "timestamp"} <= set(parameters), spec.hook
 
 
-def test_slots_are_arguments_then_context() -> None:
+def test_slots_are_arguments_then_context_then_event_keywords() -> None:
     llm_start = EVENTS[0]
-    assert slot_names(llm_start) == ("prompt", "run_id", "parent_run_id", "model")
+    assert slot_names(llm_start) == ("prompt", "run_id", "parent_run_id", "model", "tags", "metadata")
     tool_end = next(spec for spec in EVENTS if spec.name == "tool_end")
-    assert slot_names(tool_end) == ("tool_name", "tool_output", "run_id", "parent_run_id")
+    assert slot_names(tool_end) == ("tool_name", "tool_output", "run_id", "parent_run_id", "tags", "metadata")
+    llm_end = next(spec for spec in EVENTS if spec.name == "llm_end")
+    assert slot_names(llm_end) == ("response", "run_id", "parent_run_id", "model", "tags", "metadata", "ttft_ms")

@@ -28,8 +28,10 @@ def test_one_record_per_event_with_context_and_fields(backend: str, tmp_path: Pa
     manager = CallbackManager([log])
     manager.on_llm_start("hi", run_id="r1", parent_run_id="p0", model="gpt-4o", temperature=0.5)
     manager.on_llm_new_token("tok", run_id="r1", model="gpt-4o")
-    manager.on_llm_end(LLMResponse("hello", "gpt-4o-2024-08-06", Usage.of(3, 2)), run_id="r1", parent_run_id="p0")
-    manager.on_tool_start("calc", {"x": 1}, run_id="t1", parent_run_id="r1")
+    manager.on_llm_end(LLMResponse("hello", "gpt-4o-2024-08-06", Usage.of(3, 2)), run_id="r1", parent_run_id="p0",
+                       ttft_ms=42.5)
+    manager.on_tool_start("calc", {"x": 1}, run_id="t1", parent_run_id="r1", tags=["nightly"], metadata={"user": 7},
+                          role="helper")
     manager.on_tool_end("calc", "2", run_id="t1", parent_run_id="r1")
     manager.on_memory_store("remember", run_id="m1", role="user")
     manager.on_memory_recall("q", [{"role": "user", "content": "c"}], run_id="m2")
@@ -44,8 +46,9 @@ def test_one_record_per_event_with_context_and_fields(backend: str, tmp_path: Pa
          "extra": {"temperature": 0.5}},
         {"event": "llm_end", "run_id": "r1", "parent_run_id": "p0", "model": "gpt-4o-2024-08-06",
          "response": "hello", "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "cached_tokens": 0,
-             "reasoning_tokens": 0},
-        {"event": "tool_start", "run_id": "t1", "parent_run_id": "r1", "tool_name": "calc", "tool_input": {"x": 1}},
+         "reasoning_tokens": 0, "ttft_ms": 42.5},
+        {"event": "tool_start", "run_id": "t1", "parent_run_id": "r1", "tool_name": "calc", "tool_input": {"x": 1},
+         "tags": ["nightly"], "metadata": {"user": 7}, "extra": {"role": "helper"}},
         {"event": "tool_end", "run_id": "t1", "parent_run_id": "r1", "tool_name": "calc", "tool_output": "2"},
         {"event": "memory_store", "run_id": "m1", "parent_run_id": None, "content": "remember",
          "extra": {"role": "user"}},

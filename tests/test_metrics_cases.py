@@ -157,9 +157,13 @@ def test_latency_rounds_to_whole_microseconds_half_away_from_zero(backend: str, 
     assert calls.snapshot()["p50_latency_ms"] == reported_micros / 1000.0
 
 
-def test_empty_snapshot_is_all_zero(backend: str) -> None:
+TTFT_FIGURES = ("avg_ttft_ms", "p50_ttft_ms", "p95_ttft_ms", "p99_ttft_ms")
+
+
+def test_empty_snapshot_is_all_zero_and_has_no_ttft(backend: str) -> None:
     snapshot: dict[str, Any] = dict(Calls().snapshot())
-    assert snapshot == {key: 0 for key in typing.get_type_hints(MetricsSnapshot)} | {"by_model": {}}
+    zeros = {key: 0 for key in typing.get_type_hints(MetricsSnapshot) if key not in TTFT_FIGURES}
+    assert snapshot == zeros | dict.fromkeys(TTFT_FIGURES) | {"by_model": {}}
     for key in ("avg_latency_ms", "min_latency_ms", "max_latency_ms", "p50_latency_ms", "p95_latency_ms",
                 "p99_latency_ms", "total_cost_usd"):
         assert type(snapshot[key]) is float, key

@@ -36,7 +36,8 @@ def records_of(path: Path) -> list[dict[str, Any]]:
 
 def fire_every_event(manager: CallbackManager) -> None:
     """Each event once, every argument holding a text of the conversation (and memory_store once per role)."""
-    manager.on_run_start("run prompt text", run_id="run", model="gpt-4o", timestamp=TS)
+    manager.on_run_start("run prompt text", run_id="run", model="gpt-4o", tags=["nightly"], metadata={"user": "u1"},
+                         timestamp=TS)
     manager.on_memory_recall("recall query text", [{"role": "assistant", "content": "recalled text"}],
                              run_id="m1", timestamp=TS)
     manager.on_llm_start("llm prompt text", run_id="c1", model="gpt-4o", timestamp=TS)
@@ -53,7 +54,8 @@ def fire_every_event(manager: CallbackManager) -> None:
 
 
 ALWAYS_WRITTEN = {"ts", "event", "run_id", "parent_run_id", "model", "tool_name", "attempt", "max_attempts",
-                  "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "extra"}
+                  "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "ttft_ms",
+                  "tags", "metadata", "extra"}
 PROMPT_FIELDS = {("run_start", "prompt"), ("memory_recall", "query"), ("llm_start", "prompt"),
                  ("memory_store", "stored user text")}
 RESPONSE_FIELDS = {("llm_new_token", "token"), ("llm_end", "response"), ("run_end", "answer"),
@@ -139,7 +141,7 @@ def test_every_string_is_capped_keys_and_model_too(backend: str, tmp_path: Path)
         HEAD + '"llm_start","run_id":null,"parent_run_id":null,"model":"mmmmmmmmmmmmmmmm…[truncated 4 chars]","prompt":"p"}',
         HEAD + '"llm_end","run_id":null,"parent_run_id":null,"model":"nnnnnnnnnnnnnnnn…[truncated 4 chars]",'
         '"response":"a","prompt_tokens":0,"completion_tokens":0,"total_tokens":0,"cached_tokens":0,'
-        '"reasoning_tokens":0}',
+        '"reasoning_tokens":0,"ttft_ms":null}',
         HEAD + '"error","run_id":null,"parent_run_id":null,"model":null,'
         '"error":{"type":"EEEEEEEEEEEEEEEE…[truncated 24 chars]","message":"e"}}',
     ]

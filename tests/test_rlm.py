@@ -115,8 +115,9 @@ def test_run_answers_and_fires_llm_start_then_end(server: LocalServer) -> None:
     assert recorder.names() == ["llm_start", "llm_end"]
     start, end = recorder.events
     assert start.args == {"prompt": "Hello there!"}
-    assert start.context == {"run_id": end.run_id, "parent_run_id": result.run_id, "model": MODEL}
-    assert end.context == start.context
+    assert start.context == {"run_id": end.run_id, "parent_run_id": result.run_id, "model": MODEL, "tags": [],
+                             "metadata": {}}
+    assert end.context == {**start.context, "ttft_ms": None}
     response = end.args["response"]
     assert isinstance(response, LLMResponse)
     assert (response.content, response.model, response.usage, response.finish_reason) == (

@@ -144,7 +144,8 @@ def test_tool_call_round_trip_fires_tool_events(server: LocalServer) -> None:
     tool_start, tool_end = recorder.of("tool_start")[0], recorder.of("tool_end")[0]
     assert tool_start.args == {"tool_name": "get_weather", "tool_input": {"city": "Paris"}}
     assert tool_end.args == {"tool_name": "get_weather", "tool_output": "Sunny in Paris"}
-    assert tool_start.context == tool_end.context == {"run_id": tool_start.run_id, "parent_run_id": result.run_id}
+    assert tool_start.context == tool_end.context == {"run_id": tool_start.run_id, "parent_run_id": result.run_id,
+                                                      "tags": [], "metadata": {}}
     call_ids = {event.run_id for event in recorder.events}
     assert len(call_ids) == 3  # two LLM calls and one tool call, each its own run id
     assert all(event.parent_run_id == result.run_id for event in recorder.events)

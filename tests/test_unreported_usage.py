@@ -181,7 +181,7 @@ def test_jsonl_writes_null_tokens_for_an_unreported_usage(backend: str, tmp_path
 
     line = path.read_text(encoding="utf-8")
     assert line.endswith('"prompt_tokens":null,"completion_tokens":null,"total_tokens":null,"cached_tokens":null,'
-                         '"reasoning_tokens":null}\n')
+                         '"reasoning_tokens":null,"ttft_ms":null}\n')
     [record] = jsonl_records(path)
     assert {name: record[name] for name in NULL_TOKENS} == NULL_TOKENS
 

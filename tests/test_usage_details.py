@@ -173,14 +173,14 @@ def test_the_run_usage_sums_the_details_of_its_calls(server: LocalServer) -> Non
 # -- llm_end records ----------------------------------------------------------------------------
 
 
-def test_llm_end_record_ends_with_the_cached_and_reasoning_tokens(backend: str, tmp_path: Path) -> None:
+def test_llm_end_record_carries_the_cached_and_reasoning_tokens(backend: str, tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     with FileLogCallback(path) as log:
         CallbackManager([log]).on_llm_end(LLMResponse("a", "m", Usage(10, 5, 15, 4, 2)), run_id="r", timestamp=TS)
 
     assert path.read_text(encoding="utf-8") == (
         HEAD + '"llm_end","run_id":"r","parent_run_id":null,"model":"m","response":"a","prompt_tokens":10,'
-        '"completion_tokens":5,"total_tokens":15,"cached_tokens":4,"reasoning_tokens":2}\n')
+        '"completion_tokens":5,"total_tokens":15,"cached_tokens":4,"reasoning_tokens":2,"ttft_ms":null}\n')
 
 
 @pytest.mark.parametrize(("cached", "reasoning"), [(True, -1), (2**64, "3"), (2**64 - 1, 0)],
@@ -219,7 +219,8 @@ def test_jsonl_of_a_run_carries_the_reported_details(server: LocalServer, backen
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     [end] = [record for record in records if record["event"] == "llm_end"]
     assert (end["cached_tokens"], end["reasoning_tokens"]) == (9, 4)
-    assert list(end)[-3:] == ["total_tokens", "cached_tokens", "reasoning_tokens"]
+    assert list(end)[-6:] == ["total_tokens", "cached_tokens", "reasoning_tokens", "ttft_ms", "tags", "metadata"]
+    assert (end["ttft_ms"] is None) is not stream
 
 
 # -- metrics ------------------------------------------------------------------------------------

@@ -14,11 +14,11 @@ BACKEND_ENV = "RLM_TOOLKIT_BACKEND"
 _MODULES: dict[str, str] = {"rust": "rlm_toolkit._core", "python": "rlm_toolkit._reference"}
 
 
-def resolve(name: str | None = None) -> str:
+def resolve(name: str | None = None) -> BackendName:
     chosen = name or os.environ.get(BACKEND_ENV) or "rust"
-    if chosen not in _MODULES:
-        raise BackendError(f"unknown callbacks backend {chosen!r}; use 'rust' or 'python' (argument or ${BACKEND_ENV})")
-    return chosen
+    if chosen == "rust" or chosen == "python":
+        return chosen
+    raise BackendError(f"unknown callbacks backend {chosen!r}; use 'rust' or 'python' (argument or ${BACKEND_ENV})")
 
 
 def load(name: str | None = None) -> ModuleType:

@@ -7,6 +7,7 @@ the run logic retries like a 5xx.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ class _ChatAttempt:
         self.stream = stream
         self.tokens_delivered = False
         self.chunks_received = 0
+        self._started = time.perf_counter()
+        self._first_token_at: float | None = None
         self.http_response: httpx2.Response | None = None
         self._fire_token = fire_token
         self._completed: LLMResponse | None = None
@@ -61,6 +64,14 @@ class _ChatAttempt:
             finish_reason=self._finish_reason,
             tool_calls=tool_calls,
         )
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """Milliseconds from sending the request to the first streamed text or tool-call delta; None for a
+        call that does not stream, or a stream that brought neither."""
+        if self._first_token_at is None:
+            return None
+        return (self._first_token_at - self._started) * 1000.0
 
     def take_completion(self, completion: object) -> None:
         """Take the answer of a non-streamed request."""
@@ -133,6 +144,8 @@ class _ChatAttempt:
                 continue
             if choice.finish_reason:
                 self._finish_reason = choice.finish_reason
+            if self._first_token_at is None and (choice.delta.content or choice.delta.tool_calls):
+                self._first_token_at = time.perf_counter()
             for call in choice.delta.tool_calls or ():
                 partial_call = self._tool_calls.setdefault(call.index, {"id": "", "name": "", "arguments": []})
                 if call.id:

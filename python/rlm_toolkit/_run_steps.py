@@ -23,7 +23,7 @@ from ._chat_attempt import _ChatAttempt
 from ._client import _attempt_async, _attempt_sync, _describe_failure, _is_retryable, _OpenAIConnection
 from ._context import current_parent_run_id, new_run_id
 from ._tool_calls import _ToolInvocation
-from .callbacks import CallbackManager
+from ._run_options import RunCallbacks
 from .errors import LLMCallError, MalformedResponseError, MissingExtraError, ToolRoundsExceededError
 from .memory import Memory
 from .secrets import redact_exception_chain
@@ -73,7 +73,11 @@ class _RunSettings:
     model: str
     endpoint: str
     """The base URL as messages show it (password redacted)."""
-    callbacks: CallbackManager
+    callbacks: RunCallbacks
+    """The RLM's callbacks, joined with the run's own ones (``run(..., callbacks=)``) if it has any."""
+    tags: tuple[str, ...]
+    metadata: dict[str, Any]
+    """The run's tags and metadata: the RLM's defaults merged with the run's own."""
     memory: Memory | None
     tools_by_name: dict[str, Tool]
     tool_schemas: list[dict[str, Any]]
@@ -110,18 +114,20 @@ _RunSteps = Generator[_Effect, Any, RunResult]
 
 def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: bool) -> _RunSteps:
     callbacks = settings.callbacks
-    run_ids = {"run_id": run.run_id, "parent_run_id": run.parent_run_id, "model": settings.model}
+    # One list and one dict per run, given to every event of the run.
+    context = {"tags": list(settings.tags), "metadata": dict(settings.metadata)}
+    run_ids = {"run_id": run.run_id, "parent_run_id": run.parent_run_id, "model": settings.model, **context}
     callbacks.on_run_start(prompt, **run_ids)
     messages: list[dict[str, Any]] = []
     if settings.system_prompt:
         messages.append({"role": "system", "content": settings.system_prompt})
-    messages += _recall(settings, prompt, run)
+    messages += _recall(settings, prompt, run, context)
     messages.append({"role": "user", "content": prompt})
     usage: Usage | None = Usage()
     tool_records: list[ToolCallRecord] = []
     tool_rounds = 0
     while True:
-        response = yield from _chat(settings, prompt, messages, run, stream=stream)
+        response = yield from _chat(settings, prompt, messages, run, context, stream=stream)
         usage = _add_usage(usage, response.usage)
         if not response.tool_calls:
             break
@@ -130,21 +136,21 @@ def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: b
                 f"the model still asked for tools after max_tool_rounds={settings.max_tool_rounds} rounds; "
                 "raise max_tool_rounds, or make the tools' answers settle the question"
             )
-            callbacks.on_error(error, run_id=run.run_id, parent_run_id=run.parent_run_id, model=settings.model)
+            callbacks.on_error(error, **run_ids)
             raise error
         tool_rounds += 1
         messages.append(
             {"role": "assistant", "content": response.content or None, "tool_calls": list(response.tool_calls)}
         )
         invocations = [
-            _ToolInvocation(call, settings.tools_by_name, callbacks, run.run_id) for call in response.tool_calls
+            _ToolInvocation(call, settings.tools_by_name, callbacks, run.run_id, context) for call in response.tool_calls
         ]
         ready = [invocation for invocation in invocations if invocation.output is None]
         if ready:
             yield _RunTools(ready)
         messages += [invocation.tool_message() for invocation in invocations]
         tool_records += [invocation.record() for invocation in invocations]
-    _remember(settings, prompt, response.content, run)
+    _remember(settings, prompt, response.content, run, context)
     callbacks.on_run_end(response.content, **run_ids)
     return RunResult(
         answer=response.content,
@@ -157,11 +163,17 @@ def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: b
 
 
 def _chat(
-    settings: _RunSettings, prompt: str, messages: list[dict[str, Any]], run: _RunScope, *, stream: bool
+    settings: _RunSettings,
+    prompt: str,
+    messages: list[dict[str, Any]],
+    run: _RunScope,
+    context: dict[str, Any],
+    *,
+    stream: bool,
 ) -> Generator[_Effect, Any, LLMResponse]:
     """One LLM call, with its retries."""
     callbacks = settings.callbacks
-    ids = {"run_id": new_run_id(), "parent_run_id": run.run_id, "model": settings.model}
+    ids = {"run_id": new_run_id(), "parent_run_id": run.run_id, "model": settings.model, **context}
     params: dict[str, Any] = {"model": settings.model, "messages": messages}
     if settings.tool_schemas:
         params["tools"] = settings.tool_schemas
@@ -194,24 +206,26 @@ def _chat(
             yield _Sleep(settings.retry_delay(error, attempt_number))
             attempt_number += 1
         else:
-            callbacks.on_llm_end(response, **ids)
+            callbacks.on_llm_end(response, ttft_ms=attempt.ttft_ms, **ids)
             return response
 
 
-def _recall(settings: _RunSettings, prompt: str, run: _RunScope) -> list[dict[str, Any]]:
+def _recall(settings: _RunSettings, prompt: str, run: _RunScope, context: dict[str, Any]) -> list[dict[str, Any]]:
     if settings.memory is None:
         return []
     history = settings.memory.recall(prompt)
-    settings.callbacks.on_memory_recall(prompt, history, run_id=new_run_id(), parent_run_id=run.run_id)
+    settings.callbacks.on_memory_recall(prompt, history, run_id=new_run_id(), parent_run_id=run.run_id, **context)
     return list(history)
 
 
-def _remember(settings: _RunSettings, prompt: str, answer: str, run: _RunScope) -> None:
+def _remember(settings: _RunSettings, prompt: str, answer: str, run: _RunScope, context: dict[str, Any]) -> None:
     if settings.memory is None:
         return
     for role, content in (("user", prompt), ("assistant", answer)):
         settings.memory.store(role, content)
-        settings.callbacks.on_memory_store(content, role=role, run_id=new_run_id(), parent_run_id=run.run_id)
+        settings.callbacks.on_memory_store(
+            content, role=role, run_id=new_run_id(), parent_run_id=run.run_id, **context
+        )
 
 
 def _add_usage(first: Usage | None, second: Usage | None) -> Usage | None:

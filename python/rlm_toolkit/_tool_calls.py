@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._context import new_run_id, parent_run
-from .callbacks import CallbackManager
+from ._run_options import RunCallbacks
 from .tools import Tool, ToolCallError, ToolCallRecord, format_tool_output
 
 
@@ -17,15 +17,21 @@ class _ToolInvocation:
     """
 
     def __init__(
-        self, call: dict[str, Any], tools_by_name: dict[str, Tool], callbacks: CallbackManager, parent_run_id: str
+        self,
+        call: dict[str, Any],
+        tools_by_name: dict[str, Tool],
+        callbacks: RunCallbacks,
+        parent_run_id: str,
+        context: dict[str, Any],
     ) -> None:
+        """``context``: the run's ``tags`` and ``metadata`` keywords, given to every event."""
         self.call_id: str = call["id"]
         self.name: str = call["function"]["name"]
         self.arguments: dict[str, Any] | None = None
         self.output: str | None = None
         self.error: BaseException | None = None
         self._callbacks = callbacks
-        self._ids = {"run_id": new_run_id(), "parent_run_id": parent_run_id}
+        self._ids = {"run_id": new_run_id(), "parent_run_id": parent_run_id, **context}
         self._tool = tool = tools_by_name.get(self.name)
         try:
             if tool is None:

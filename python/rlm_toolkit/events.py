@@ -22,6 +22,9 @@ class EventSpec:
     """Fields of the JSONL record besides ``ts``, ``event``, ``run_id``, ``parent_run_id``."""
     has_model: bool
     """Whether the hook receives the ``model`` context keyword."""
+    keywords: tuple[str, ...]
+    """Keywords of this event besides the context ones (``llm_end``: ``ttft_ms``); its record holds each one
+    after ``fields`` (null when not given)."""
     arg_types: tuple[str, ...]
     """The Python type of each argument, as written in the hook's annotations."""
     doc: str
@@ -44,6 +47,7 @@ def _read_catalogue() -> tuple[EventSpec, ...]:
                 args=args,
                 fields=model + args + tuple(event.get("derived", ())),
                 has_model=event["model"],
+                keywords=tuple(keyword["name"] for keyword in event.get("keywords", ())),
                 arg_types=tuple(arg["type"] for arg in event["args"]),
                 doc=event["doc"],
             )
@@ -55,8 +59,11 @@ EVENTS: tuple[EventSpec, ...] = _read_catalogue()
 
 EVENTS_BY_NAME: dict[str, EventSpec] = {spec.name: spec for spec in EVENTS}
 
-CONTEXT_KEYWORDS: tuple[str, ...] = ("run_id", "parent_run_id", "model")
-"""Keywords every hook may receive; ``model`` only for events with ``has_model``."""
+CONTEXT_KEYWORDS: tuple[str, ...] = ("run_id", "parent_run_id", "model", "tags", "metadata")
+"""Keywords every hook may receive; ``model`` only for events with ``has_model``. ``tags`` (a list of str) and
+``metadata`` (a dict) are those of the run the event belongs to; a record holds them when they are given."""
+
+RUN_CONTEXT_KEYWORDS: tuple[str, ...] = ("tags", "metadata")
 
 
 PROMPTS = "include_prompts"

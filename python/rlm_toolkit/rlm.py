@@ -65,6 +65,7 @@ from ._run_steps import (
     _RunSettings,
     _run_steps,
 )
+from ._run_options import Metadata, RunOptions, Tags, checked_defaults
 from .callbacks import BaseCallback, CallbackManager
 from .callbacks._async import each_step_as_sync_caller, sync_caller
 from .errors import MissingAPIKeyError, RLMConfigError, ToolRoundsExceededError
@@ -105,6 +106,8 @@ class RLM:
         system_prompt: str | None,
         backoff_base: float,
         backoff_max: float,
+        tags: Tags | None = None,
+        metadata: Metadata | None = None,
     ) -> None:
         _check_model(model)
         if max_attempts < 1:
@@ -122,6 +125,7 @@ class RLM:
         self.system_prompt = system_prompt
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.tags, self.metadata = checked_defaults(tags, metadata)
         self._connection = connection
         self._tools_by_name = {tool.name: tool for tool in self.tools}
         if len(self._tools_by_name) != len(self.tools):
@@ -147,6 +151,8 @@ class RLM:
         system_prompt: str | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 20.0,
+        tags: Tags | None = None,
+        metadata: Metadata | None = None,
         **client_options: Any,
     ) -> RLM:
         """An RLM for ``model`` at an OpenAI-compatible endpoint.
@@ -158,7 +164,8 @@ class RLM:
         else a random time up to ``min(backoff_max, backoff_base * 2**retry)`` seconds. An attempt fails with a
         timeout when it has waited ``timeout`` seconds for the server in all (streams included: keep-alive
         comments do not extend it), or ``idle_timeout`` seconds (if given) for the answer to start or for its
-        next chunk. ``client_options`` go to the ``openai`` client constructors (e.g. ``organization=``,
+        next chunk. ``tags`` (a list of str) and ``metadata`` (a dict) are every run's defaults, merged with
+        a run's own (see ``run``). ``client_options`` go to the ``openai`` client constructors (e.g. ``organization=``,
         ``default_headers=``). A password in ``base_url`` is treated like the API key: never shown.
 
         Raises ``RLMConfigError`` for a bad option: ``model`` not a non-empty ``str``, a ``base_url`` (or
@@ -179,6 +186,8 @@ class RLM:
             system_prompt=system_prompt,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            tags=tags,
+            metadata=metadata,
         )
 
     @property
@@ -198,91 +207,148 @@ class RLM:
         await self._connection.aclose_async_client()
 
     # -- entry points ----------------------------------------------------------------------------
+    # Each takes, for that call only: ``callbacks`` (a callback, a list of them or a ``CallbackManager``),
+    # which see the call's runs and nothing else; ``tags`` (a list of str, added to the RLM's) and
+    # ``metadata`` (a dict, over the RLM's). Every event of the call's runs carries the merged ``tags=`` and
+    # ``metadata=`` keywords, and so does every JSONL record.
 
-    def run(self, prompt: str) -> RunResult:
+    def run(
+        self,
+        prompt: str,
+        *,
+        callbacks: BaseCallback | Iterable[Any] | None = None,
+        tags: Tags | None = None,
+        metadata: Metadata | None = None,
+    ) -> RunResult:
         """Answer ``prompt`` (running tools as the model asks); raises ``LLMCallError`` if a call fails for good."""
         _check_prompt(prompt, "run")
+        options = self._options("run", callbacks, tags, metadata)
         with sync_caller():  # async hooks complete before it returns, also inside a running event loop
-            steps = _run_steps(self._settings(), prompt, _RunScope.start(), stream=self.callbacks.streams_tokens)
+            steps = _run_steps(self._settings(options), prompt, _RunScope.start(), stream=options.callbacks.streams_tokens)
             with closing(_drive_sync(steps, self._connection)) as items:
                 return _final_result(items)
 
-    def stream(self, prompt: str) -> Generator[str, None, None]:
+    def stream(
+        self,
+        prompt: str,
+        *,
+        callbacks: BaseCallback | Iterable[Any] | None = None,
+        tags: Tags | None = None,
+        metadata: Metadata | None = None,
+    ) -> Generator[str, None, None]:
         """Answer ``prompt``, yielding the answer's text as it arrives (and firing ``on_llm_new_token``)."""
         _check_prompt(prompt, "stream")
-        return self._stream(prompt)
+        return self._stream(prompt, self._options("stream", callbacks, tags, metadata))
 
-    def _stream(self, prompt: str) -> Generator[str, None, None]:
-        steps = _run_steps(self._settings(), prompt, _RunScope.start(), stream=True)
+    def _stream(self, prompt: str, options: RunOptions) -> Generator[str, None, None]:
+        steps = _run_steps(self._settings(options), prompt, _RunScope.start(), stream=True)
         with closing(each_step_as_sync_caller(_drive_sync(steps, self._connection))) as items:
             for item in items:
                 if isinstance(item, str):
                     yield item
 
-    async def arun(self, prompt: str) -> RunResult:
+    async def arun(
+        self,
+        prompt: str,
+        *,
+        callbacks: BaseCallback | Iterable[Any] | None = None,
+        tags: Tags | None = None,
+        metadata: Metadata | None = None,
+    ) -> RunResult:
         """Async ``run``; async hooks scheduled by its events have completed when it returns or raises."""
         _check_prompt(prompt, "arun")
+        options = self._options("arun", callbacks, tags, metadata)
         try:
-            return await self._arun_without_waiting(prompt, _RunScope.start(), stream=self.callbacks.streams_tokens)
+            return await self._arun_without_waiting(
+                prompt, options, _RunScope.start(), stream=options.callbacks.streams_tokens
+            )
         finally:
-            await self.callbacks.wait_pending()
+            await options.callbacks.wait_pending()
 
-    def astream(self, prompt: str) -> AsyncGenerator[str, None]:
+    def astream(
+        self,
+        prompt: str,
+        *,
+        callbacks: BaseCallback | Iterable[Any] | None = None,
+        tags: Tags | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncGenerator[str, None]:
         """Async ``stream``. Stopping early? Close it (``contextlib.aclosing``) so its request ends at once."""
         _check_prompt(prompt, "astream")
-        return self._astream(prompt)
+        return self._astream(prompt, self._options("astream", callbacks, tags, metadata))
 
-    async def _astream(self, prompt: str) -> AsyncGenerator[str, None]:
+    async def _astream(self, prompt: str, options: RunOptions) -> AsyncGenerator[str, None]:
         try:
-            steps = _run_steps(self._settings(), prompt, _RunScope.start(), stream=True)
+            steps = _run_steps(self._settings(options), prompt, _RunScope.start(), stream=True)
             async with aclosing(_drive_async(steps, self._connection)) as items:
                 async for item in items:
                     if isinstance(item, str):
                         yield item
         finally:
-            await self.callbacks.wait_pending()
+            await options.callbacks.wait_pending()
 
     def batch(
-        self, prompts: Iterable[str], *, max_concurrency: int = 16, progress: bool | None = None
+        self,
+        prompts: Iterable[str],
+        *,
+        max_concurrency: int = 16,
+        progress: bool | None = None,
+        callbacks: BaseCallback | Iterable[Any] | None = None,
+        tags: Tags | None = None,
+        metadata: Metadata | None = None,
     ) -> list[RunResult]:
         """Run every prompt concurrently on the async client; see ``abatch``.
 
         Runs its own event loop (in a worker thread when this thread already runs one).
         """
-        job = self._abatch_on_own_loop(_prompt_list(prompts, "batch"), max_concurrency, progress)
+        prompt_list = _prompt_list(prompts, "batch")
+        options = self._options("batch", callbacks, tags, metadata)
+        job = self._abatch_on_own_loop(prompt_list, options, max_concurrency, progress)
         if not _event_loop_running():
             return asyncio.run(job)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlm-batch") as worker:
             return worker.submit(contextvars.copy_context().run, asyncio.run, job).result()
 
     async def abatch(
-        self, prompts: Iterable[str], *, max_concurrency: int = 16, progress: bool | None = None
+        self,
+        prompts: Iterable[str],
+        *,
+        max_concurrency: int = 16,
+        progress: bool | None = None,
+        callbacks: BaseCallback | Iterable[Any] | None = None,
+        tags: Tags | None = None,
+        metadata: Metadata | None = None,
     ) -> list[RunResult]:
         """Run every prompt, at most ``max_concurrency`` at a time; results in input order.
 
         A failed run does not stop the others: its result has ``error`` set and ``answer == ""``. A progress
         bar (tqdm) shows when ``progress`` is True, or when it is None, stderr is a terminal and tqdm is
         installed; ``progress=True`` without tqdm raises ``MissingExtraError`` (an ``RLMConfigError`` and an
-        ``ImportError``) before any run starts: ``pip install 'rlm_toolkit[progress]'``.
+        ``ImportError``) before any run starts: ``pip install 'rlm_toolkit[progress]'``. ``callbacks``,
+        ``tags`` and ``metadata`` apply to every prompt's run.
         """
-        return await self._abatch(_prompt_list(prompts, "abatch"), max_concurrency, progress)
+        prompt_list = _prompt_list(prompts, "abatch")
+        options = self._options("abatch", callbacks, tags, metadata)
+        return await self._abatch(prompt_list, options, max_concurrency, progress)
 
     # -- what the entry points share ---------------------------------------------------------------
 
-    async def _abatch(self, prompt_list: list[str], max_concurrency: int, progress: bool | None) -> list[RunResult]:
+    async def _abatch(
+        self, prompt_list: list[str], options: RunOptions, max_concurrency: int, progress: bool | None
+    ) -> list[RunResult]:
         """``abatch`` of prompts already checked."""
         if max_concurrency < 1:
             raise RLMConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
         results: list[RunResult | None] = [None] * len(prompt_list)
         unstarted = iter(enumerate(prompt_list))
-        stream = self.callbacks.streams_tokens
+        stream = options.callbacks.streams_tokens
         progress_bar = _progress_bar(len(prompt_list), progress)
 
         async def work_through_prompts() -> None:
             for index, prompt in unstarted:
                 run = _RunScope.start()
                 try:
-                    results[index] = await self._arun_without_waiting(prompt, run, stream=stream)
+                    results[index] = await self._arun_without_waiting(prompt, options, run, stream=stream)
                 except Exception as error:
                     results[index] = RunResult(
                         answer="", usage=Usage(), run_id=run.run_id, parent_run_id=run.parent_run_id, error=error
@@ -295,32 +361,39 @@ class RLM:
         finally:
             if progress_bar is not None:
                 progress_bar.close()
-            await self.callbacks.wait_pending()
+            await options.callbacks.wait_pending()
         return cast("list[RunResult]", results)
 
     async def _abatch_on_own_loop(
-        self, prompts: list[str], max_concurrency: int, progress: bool | None
+        self, prompts: list[str], options: RunOptions, max_concurrency: int, progress: bool | None
     ) -> list[RunResult]:
         try:
-            return await self._abatch(prompts, max_concurrency, progress)
+            return await self._abatch(prompts, options, max_concurrency, progress)
         finally:
             await self._connection.aclose_async_client()
 
-    async def _arun_without_waiting(self, prompt: str, run: _RunScope, *, stream: bool) -> RunResult:
+    async def _arun_without_waiting(self, prompt: str, options: RunOptions, run: _RunScope, *, stream: bool) -> RunResult:
         """``arun`` without waiting for async hooks (``abatch`` waits once for all its runs)."""
-        steps = _run_steps(self._settings(), prompt, run, stream=stream)
+        steps = _run_steps(self._settings(options), prompt, run, stream=stream)
         async with aclosing(_drive_async(steps, self._connection)) as items:
             async for item in items:
                 if isinstance(item, RunResult):
                     return item
         raise AssertionError("the run ended without a result")
 
-    def _settings(self) -> _RunSettings:
-        """This RLM's configuration, for one run."""
+    def _options(
+        self, method: str, callbacks: BaseCallback | Iterable[Any] | None, tags: object, metadata: object
+    ) -> RunOptions:
+        return RunOptions.of_call(self.callbacks, self.tags, self.metadata, method, callbacks, tags, metadata)
+
+    def _settings(self, options: RunOptions) -> _RunSettings:
+        """This RLM's configuration, for one run of a call with ``options``."""
         return _RunSettings(
             model=self.model,
             endpoint=self._connection.display_url,
-            callbacks=self.callbacks,
+            callbacks=options.callbacks,
+            tags=options.tags,
+            metadata=options.metadata,
             memory=self.memory,
             tools_by_name=self._tools_by_name,
             tool_schemas=self._tool_schemas,

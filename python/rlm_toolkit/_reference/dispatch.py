@@ -6,7 +6,7 @@ import inspect
 from typing import Any, Callable
 
 from ..callbacks._async import PendingHook
-from ..callbacks._registration import HookPlan
+from ..callbacks._registration import HookPlan, slot_names
 from ..errors import InvalidEventError, LogClosedError, LogFileError
 from ..events import EVENTS, EventSpec
 from .clock import now
@@ -48,14 +48,19 @@ class Dispatcher:
             self.hook_failed(f"FileLogCallback({sink.path})", event, error)
             self.on_error(error)  # type: ignore[attr-defined]
 
-    def _fire(self, index: int, spec: EventSpec, args: tuple[Any, ...], run_id: Any, parent_run_id: Any,
-              model: str | None, timestamp: float | None, extra: dict[str, Any]) -> None:
+    def _fire(self, index: int, spec: EventSpec, args: tuple[Any, ...], context: tuple[Any, ...],
+              timestamp: float | None, extra: dict[str, Any]) -> None:
+        """``context``: the values of ``slot_names(spec)`` after the arguments."""
         sinks, hooks = self._events[index]
         if sinks:
             ts = now() if timestamp is None else timestamp
+            names = slot_names(spec)[len(spec.args):]
+            given = {name: value for name, value in zip(names, context) if value is not None}
+            run_id, parent_run_id, model = given.pop("run_id", None), given.pop("parent_run_id", None), given.pop("model", None)
+            handled_extra = {**extra, **given} or None
             for sink in sinks:
                 try:
-                    sink.handle(spec.name, args, run_id, parent_run_id, model, ts, extra or None)
+                    sink.handle(spec.name, args, run_id, parent_run_id, model, ts, handled_extra)
                 except LogClosedError as error:  # a closed log never silences the other sinks and hooks
                     self.hook_failed(f"FileLogCallback({sink.path})", spec.name, error)
                     continue
@@ -65,7 +70,7 @@ class Dispatcher:
                     self._report_news(sink, spec.name, *news)
         if not hooks:
             return
-        slots = args + ((run_id, parent_run_id, model) if spec.has_model else (run_id, parent_run_id))
+        slots = args + context
         pending: list[PendingHook] = []
         for hook in hooks:
             keywords = {name: slots[slot] for name, slot in zip(hook.keyword_names, hook.keyword_slots)}
@@ -86,9 +91,10 @@ class Dispatcher:
 
 def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
     arity = len(spec.args)
+    context_names = slot_names(spec)[arity:]
 
     def fire(self: Dispatcher, *args: Any, run_id: Any = None, parent_run_id: Any = None, model: str | None = None,
-             timestamp: float | None = None, **extra: Any) -> None:
+             tags: Any = None, metadata: Any = None, timestamp: float | None = None, **extra: Any) -> None:
         if len(args) > arity:
             raise TypeError(f"{spec.hook}() takes {arity} positional arguments {spec.args}, got {len(args)}")
         for name in spec.args[len(args):]:
@@ -103,14 +109,17 @@ def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
             for metrics in self._error_counters:
                 metrics.rejected()
             raise
-        self._fire(index, spec, args, run_id, parent_run_id, model, checked, extra)
+        given = {"run_id": run_id, "parent_run_id": parent_run_id, "model": model, "tags": tags, "metadata": metadata}
+        given.update((name, extra.pop(name, None)) for name in spec.keywords)
+        self._fire(index, spec, args, tuple(given[name] for name in context_names), checked, extra)
 
     fire.__name__ = fire.__qualname__ = spec.hook
     keyword = inspect.Parameter.KEYWORD_ONLY
     fire.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in spec.args]
-        + [inspect.Parameter(name, keyword, default=None) for name in ("run_id", "parent_run_id", "model", "timestamp")]
+        + [inspect.Parameter(name, keyword, default=None)
+           for name in ("run_id", "parent_run_id", "model", "tags", "metadata", *spec.keywords, "timestamp")]
         + [inspect.Parameter("extra", inspect.Parameter.VAR_KEYWORD)]
     )
     return fire

@@ -88,6 +88,39 @@ class _ModelStats:
         }
 
 
+class _Durations:
+    """Count, sum, extremes and histogram of one kind of duration (call latency, time to first token)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum_ms = 0.0
+        self.min_ms = 0.0
+        self.max_ms = 0.0
+        self._histogram: dict[int, int] = {}
+
+    def record(self, duration_ms: float) -> None:
+        if self.count == 0 or duration_ms < self.min_ms:
+            self.min_ms = duration_ms
+        if self.count == 0 or duration_ms > self.max_ms:
+            self.max_ms = duration_ms
+        self.count += 1
+        self.sum_ms += duration_ms
+        index = bucket_index(latency_micros(duration_ms))
+        self._histogram[index] = self._histogram.get(index, 0) + 1
+
+    def percentile_ms(self, percentile: int) -> float:
+        if self.count == 0:
+            return 0.0
+        rank = max(1, (percentile * self.count + 99) // 100)
+        cumulative = 0
+        for index in sorted(self._histogram):
+            cumulative += self._histogram[index]
+            if cumulative >= rank:
+                low, width = bucket_range(index)
+                return (low + (width - 1) // 2) / 1000.0
+        raise AssertionError("rank exceeds the number of recorded durations")
+
+
 class ReferenceMetrics:
     """Aggregates callback events as docs/metrics.md says."""
 
@@ -123,11 +156,8 @@ class ReferenceMetrics:
         self._lost_events = 0
         self._rejected_events = 0
         self._handler_errors = 0
-        self._latency_count = 0
-        self._latency_sum_ms = 0.0
-        self._min_latency_ms = 0.0
-        self._max_latency_ms = 0.0
-        self._histogram: dict[int, int] = {}
+        self._latency = _Durations()
+        self._ttft = _Durations()
 
     def _model(self, key: str) -> _ModelStats:
         if key not in self._models:
@@ -146,9 +176,14 @@ class ReferenceMetrics:
                 self._evicted_runs += 1
 
     def llm_end(
-        self, run_id: str, model: str | None, usage: tuple[int, int, int, int, int] | None, ts: float
+        self, run_id: str, model: str | None, usage: tuple[int, int, int, int, int] | None, ttft_ms: float | None,
+        ts: float,
     ) -> None:
+        """``ttft_ms``: the call's time to first token, if it streamed; a sample when finite (negative counts
+        as 0)."""
         with self._lock:
+            if ttft_ms is not None and math.isfinite(ttft_ms):
+                self._ttft.record(max(ttft_ms, 0.0))
             run = self._open_runs.pop(run_id, None)
             start_model = run[1] if run is not None else None
             key = _known_model(model) or start_model or UNKNOWN_MODEL
@@ -157,7 +192,7 @@ class ReferenceMetrics:
             if run is not None:
                 elapsed_ms = (ts - run[0]) * 1000.0
                 latency_ms = elapsed_ms if elapsed_ms > 0.0 else 0.0
-                self._record_latency(latency_ms)
+                self._latency.record(latency_ms)
                 stats.latency_count += 1
                 stats.latency_sum_ms += latency_ms
 
@@ -194,16 +229,6 @@ class ReferenceMetrics:
                 self._total_cost_usd += cost
                 if stats.cost_usd is not None:
                     stats.cost_usd += cost
-
-    def _record_latency(self, latency_ms: float) -> None:
-        if self._latency_count == 0 or latency_ms < self._min_latency_ms:
-            self._min_latency_ms = latency_ms
-        if self._latency_count == 0 or latency_ms > self._max_latency_ms:
-            self._max_latency_ms = latency_ms
-        self._latency_count += 1
-        self._latency_sum_ms += latency_ms
-        index = bucket_index(latency_micros(latency_ms))
-        self._histogram[index] = self._histogram.get(index, 0) + 1
 
     def llm_error(self, run_id: str, model: str | None, ts: float) -> None:
         """``ts`` is unused: failed calls record no latency."""
@@ -259,21 +284,12 @@ class ReferenceMetrics:
         with self._lock:
             self._handler_errors += 1
 
-    def _percentile_ms(self, percentile: int) -> float:
-        if self._latency_count == 0:
-            return 0.0
-        rank = max(1, (percentile * self._latency_count + 99) // 100)
-        cumulative = 0
-        for index in sorted(self._histogram):
-            cumulative += self._histogram[index]
-            if cumulative >= rank:
-                low, width = bucket_range(index)
-                return (low + (width - 1) // 2) / 1000.0
-        raise AssertionError("rank exceeds the number of recorded latencies")
-
     def snapshot(self) -> MetricsSnapshot:
         with self._lock:
-            p50, p95, p99 = (self._percentile_ms(percentile) for percentile in PERCENTILES)
+            latency, ttft = self._latency, self._ttft
+            p50, p95, p99 = (latency.percentile_ms(percentile) for percentile in PERCENTILES)
+            ttft_p50, ttft_p95, ttft_p99 = (ttft.percentile_ms(percentile) if ttft.count else None
+                                            for percentile in PERCENTILES)
             return {
                 "total_calls": self._total_calls,
                 "completed_calls": self._completed_calls,
@@ -282,12 +298,16 @@ class ReferenceMetrics:
                 "completion_tokens": self._completion_tokens,
                 "cached_tokens": self._cached_tokens,
                 "reasoning_tokens": self._reasoning_tokens,
-                "avg_latency_ms": _average(self._latency_sum_ms, self._latency_count),
-                "min_latency_ms": self._min_latency_ms,
-                "max_latency_ms": self._max_latency_ms,
+                "avg_latency_ms": _average(latency.sum_ms, latency.count),
+                "min_latency_ms": latency.min_ms,
+                "max_latency_ms": latency.max_ms,
                 "p50_latency_ms": p50,
                 "p95_latency_ms": p95,
                 "p99_latency_ms": p99,
+                "avg_ttft_ms": _average(ttft.sum_ms, ttft.count) if ttft.count else None,
+                "p50_ttft_ms": ttft_p50,
+                "p95_ttft_ms": ttft_p95,
+                "p99_ttft_ms": ttft_p99,
                 "errors": self._errors,
                 "retries": self._retries,
                 "tool_calls": self._tool_calls,

@@ -18,8 +18,8 @@ from .clock import now
 from .metrics import ReferenceMetrics
 from .records import checked_timestamp, response_model, usage_of
 
-EventHandler = Callable[[ReferenceMetrics, tuple[Any, ...], str, str | None, float], None]
-"""``(metrics, hook arguments, run key, model, ts)``."""
+EventHandler = Callable[[ReferenceMetrics, tuple[Any, ...], str, str | None, float, dict[str, Any]], None]
+"""``(metrics, hook arguments, run key, model, ts, extra keywords)``."""
 
 
 def run_key(run_id: Any) -> str:
@@ -51,21 +51,36 @@ def _model_name(model: str | None) -> str | None:
     return text
 
 
-def _llm_start(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float) -> None:
+def _milliseconds(value: Any) -> float | None:
+    """A duration keyword's value as milliseconds: an int or float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value) if isinstance(value, int) else float.__float__(value)
+    except OverflowError:
+        return None
+
+
+def _llm_start(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float,
+               extra: dict[str, Any]) -> None:
     metrics.llm_start(run, _model_name(model), ts)
 
 
-def _llm_end(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float) -> None:
+def _llm_end(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float,
+             extra: dict[str, Any]) -> None:
     response = args[0]
-    metrics.llm_end(run, _model_name(response_model(response, model)), usage_of(response), ts)
+    ttft_ms = _milliseconds(extra.get("ttft_ms"))
+    metrics.llm_end(run, _model_name(response_model(response, model)), usage_of(response), ttft_ms, ts)
 
 
-def _llm_error(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float) -> None:
+def _llm_error(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float,
+               extra: dict[str, Any]) -> None:
     metrics.llm_error(run, _model_name(model), ts)
 
 
 def _counter(count: Callable[[ReferenceMetrics], None]) -> EventHandler:
-    def handler(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float) -> None:
+    def handler(metrics: ReferenceMetrics, args: tuple[Any, ...], run: str, model: str | None, ts: float,
+                extra: dict[str, Any]) -> None:
         count(metrics)
 
     return handler
@@ -133,4 +148,4 @@ class ReferenceMetricsSink(ReferenceMetrics):
             handler = HANDLERS[event]
         except KeyError:
             raise ValueError(f"unknown event {event!r}; the events are those of rlm_toolkit.events.EVENTS") from None
-        handler(self, args, run_key(run_id), model, now() if ts is None else ts)
+        handler(self, args, run_key(run_id), model, now() if ts is None else ts, extra or {})

@@ -8,7 +8,9 @@ string ``"<int of N bits>"``; floats as Python's ``repr`` writes them, NaN and i
 that come out the same only the first is kept; tuples, lists, sets and frozensets as arrays (one whose
 iteration raises is written as text, as below); exceptions as ``{"type", "message"}``; containers nested
 deeper than ``MAX_DEPTH`` as ``"<max depth exceeded>"``; anything else as ``str(value)``, else
-``repr(value)``, else ``"<unrepresentable TYPE>"``. Subclasses of str, int, float, bytes and dict are
+``repr(value)``, else ``"<unrepresentable TYPE>"``. The event's own keywords (``EventSpec.keywords``) follow
+its fields, each null when not given; then ``tags`` and ``metadata`` when given (not None); then the other
+extras as ``extra``. Subclasses of str, int, float, bytes and dict are
 written by their built-in value, whatever methods they override. Which conversation text a record holds
 follows ``rlm_toolkit.events.CONTENT_FIELDS``.
 """
@@ -22,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..errors import InvalidEventError
-from ..events import CONTENT_FIELDS, CONTENT_SWITCHES, EVENTS_BY_NAME
+from ..events import CONTENT_FIELDS, CONTENT_SWITCHES, EVENTS_BY_NAME, RUN_CONTEXT_KEYWORDS
 from ..secrets import reference_redact as redact
 from .clock import now
 
@@ -241,7 +243,11 @@ def build_record(event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: 
     switched_on = frozenset(
         switch for switch, on in zip(CONTENT_SWITCHES, (include_prompts, include_responses)) if on
     )
-    role = extra.get("role") if extra else None
+    spec = EVENTS_BY_NAME[event]
+    extra = dict(extra) if extra else {}
+    event_keywords = [extra.pop(name, None) for name in spec.keywords]
+    run_context = {name: value for name in RUN_CONTEXT_KEYWORDS if (value := extra.pop(name, None)) is not None}
+    role = extra.get("role")
     role = str.__str__(role) if isinstance(role, str) else None
     record: dict[str, Any] = {
         "ts": iso_utc(ts),
@@ -249,7 +255,6 @@ def build_record(event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: 
         "run_id": jsonable(run_id, max_chars),
         "parent_run_id": jsonable(parent_run_id, max_chars),
     }
-    spec = EVENTS_BY_NAME[event]
     if event == "llm_end":
         response = args[0]
         record["model"] = jsonable(response_model(response, model), max_chars)
@@ -275,6 +280,10 @@ def build_record(event: str, args: tuple[Any, ...], run_id: Any, parent_run_id: 
                 record[name] = {"type": _text(type(value).__name__, max_chars)}
             elif _written(event, name, role, switched_on):
                 record[name] = jsonable(value, max_chars)
+    for name, value in zip(spec.keywords, event_keywords):
+        record[name] = jsonable(value, max_chars)
+    for name, value in run_context.items():
+        record[name] = jsonable(value, max_chars)
     if extra:
         record["extra"] = jsonable(extra, max_chars)
     return record

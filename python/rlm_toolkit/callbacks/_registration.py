@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any, Callable
 
 from ..errors import CallbackConfigError, CallbackWarning, LLMCallError
-from ..events import EVENTS, EVENTS_BY_NAME, EventSpec
+from ..events import CONTEXT_KEYWORDS, EVENTS, EVENTS_BY_NAME, EventSpec
 from .base import BaseCallback
 from .native import NativeSinkCallback
 
@@ -37,9 +37,9 @@ _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEY
 
 
 def slot_names(spec: EventSpec) -> tuple[str, ...]:
-    """The values an event carries, in order: its arguments, then its context keywords."""
-    context = ("run_id", "parent_run_id", "model") if spec.has_model else ("run_id", "parent_run_id")
-    return spec.args + context
+    """The values an event carries, in order: its arguments, its context keywords, then its own keywords."""
+    context = tuple(name for name in CONTEXT_KEYWORDS if spec.has_model or name != "model")
+    return spec.args + context + spec.keywords
 
 
 @dataclass(frozen=True)

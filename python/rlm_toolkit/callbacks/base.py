@@ -3,7 +3,8 @@
 Override only the hooks you need: a hook left as inherited is never called (the manager decides that once,
 at registration). Hooks may name their positional parameters as they like (``def on_tool_end(self, output,
 **kwargs)``) or take everything by keyword (``def on_llm_start(self, **kwargs)``). Context keywords:
-``run_id``, ``parent_run_id`` and, for LLM events, ``model``; extra keywords reach hooks that accept
+``run_id``, ``parent_run_id``, ``model`` (LLM events), and the run's ``tags`` and ``metadata``; an event's
+own keywords (``on_llm_end``'s ``ttft_ms``) and extra keywords reach hooks that name them or accept
 ``**kwargs``.
 
 A hook may be ``def`` or ``async def`` (hence the return type ``Awaitable[None] | None``); see
@@ -33,7 +34,7 @@ class BaseCallback:
         """Before an LLM call. ``prompt`` is the user's prompt text."""
 
     def on_llm_end(self, response: Any, **kwargs: Any) -> Awaitable[None] | None:
-        """After an LLM answer. ``response`` has ``.content``, ``.model`` and ``.usage`` (see ``LLMResponse``)."""
+        """After an LLM answer. ``response`` has ``.content``, ``.model`` and ``.usage`` (see ``LLMResponse``); ``ttft_ms=`` is a streamed call's time to first token."""
 
     def on_llm_new_token(self, token: str, **kwargs: Any) -> Awaitable[None] | None:
         """For each streamed token (the run streams when any callback overrides this hook)."""

@@ -7,6 +7,7 @@ Lines look like this (child runs, those with a ``parent_run_id``, are indented):
       [call_5e6] tool start     get_weather {"city": "Paris"}
       [call_5e6] tool end       get_weather -> "Sunny, 21 C"
     [1a2b3c4d] llm end        gpt-4o  412 ms  tokens: 19 (12 prompt + 7 completion)  cost: $0.000100  -> "Tool..."
+    [5f6a7b8c] llm end        gpt-4o  380 ms  tokens: 15 (9 prompt + 6 completion)  cost: $0.000080  [tags: nightly]
 
 Streamed tokens are not printed: that is ``StreamingCallback``'s job.
 """
@@ -106,6 +107,16 @@ def _latency_text(seconds: float) -> str:
     return f"{milliseconds:.1f} ms" if milliseconds < 10 else f"{milliseconds:.0f} ms"
 
 
+def _tags_text(tags: Any) -> str | None:
+    """``[tags: a, b]`` for a run's tags; None (nothing shown) when it has none."""
+    if not tags or isinstance(tags, (str, bytes)):
+        return None
+    try:
+        return "[tags: " + ", ".join(str(tag) for tag in tags) + "]"
+    except TypeError:  # not iterable: a hook called by hand with something else
+        return None
+
+
 def _usage_texts(response: Any, model: str | None, show_tokens: bool, show_cost: bool) -> list[str]:
     """The ``tokens: ...`` and ``cost: ...`` parts of an ``llm end`` line, as enabled."""
     usage = getattr(response, "usage", None)
@@ -137,7 +148,8 @@ class ConsoleCallback(BaseCallback):
     calls; the cost of a model without a price is shown as unknown, and so are the tokens and cost of a
     call whose server reported no usage. ``color`` turns ANSI colours on or off; None colours only when the
     stream is a terminal and ``NO_COLOR`` is not set. The extra keywords
-    the RLM sends are shown too: the ``role`` of a stored message, the ``tool_name`` of a failed tool.
+    the RLM sends are shown too: the ``role`` of a stored message, the ``tool_name`` of a failed tool; and
+    the run's ``tags`` at the end of LLM, retry and error lines.
 
     Latency pairs each LLM start with its end by ``run_id``; at most ``max_open_calls`` unfinished calls
     are remembered (the oldest is forgotten first).
@@ -161,17 +173,17 @@ class ConsoleCallback(BaseCallback):
     # -- hooks ---------------------------------------------------------------------------------------------
 
     def on_llm_start(self, prompt: Any, *, run_id: Any = None, parent_run_id: Any = None,
-                     model: str | None = None, **kwargs: Any) -> None:
+                     model: str | None = None, tags: Any = None, **kwargs: Any) -> None:
         if run_id is not None:
             with self._started_at_lock:
                 self._started_at[run_id] = time.perf_counter()
                 if len(self._started_at) > self.max_open_calls:
                     del self._started_at[next(iter(self._started_at))]
         if self.verbose:
-            self._print("llm start", [model, _quoted(prompt)], run_id, parent_run_id)
+            self._print("llm start", [model, _quoted(prompt), _tags_text(tags)], run_id, parent_run_id)
 
     def on_llm_end(self, response: Any, *, run_id: Any = None, parent_run_id: Any = None,
-                   model: str | None = None, **kwargs: Any) -> None:
+                   model: str | None = None, tags: Any = None, **kwargs: Any) -> None:
         started_at = self._forget_call(run_id)
         if model is None:
             model = getattr(response, "model", None)
@@ -181,6 +193,7 @@ class ConsoleCallback(BaseCallback):
         details += _usage_texts(response, model, self.show_tokens, self.show_cost)
         if self.verbose:
             details.append("-> " + _answer_summary(response))
+        details.append(_tags_text(tags))
         self._print("llm end", details, run_id, parent_run_id)
 
     def on_tool_start(self, tool_name: str, tool_input: Any, *, run_id: Any = None, parent_run_id: Any = None,
@@ -206,14 +219,14 @@ class ConsoleCallback(BaseCallback):
             self._print("memory recall", [summary], run_id, parent_run_id)
 
     def on_retry(self, attempt: int, max_attempts: int, error: Any, *, run_id: Any = None,
-                 parent_run_id: Any = None, model: str | None = None, **kwargs: Any) -> None:
-        self._print(f"retry {attempt}/{max_attempts}", [model, _error_text(error)], run_id, parent_run_id,
-                    color_key="retry")
+                 parent_run_id: Any = None, model: str | None = None, tags: Any = None, **kwargs: Any) -> None:
+        self._print(f"retry {attempt}/{max_attempts}", [model, _error_text(error), _tags_text(tags)], run_id,
+                    parent_run_id, color_key="retry")
 
     def on_error(self, error: Any, *, run_id: Any = None, parent_run_id: Any = None, model: str | None = None,
-                 tool_name: str | None = None, **kwargs: Any) -> None:
+                 tool_name: str | None = None, tags: Any = None, **kwargs: Any) -> None:
         self._forget_call(run_id)
-        self._print("error", [model, tool_name, _error_text(error)], run_id, parent_run_id)
+        self._print("error", [model, tool_name, _error_text(error), _tags_text(tags)], run_id, parent_run_id)
 
     # -- output --------------------------------------------------------------------------------------------
 

@@ -40,6 +40,12 @@ class MetricsSnapshot(TypedDict):
     p50_latency_ms: float
     p95_latency_ms: float
     p99_latency_ms: float
+    avg_ttft_ms: float | None
+    """Time to first token of streamed calls (the ``ttft_ms`` of their ``llm_end``); the ``*_ttft_ms`` figures
+    are None while no call reported one."""
+    p50_ttft_ms: float | None
+    p95_ttft_ms: float | None
+    p99_ttft_ms: float | None
     errors: int
     retries: int
     tool_calls: int
