@@ -13,8 +13,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
-use crate::errors::{LogClosedError, LogFileError, NotAJsonlLogError};
+use crate::errors::{InvalidEventError, LogClosedError, LogFileError, NotAJsonlLogError};
 use crate::events::EventKind;
+use crate::json_check::is_json_object;
 use crate::metrics::{Metrics, Prices, Snapshot};
 use crate::record::{checked_timestamp, push_record, with_event, EventValues, RecordOptions};
 use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
@@ -140,21 +141,45 @@ impl JsonlSink {
         let mut line = RECORD_BUFFER.with(|slot| slot.take());
         line.clear();
         push_record(&mut line, event, &self.options);
-        let outcome = self.with_writer(|writer| loop {
-            match writer.append(&line) {
+        let outcome = self.queue(py, &line).map(|dropped| Recorded { dropped, news: self.with_writer(JsonlWriter::announce) });
+        RECORD_BUFFER.with(|slot| slot.set(line));
+        outcome
+    }
+
+    /// Queues one whole line (ending in `\n`) under the full-buffer policy; true when it was dropped.
+    fn queue(&self, py: Python<'_>, line: &[u8]) -> PyResult<bool> {
+        self.with_writer(|writer| loop {
+            match writer.append(line) {
                 Ok(Appended::MustWait) => py.detach(|| writer.make_room()),
-                Ok(appended) => break Ok(Recorded { dropped: appended == Appended::Dropped, news: writer.announce() }),
+                Ok(appended) => break Ok(appended == Appended::Dropped),
                 Err(error) => break Err(self.error_to_python(error)),
             }
-        });
-        RECORD_BUFFER.with(|slot| slot.set(line));
+        })
+    }
+
+    /// Queues a line encoded by the caller: one JSON object without a newline (the sink adds it), refused
+    /// otherwise so the log keeps whole JSON lines. A write error is left for `flush()`/`close()` to raise.
+    pub fn append_line(&self, py: Python<'_>, line: &Bound<'_, PyString>) -> PyResult<()> {
+        let Ok(text) = line.to_str() else { return Err(InvalidEventError::new_err(LINE_WITH_SURROGATES)) };
+        if text.contains('\n') {
+            return Err(InvalidEventError::new_err(LINE_WITH_NEWLINE));
+        }
+        if !is_json_object(text.as_bytes()) {
+            return Err(InvalidEventError::new_err(LINE_NOT_AN_OBJECT));
+        }
+        let mut buffer = RECORD_BUFFER.with(|slot| slot.take());
+        buffer.clear();
+        buffer.extend_from_slice(text.as_bytes());
+        buffer.push(b'\n');
+        let outcome = self.queue(py, &buffer).map(|_| ());
+        RECORD_BUFFER.with(|slot| slot.set(buffer));
         outcome
     }
 
     pub fn error_to_python(&self, error: WriteError) -> PyErr {
         match error {
             WriteError::Closed => {
-                LogClosedError::new_err(format!("FileLogCallback for {:?} is closed; create a new one to log more", self.path))
+                LogClosedError::new_err(format!("the log file {:?} is closed; create a new callback to log more", self.path))
             }
             WriteError::Io(reason) => LogFileError::new_err(format!("writing log file {:?} failed: {reason}", self.path)),
         }
@@ -407,6 +432,11 @@ impl PyJsonlSink {
         with_event(event, &args, run_id, parent_run_id, model, timestamp, extra, |event| self.sink.record(py, event).map(|_| ()))
     }
 
+    /// Queues `line`, one JSON object without a newline, as `handle` queues a record (see `JsonlSink::append_line`).
+    fn append_line(&self, py: Python<'_>, line: &Bound<'_, PyString>) -> PyResult<()> {
+        self.sink.append_line(py, line)
+    }
+
     /// With a `timeout` (seconds), waits at most that long (see `JsonlWriter::flush_within`).
     #[pyo3(signature = (timeout=None))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
@@ -460,10 +490,18 @@ impl PyJsonlSink {
     }
 }
 
+// The refusals of `append_line`; the reference backend words them the same.
+const LINE_WITH_SURROGATES: &str =
+    "append_line() got text with lone surrogates, which UTF-8 cannot carry: encode the object with json.dumps(), which escapes them";
+const LINE_WITH_NEWLINE: &str =
+    "append_line() got text holding a newline: pass one JSON object on one line, without the newline (the log adds it)";
+const LINE_NOT_AN_OBJECT: &str =
+    "append_line() got text that is not one JSON object: pass the object's JSON text, such as json.dumps() returns for a dict";
+
 /// The message of `NotAJsonlLogError`; the reference backend words it the same.
 fn not_a_log_message(path: &str, reason: &str) -> String {
     format!(
-        "log_path {path:?} holds something other than a JSONL log ({reason}); it was left untouched. \
+        "the log file {path:?} holds something other than a JSONL log ({reason}); it was left untouched. \
          Give a new path, or move that file away"
     )
 }

@@ -160,7 +160,7 @@ def test_close_twice_then_events_raise_and_exit_still_flushes(backend: str, tmp_
     child = run_child(script, backend)
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
-    assert "refused: FileLogCallback for" in out
+    assert "refused: the log file" in out and "is closed; create a new callback" in out
     assert "handler errors: 1 1 1" in out
     assert "raised while handling 'llm_start'" in err and "is closed" in err
     assert len(read_lines(tmp_path / "closed.jsonl")) == 1

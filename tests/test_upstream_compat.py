@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import pickle
 import re
 import subprocess
@@ -207,9 +208,12 @@ def test_file_callback_writes_upstreams_records(server: LocalServer, backend: st
     path = tmp_path / "logs" / "events.jsonl"
     recorder = Recorder()
     before = datetime.now(timezone.utc)
-    result = make_rlm(server, FileCallback(path), recorder).run("Hello there!")
-    error = fail_for_good(server, FileCallback(str(path)))
-    run_with_a_failing_tool(server, FileCallback(path))
+    with FileCallback(path) as first, FileCallback(str(path)) as second, FileCallback(path) as third:
+        result = make_rlm(server, first, recorder).run("Hello there!")
+        first.flush()
+        error = fail_for_good(server, second)
+        second.flush()
+        run_with_a_failing_tool(server, third)
 
     records = read_records(path)
     start, end = recorder.of("llm_start")[0], recorder.of("llm_end")[0]
@@ -231,11 +235,13 @@ def test_file_callback_writes_upstreams_records(server: LocalServer, backend: st
 
 def test_file_callback_keywords_and_redaction(backend: str, tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    manager = CallbackManager([FileCallback(path)])
+    callback = FileCallback(path)
+    manager = CallbackManager([callback])
     manager.on_llm_start(f"use {KEY}", run_id="c1", model=None, attempt=2, tags=["a", KEY], when={1, 2},
                          ratio=float("nan"), event="not the event", nested={"k": {"deep": None}})
     manager.on_llm_end(LLMResponse("ok é", "gpt-4o", Usage.of(1, 2)))
     manager.on_error(LLMCallError("failed"), tool_name=None)
+    callback.flush()
     assert read_records(path) == [
         {"event": "start", "prompt": "use sk-[REDACTED]", "timestamp": read_records(path)[0]["timestamp"],
          "run_id": "c1", "attempt": 2, "tags": ["a", "sk-[REDACTED]"], "nested": {"k": {"deep": None}}},
@@ -247,7 +253,8 @@ def test_file_callback_keywords_and_redaction(backend: str, tmp_path: Path) -> N
 
 def test_file_callback_lines_stay_whole_under_threads(backend: str, tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    manager = CallbackManager([FileCallback(path)])
+    callback = FileCallback(path)
+    manager = CallbackManager([callback])
     threads_count, events_per_thread = 8, 100
 
     def fire(thread: int) -> None:
@@ -259,19 +266,22 @@ def test_file_callback_lines_stay_whole_under_threads(backend: str, tmp_path: Pa
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
+    callback.close()
     run_ids = [record["run_id"] for record in read_records(path)]
     assert sorted(run_ids) == sorted(f"{t}-{i}" for t in range(threads_count) for i in range(events_per_thread))
 
 
-def test_file_callback_refuses_bad_paths_and_reports_failed_writes(tmp_path: Path) -> None:
-    with pytest.raises(LogFileError, match="empty"):
+def test_file_callback_refuses_bad_paths_and_reports_failed_writes(backend: str, tmp_path: Path) -> None:
+    with pytest.raises(LogFileError, match="file_path is empty"):
         FileCallback("")
-    with pytest.raises(LogFileError, match="is a directory"):
+    with pytest.raises(LogFileError, match="file_path .* is a directory"):
         FileCallback(tmp_path)
-    callback = FileCallback(tmp_path / "events.jsonl")
-    (tmp_path / "events.jsonl").mkdir()  # the path becomes a folder after construction
-    with pytest.raises(LogFileError, match="cannot append to"):
+    with FileCallback(tmp_path / "events.jsonl") as callback:
+        os.unlink(tmp_path / "events.jsonl")
+        (tmp_path / "events.jsonl").mkdir()  # the path becomes a folder after construction
         callback.on_llm_start("p")
+        with pytest.raises(LogFileError, match="deleted while open.*opening the path again failed"):
+            callback.flush()
 
 
 def test_llm_event_is_a_plain_record() -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from ..errors import LogClosedError, LogFileError, NotAJsonlLogError
+from ..errors import InvalidEventError, LogClosedError, LogFileError, NotAJsonlLogError
 from .records import build_record, iso_utc
 
 SNIFF_BYTES = 64 * 1024
@@ -61,14 +61,30 @@ def _reject_constant(name: str) -> Any:
 def is_json_object(data: bytes) -> bool:
     """Whether ``data`` is one strict JSON object (RFC 8259, UTF-8), optionally surrounded by whitespace."""
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return _is_json_object_text(text)
+
+
+def _is_json_object_text(text: str) -> bool:
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return False
     return isinstance(value, dict)
 
 
+LINE_WITH_SURROGATES = ("append_line() got text with lone surrogates, which UTF-8 cannot carry: encode the object "
+                        "with json.dumps(), which escapes them")
+LINE_WITH_NEWLINE = ("append_line() got text holding a newline: pass one JSON object on one line, without the "
+                     "newline (the log adds it)")
+LINE_NOT_AN_OBJECT = ("append_line() got text that is not one JSON object: pass the object's JSON text, such as "
+                      "json.dumps() returns for a dict")
+
+
 def not_a_log_message(path: str, reason: str) -> str:
-    return (f"log_path {path!r} holds something other than a JSONL log ({reason}); it was left untouched. "
+    return (f"the log file {path!r} holds something other than a JSONL log ({reason}); it was left untouched. "
             "Give a new path, or move that file away")
 
 
@@ -308,10 +324,30 @@ class JsonlSink:
         except UnicodeEncodeError:  # surrogates, which UTF-8 cannot carry: pairs joined, lone ones escaped
             joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
             line = (_LONE_SURROGATE.sub(_escaped_surrogate, joined) + "\n").encode("utf-8")
+        self._queue(line)
+
+    def append_line(self, line: str) -> None:
+        """Queues a line encoded by the caller: one JSON object without a newline (the sink adds it), refused
+        otherwise (InvalidEventError) so the log keeps whole JSON lines. A write error is left for
+        ``flush()``/``close()`` to raise."""
+        if not isinstance(line, str):
+            raise TypeError(f"append_line() takes a str, got {type(line).__name__}")
+        try:
+            data = line.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(LINE_WITH_SURROGATES) from None
+        if b"\n" in data:
+            raise InvalidEventError(LINE_WITH_NEWLINE)
+        if not _is_json_object_text(line):
+            raise InvalidEventError(LINE_NOT_AN_OBJECT)
+        self._queue(data + b"\n")
+
+    def _queue(self, line: bytes) -> None:
+        """Queues one whole line (ending in ``\\n``) under the full-buffer policy."""
         while True:
             with self._lock:
                 if self._closing:
-                    raise LogClosedError(f"FileLogCallback for {self.path!r} is closed; create a new one to log more")
+                    raise LogClosedError(f"the log file {self.path!r} is closed; create a new callback to log more")
                 full = bool(self._pending) and len(self._pending) + len(line) > self._max_pending_bytes
                 if full and not self._block_when_full:
                     self.dropped += 1

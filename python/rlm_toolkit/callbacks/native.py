@@ -7,7 +7,7 @@ A subclass that overrides a hook is called in Python for that hook; ``super().on
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from .. import _backend
 from ..errors import CallbackConfigError, LogFileError
@@ -93,7 +93,101 @@ class MetricsCallback(NativeSinkCallback):
         self.core.reset()
 
 
-class FileLogCallback(NativeSinkCallback):
+_LogT = TypeVar("_LogT", bound="_JsonlLogFile")
+
+
+class _JsonlLogFile:
+    """A JSONL log file written by a JsonlSink of the chosen backend: the path checks, the writer's options,
+    ``flush()``/``close()`` and the exit, fork and SIGTERM flushes, shared by ``FileLogCallback`` and
+    ``FileCallback``."""
+
+    log_path: str
+    """The log's absolute path."""
+    core: Any
+    """The backend's ``JsonlSink`` that writes the file."""
+
+    def _open_log(
+        self,
+        path_parameter: str,
+        given_path: str | os.PathLike[str],
+        *,
+        include_prompts: bool = True,
+        include_responses: bool = True,
+        max_field_chars: int = 1_000_000,
+        flush_interval: float,
+        buffer_bytes: int,
+        max_pending_bytes: int,
+        on_full: Literal["block", "drop"],
+        close_timeout: float,
+        backend: _backend.BackendName | None,
+    ) -> None:
+        """Checks the options (``path_parameter`` names the path in messages), opens the file and tracks it."""
+        _checked_int("max_field_chars", max_field_chars, 16, MAX_FIELD_CHARS)
+        flush_interval = _checked_seconds("flush_interval", flush_interval, 0.001, MAX_FLUSH_INTERVAL)
+        _checked_int("buffer_bytes", buffer_bytes, 1, MAX_BUFFER_BYTES)
+        _checked_int("max_pending_bytes", max_pending_bytes, buffer_bytes, MAX_PENDING_BYTES)
+        close_timeout = _checked_seconds("close_timeout", close_timeout, 0.001, MAX_CLOSE_TIMEOUT)
+        if on_full not in ("block", "drop"):
+            raise CallbackConfigError(f"on_full must be 'block' or 'drop', got {on_full!r}")
+        if os.fspath(given_path) in ("", b""):
+            raise LogFileError(f"{path_parameter} is empty; give a file path such as 'rlm.jsonl'")
+        path = os.path.abspath(os.fspath(given_path))
+        if os.path.isdir(path):
+            raise LogFileError(
+                f"{path_parameter} {path!r} is a directory; give a file path such as {path}/rlm.jsonl")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as exc:
+            raise LogFileError(
+                f"cannot create the folder for {path_parameter} {path!r}: {exc.strerror or exc}") from exc
+        self.log_path = path
+        self.core = _backend.load(backend).JsonlSink(
+            path, include_prompts, include_responses, max_field_chars,
+            flush_interval, buffer_bytes, max_pending_bytes, on_full == "block", close_timeout,
+        )
+        _lifecycle.track(self)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Write everything accepted so far to the file; raises LogFileError if a write failed.
+
+        With ``timeout`` (seconds) it waits at most that long, whatever holds the file (a FIFO nobody reads,
+        a stuck writer), then raises LogFileError saying how many lines still wait; they stay queued.
+        Safe to call from a signal handler."""
+        if timeout is None:
+            self.core.flush()
+        else:
+            self.core.flush(_checked_seconds("timeout", timeout, 0.0, MAX_CLOSE_TIMEOUT))
+
+    def close(self) -> None:
+        """Flush and close the file, waiting at most ``close_timeout`` seconds. Idempotent; events sent to
+        this callback after it raise LogClosedError (through a manager they are reported, not raised).
+
+        Raises LogFileError for a write that failed since the last ``flush()``, or when the file did not
+        accept the last lines in time: those are counted in ``lost_events`` and the message says how many."""
+        self.core.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.core.closed)
+
+    @property
+    def dropped_events(self) -> int:
+        """Events dropped because the queue was full (``on_full="drop"``)."""
+        return int(self.core.dropped)
+
+    @property
+    def lost_events(self) -> int:
+        """Events accepted but not written: a write that failed (disk full) or a ``close()`` that gave up."""
+        return int(self.core.lost)
+
+    def __enter__(self: _LogT) -> _LogT:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class FileLogCallback(_JsonlLogFile, NativeSinkCallback):
     """Writes one JSON object per event to ``log_path`` (JSON Lines), from a writer thread of its own.
 
     Records hold ``ts`` (ISO 8601 UTC), ``event``, ``run_id``, ``parent_run_id`` and the event's fields
@@ -131,68 +225,12 @@ class FileLogCallback(NativeSinkCallback):
         close_timeout: float = 5.0,
         backend: _backend.BackendName | None = None,
     ) -> None:
-        _checked_int("max_field_chars", max_field_chars, 16, MAX_FIELD_CHARS)
-        flush_interval = _checked_seconds("flush_interval", flush_interval, 0.001, MAX_FLUSH_INTERVAL)
-        _checked_int("buffer_bytes", buffer_bytes, 1, MAX_BUFFER_BYTES)
-        _checked_int("max_pending_bytes", max_pending_bytes, buffer_bytes, MAX_PENDING_BYTES)
-        close_timeout = _checked_seconds("close_timeout", close_timeout, 0.001, MAX_CLOSE_TIMEOUT)
-        if on_full not in ("block", "drop"):
-            raise CallbackConfigError(f"on_full must be 'block' or 'drop', got {on_full!r}")
-        if os.fspath(log_path) in ("", b""):
-            raise LogFileError("log_path is empty; give a file path such as 'rlm.jsonl'")
-        path = os.path.abspath(os.fspath(log_path))
-        if os.path.isdir(path):
-            raise LogFileError(f"log_path {path!r} is a directory; give a file path such as {path}/rlm.jsonl")
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        except OSError as exc:
-            raise LogFileError(f"cannot create the folder for log_path {path!r}: {exc.strerror or exc}") from exc
-        self.log_path = path
-        self.core = _backend.load(backend).JsonlSink(
-            path, include_prompts, include_responses, max_field_chars,
-            flush_interval, buffer_bytes, max_pending_bytes, on_full == "block", close_timeout,
-        )
         self.native_events = frozenset(
             spec.name for spec in EVENTS if include_tokens or spec.name != "llm_new_token"
         )
         self.wants_token_stream = include_tokens
-        _lifecycle.track(self)
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Write everything accepted so far to the file; raises LogFileError if a write failed.
-
-        With ``timeout`` (seconds) it waits at most that long, whatever holds the file (a FIFO nobody reads,
-        a stuck writer), then raises LogFileError saying how many lines still wait; they stay queued.
-        Safe to call from a signal handler."""
-        if timeout is None:
-            self.core.flush()
-        else:
-            self.core.flush(_checked_seconds("timeout", timeout, 0.0, MAX_CLOSE_TIMEOUT))
-
-    def close(self) -> None:
-        """Flush and close the file, waiting at most ``close_timeout`` seconds. Idempotent; events sent to
-        this callback after it raise LogClosedError (through a manager they are reported, not raised).
-
-        Raises LogFileError for a write that failed since the last ``flush()``, or when the file did not
-        accept the last lines in time: those are counted in ``lost_events`` and the message says how many."""
-        self.core.close()
-
-    @property
-    def closed(self) -> bool:
-        return self.core.closed
-
-    @property
-    def dropped_events(self) -> int:
-        """Events dropped because the queue was full (``on_full="drop"``)."""
-        return self.core.dropped
-
-    @property
-    def lost_events(self) -> int:
-        """Events accepted but not written: a write that failed (disk full) or a ``close()`` that gave up."""
-        return self.core.lost
-
-    def __enter__(self) -> "FileLogCallback":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self._open_log(
+            "log_path", log_path, include_prompts=include_prompts, include_responses=include_responses,
+            max_field_chars=max_field_chars, flush_interval=flush_interval, buffer_bytes=buffer_bytes,
+            max_pending_bytes=max_pending_bytes, on_full=on_full, close_timeout=close_timeout, backend=backend,
+        )

@@ -5,7 +5,8 @@
   ``rlm_toolkit`` logger or the one given.
 - ``FileCallback(file_path)`` appends one JSON object per event to ``file_path``:
   ``{"event": "start", "prompt": ..., "timestamp": ...}``, ``{"event": "end", "response": ...}``,
-  ``{"event": "error", "error": ...}``, each followed by the hook's keywords.
+  ``{"event": "error", "error": ...}``, each followed by the hook's keywords; through ``FileLogCallback``'s
+  buffered writer, so call ``flush()`` or ``close()`` to have the lines in the file at once.
 - ``LLMEvent``: a plain record of one event.
 
 Both callbacks take LLM errors through ``on_llm_error`` (failed LLM calls only, never tool errors) and, like
@@ -17,15 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import LLMCallError, LogFileError
+from .. import _backend
+from ..errors import LLMCallError
 from ..secrets import _redacted_value, redact
 from .base import BaseCallback
+from .native import _JsonlLogFile
 
 _PREVIEW_CHARS = 100
 """How much of a prompt or answer ``LoggingCallback`` logs."""
@@ -76,7 +78,7 @@ def _as_json(value: Any) -> Any:
     return _redacted_value(value)
 
 
-class FileCallback(BaseCallback):
+class FileCallback(_JsonlLogFile, BaseCallback):
     """Appends one JSON line per LLM event to ``file_path``, in upstream rlm-toolkit's record shape.
 
     ``{"event": "start", "prompt": PROMPT, "timestamp": TS, ...}`` before a call, ``{"event": "end",
@@ -86,25 +88,37 @@ class FileCallback(BaseCallback):
     (left out when None) and any extras; a keyword named like one of the fields before it is left out.
     Text is redacted (``rlm_toolkit.secrets``); the JSON is ASCII (``json.dumps`` defaults).
 
-    Each line is appended with one write, under a lock, to the file opened for that line: the line is on
-    disk when the hook returns, and the file may be moved or deleted between events (a new one is created,
-    mode 0600). A write that fails raises ``LogFileError`` (through a manager: logged and counted).
-    For high event rates, ``FileLogCallback`` writes from a thread of its own, in batches.
+    The lines go through the same buffered writer as ``FileLogCallback``'s (``backend`` chooses it): a line
+    is in the file within ``flush_interval`` seconds, at ``flush()``, ``close()`` (or the end of a ``with``
+    block), and at interpreter exit, in a forked child's exit and on SIGTERM, not when the hook returns.
+    Each batch is appended under a file lock, so processes may share the file; lines stay whole. The file is
+    created with mode 0600, parent folders made; an existing file must be a JSONL log (a log written by
+    this callback is one) or it is refused with ``NotAJsonlLogError`` and left untouched. A file moved or
+    deleted while open is reported and created again at the path. A write that fails (disk full) raises
+    ``LogFileError`` from the next ``flush()`` or ``close()``; an event after ``close()`` raises
+    ``LogClosedError`` (through a manager: logged and counted). The writer options and their ranges are
+    ``FileLogCallback``'s.
     """
 
-    def __init__(self, file_path: str | os.PathLike[str]) -> None:
-        path = os.fspath(file_path)
-        if not path:
-            raise LogFileError("file_path is empty; give a file path such as 'rlm_events.jsonl'")
-        if os.path.isdir(path):
-            raise LogFileError(f"file_path {path!r} is a directory; give a file path such as {path}/events.jsonl")
-        folder = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise LogFileError(f"cannot create the folder for file_path {path!r}: {exc.strerror or exc}") from exc
-        self.file_path = path
-        self._lock = threading.Lock()
+    file_path: str
+    """The path as given (``log_path`` is its absolute form)."""
+
+    def __init__(
+        self,
+        file_path: str | os.PathLike[str],
+        *,
+        flush_interval: float = 1.0,
+        buffer_bytes: int = 64 * 1024,
+        max_pending_bytes: int = 4 * 1024 * 1024,
+        on_full: Literal["block", "drop"] = "block",
+        close_timeout: float = 5.0,
+        backend: _backend.BackendName | None = None,
+    ) -> None:
+        self._open_log(
+            "file_path", file_path, flush_interval=flush_interval, buffer_bytes=buffer_bytes,
+            max_pending_bytes=max_pending_bytes, on_full=on_full, close_timeout=close_timeout, backend=backend,
+        )
+        self.file_path = os.fspath(file_path)
 
     def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
         self._append("start", "prompt", prompt, kwargs)
@@ -123,18 +137,7 @@ class FileCallback(BaseCallback):
             written = _as_json(keyword_value)
             if written is not _NOT_JSON:
                 record[redact(name)] = written
-        line = (json.dumps(record) + "\n").encode("ascii")
-        with self._lock:
-            try:
-                fd = os.open(self.file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    view = memoryview(line)
-                    while view:
-                        view = view[os.write(fd, view):]
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise LogFileError(f"cannot append to {self.file_path!r}: {exc.strerror or exc}") from exc
+        self.core.append_line(json.dumps(record))
 
 
 @dataclass
