@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from .. import _backend
 from ..errors import LLMCallError
+from ..events import CONTEXT_KEYWORDS, EVENTS
 from ..secrets import _redacted_value, redact
 from .base import BaseCallback
 from .native import _JsonlLogFile
@@ -32,7 +33,13 @@ from .native import _JsonlLogFile
 _PREVIEW_CHARS = 100
 """How much of a prompt or answer ``LoggingCallback`` logs."""
 
-_CONTEXT_KEYWORDS = ("run_id", "parent_run_id", "model")
+_LEFT_OUT_WHEN_EMPTY = frozenset(CONTEXT_KEYWORDS).union(*(spec.keywords for spec in EVENTS))
+"""The keywords every hook of an event receives, given or not: a line leaves them out when they are None
+(and ``tags``/``metadata`` when empty, so a run without them writes upstream's lines)."""
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (type(value) in (list, dict) and not value)
 
 
 def _text(value: Any) -> str:
@@ -84,8 +91,8 @@ class FileCallback(_JsonlLogFile, BaseCallback):
     ``{"event": "start", "prompt": PROMPT, "timestamp": TS, ...}`` before a call, ``{"event": "end",
     "response": ANSWER, ...}`` after it and ``{"event": "error", "error": MESSAGE, ...}`` when it fails for
     good (tool errors are not written). ``timestamp`` is ISO 8601 UTC (``2025-01-31T12:00:00.123456Z``).
-    Then come the hook's keywords that JSON can hold, as passed: ``run_id``, ``parent_run_id`` and ``model``
-    (left out when None) and any extras; a keyword named like one of the fields before it is left out.
+    Then come the hook's keywords that JSON can hold, as passed: ``run_id``, ``parent_run_id``, ``model``,
+    ``tags``, ``metadata`` and ``ttft_ms`` (each left out when None, or an empty list or dict) and any extras; a keyword named like one of the fields before it is left out.
     Text is redacted (``rlm_toolkit.secrets``); the JSON is ASCII (``json.dumps`` defaults).
 
     The lines go through the same buffered writer as ``FileLogCallback``'s (``backend`` chooses it): a line
@@ -132,7 +139,7 @@ class FileCallback(_JsonlLogFile, BaseCallback):
     def _append(self, event: str, field_name: str, value: Any, keywords: dict[str, Any]) -> None:
         record: dict[str, Any] = {"event": event, field_name: redact(_text(value)), "timestamp": _iso_utc_now()}
         for name, keyword_value in keywords.items():
-            if name in record or (keyword_value is None and name in _CONTEXT_KEYWORDS):
+            if name in record or (name in _LEFT_OUT_WHEN_EMPTY and _is_empty(keyword_value)):
                 continue
             written = _as_json(keyword_value)
             if written is not _NOT_JSON:
