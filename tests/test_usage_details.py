@@ -312,6 +312,17 @@ def test_the_default_table_prices_cached_tokens_of_a_dated_model(backend: str) -
     assert cached_price < prompt_price
 
 
+@pytest.mark.parametrize(("model", "key"), [
+    ("gpt-5-mini-2025-08-07", "gpt-5-mini"), ("gpt-5", "gpt-5"), ("gpt-5.4-nano-2026-03-17", "gpt-5.4-nano"),
+    ("gpt-5.4", "gpt-5.4"), ("gpt-5.5-2026-04-23", "gpt-5.5"),
+])
+def test_the_gpt5_family_is_priced_by_its_own_entry(model: str, key: str) -> None:
+    prompt_price, completion_price, cached_price = PRICES_PER_MILLION[key]
+    expected = 600 * prompt_price / 1e6 + 400 * cached_price / 1e6 + 100 * completion_price / 1e6
+    assert cost_usd(model, 1000, 100, cached_tokens=400) == expected
+    assert cached_price < prompt_price < completion_price
+
+
 @pytest.mark.parametrize("price", [(1.0,), (1.0, 2.0, 3.0, 4.0)], ids=["one", "four"])
 def test_a_price_of_another_shape_is_refused(backend: str, price: Any) -> None:
     with pytest.raises(CallbackConfigError, match="must be \\(prompt, completion\\) or"):

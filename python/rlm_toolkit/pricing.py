@@ -1,8 +1,11 @@
 """USD prices per million tokens for common OpenAI models: (prompt, completion) or, for a model with
 prompt caching, (prompt, completion, cached prompt).
 
-OpenAI's standard-tier list prices per 1M tokens, taken 2025-06-10 (after that day's o3 price change).
-A call's cached prompt tokens (``Usage.cached_tokens``) are billed at the cached prompt price when the
+OpenAI's standard-tier list prices per 1M tokens. The GPT-5 family (``gpt-5``, ``gpt-5.2``, ``gpt-5.4``,
+``gpt-5.5`` and their ``-mini``/``-nano``) was taken 2026-06-21 from public copies of OpenAI's pricing page
+that agree with each other (GitHub Copilot's model table and two price trackers); the older models on
+2025-06-10 (after that day's o3 price change). Prices change: pass ``MetricsCallback(prices=...)`` with
+your own table when the bill matters. A call's cached prompt tokens (``Usage.cached_tokens``) are billed at the cached prompt price when the
 model has one, the rest of its prompt at the prompt price. Dated model names match by prefix:
 ``gpt-4o-2024-08-06`` is priced as ``gpt-4o``. A model that is not here has an unknown cost (``None``),
 never 0.
@@ -14,6 +17,14 @@ ModelPrice = tuple[float, float] | tuple[float, float, float]
 """USD per million tokens: (prompt, completion) or (prompt, completion, cached prompt)."""
 
 PRICES_PER_MILLION: dict[str, ModelPrice] = {
+    "gpt-5.5": (5.00, 30.00, 0.50),
+    "gpt-5.4": (2.50, 15.00, 0.25),
+    "gpt-5.4-mini": (0.75, 4.50, 0.075),
+    "gpt-5.4-nano": (0.20, 1.25, 0.02),
+    "gpt-5.2": (1.75, 14.00, 0.175),
+    "gpt-5": (1.25, 10.00, 0.125),
+    "gpt-5-mini": (0.25, 2.00, 0.025),
+    "gpt-5-nano": (0.05, 0.40, 0.005),
     "gpt-4o": (2.50, 10.00, 1.25),
     "gpt-4o-mini": (0.15, 0.60, 0.075),
     "gpt-4.1": (2.00, 8.00, 0.50),
