@@ -32,10 +32,6 @@ class PageStyle(BaseCallback):
         self.calls.append(("retry", (attempt, max_attempts, error), kwargs))
 
 
-NO_RUN_CONTEXT = {"tags": None, "metadata": None}
-"""What hooks with ``**kwargs`` get for the run context of an event fired outside any run."""
-
-
 def test_page_style_and_renamed_parameters(backend: str) -> None:
     handler = PageStyle()
     manager = CallbackManager([handler])
@@ -44,10 +40,10 @@ def test_page_style_and_renamed_parameters(backend: str) -> None:
     error = TimeoutError("slow")
     manager.on_retry(1, 3, error, run_id="r1", model="gpt-4o")
     assert handler.calls == [
-        ("llm_start", "hello", {"run_id": "r1", "parent_run_id": None, "model": "gpt-4o", **NO_RUN_CONTEXT,
+        ("llm_start", "hello", {"run_id": "r1", "parent_run_id": None, "model": "gpt-4o",
                                 "temperature": 0.2}),
-        ("tool_end", "found it", {"tool_name": "search", "run_id": "t1", "parent_run_id": "r1", **NO_RUN_CONTEXT}),
-        ("retry", (1, 3, error), {"run_id": "r1", "parent_run_id": None, "model": "gpt-4o", **NO_RUN_CONTEXT}),
+        ("tool_end", "found it", {"tool_name": "search", "run_id": "t1", "parent_run_id": "r1"}),
+        ("retry", (1, 3, error), {"run_id": "r1", "parent_run_id": None, "model": "gpt-4o"}),
     ]
 
 
@@ -74,7 +70,7 @@ def test_keyword_only_and_exact_signatures(backend: str) -> None:
     manager.on_tool_start("calc", {"x": 1}, run_id="t", extra_field=1)
     manager.on_memory_recall("q", ["a"], run_id="m1")
     assert seen == [
-        {"prompt": "p", "run_id": "r", "parent_run_id": None, "model": "m", **NO_RUN_CONTEXT},
+        {"prompt": "p", "run_id": "r", "parent_run_id": None, "model": "m"},
         ("calc", {"x": 1}),
         ("swapped", {"x": 1}, "calc"),
         ("q", ["a"], "m1"),

@@ -17,7 +17,9 @@ from .errors import RLMConfigError
 from .events import EVENTS
 
 Tags = Iterable[str]
+"""A run's tags: a list (or any iterable that is not a str) of str."""
 Metadata = Mapping[str, Any]
+"""A run's metadata: a dict with str keys."""
 
 
 def checked_tags(tags: object, where: str, error: type[Exception] = TypeError) -> tuple[str, ...]:
@@ -111,5 +113,6 @@ class RunOptions:
 
 
 def checked_defaults(tags: object, metadata: object) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """``RLM.from_openai``'s ``tags`` and ``metadata``, checked (``RLMConfigError``)."""
-    return checked_tags(tags, "RLM", RLMConfigError), checked_metadata(metadata, "RLM", RLMConfigError)
+    """``RLM.from_openai``'s ``tags`` (each once, order kept) and ``metadata``, checked (``RLMConfigError``)."""
+    default_tags = tuple(dict.fromkeys(checked_tags(tags, "RLM", RLMConfigError)))
+    return default_tags, checked_metadata(metadata, "RLM", RLMConfigError)

@@ -61,9 +61,12 @@ EVENTS_BY_NAME: dict[str, EventSpec] = {spec.name: spec for spec in EVENTS}
 
 CONTEXT_KEYWORDS: tuple[str, ...] = ("run_id", "parent_run_id", "model", "tags", "metadata")
 """Keywords every hook may receive; ``model`` only for events with ``has_model``. ``tags`` (a list of str) and
-``metadata`` (a dict) are those of the run the event belongs to; a record holds them when they are given."""
+``metadata`` (a dict) are those of the run the event belongs to; a record holds them when they are given.
+A hook that names a keyword receives it always (None when not given); a hook that takes ``tags``,
+``metadata`` or an event keyword through ``**kwargs`` alone receives it only when it is given (not None)."""
 
 RUN_CONTEXT_KEYWORDS: tuple[str, ...] = ("tags", "metadata")
+"""The context keywords of a run (``RLM`` runs always give them)."""
 
 
 PROMPTS = "include_prompts"

@@ -73,7 +73,9 @@ class Dispatcher:
         slots = args + context
         pending: list[PendingHook] = []
         for hook in hooks:
-            keywords = {name: slots[slot] for name, slot in zip(hook.keyword_names, hook.keyword_slots)}
+            keywords = {name: slots[slot]
+                        for position, (name, slot) in enumerate(zip(hook.keyword_names, hook.keyword_slots))
+                        if position not in hook.passed_when_given or slots[slot] is not None}
             if extra and hook.takes_extra:
                 keywords.update(extra)
             try:

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any, Callable
 
 from ..errors import CallbackConfigError, CallbackWarning, LLMCallError
-from ..events import CONTEXT_KEYWORDS, EVENTS, EVENTS_BY_NAME, EventSpec
+from ..events import CONTEXT_KEYWORDS, EVENTS, EVENTS_BY_NAME, RUN_CONTEXT_KEYWORDS, EventSpec
 from .base import BaseCallback
 from .native import NativeSinkCallback
 
@@ -50,6 +50,9 @@ class HookPlan:
     positional_slots: tuple[int, ...]
     keyword_names: tuple[str, ...]
     keyword_slots: tuple[int, ...]
+    passed_when_given: tuple[int, ...]
+    """Positions in ``keyword_names`` of the keywords passed only when their value is not None: ``tags``,
+    ``metadata`` and the event's own keywords, for a hook that takes them through ``**kwargs`` alone."""
     takes_extra: bool
     """Whether extra keywords given to the event reach this hook (it has ``**kwargs``)."""
     is_async: bool
@@ -146,6 +149,10 @@ def plan_hook(callback: Any, spec: EventSpec, method: Callable[..., Any], hook: 
         positional_slots=tuple(positional_slots),
         keyword_names=tuple(keyword_names),
         keyword_slots=tuple(slots.index(name) for name in keyword_names),
+        passed_when_given=tuple(
+            position for position, name in enumerate(keyword_names)
+            if name in (*RUN_CONTEXT_KEYWORDS, *spec.keywords) and name not in named_slots
+        ),
         takes_extra=takes_extra,
         is_async=inspect.iscoroutinefunction(method),
         raise_error=bool(getattr(callback, "raise_error", False)),

@@ -5,7 +5,7 @@ at registration). Hooks may name their positional parameters as they like (``def
 **kwargs)``) or take everything by keyword (``def on_llm_start(self, **kwargs)``). Context keywords:
 ``run_id``, ``parent_run_id``, ``model`` (LLM events), and the run's ``tags`` and ``metadata``; an event's
 own keywords (``on_llm_end``'s ``ttft_ms``) and extra keywords reach hooks that name them or accept
-``**kwargs``.
+``**kwargs`` (through ``**kwargs`` alone, ``tags``, ``metadata`` and ``ttft_ms`` only when given).
 
 A hook may be ``def`` or ``async def`` (hence the return type ``Awaitable[None] | None``); see
 ``AsyncBaseCallback`` for how coroutines are awaited.
