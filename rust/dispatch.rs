@@ -19,6 +19,9 @@ use crate::sinks::{count_on, sink_of, Counter, JsonlSink, Sink};
 use crate::time::now;
 use crate::writer::WriteError;
 
+/// Where `model` is among the context keywords of `_registration.slot_names` (left out for events without it).
+const MODEL_POSITION: usize = 2;
+
 /// How to call one Python hook, from `rlm_toolkit.callbacks._registration.HookPlan`.
 struct Hook {
     method: Py<PyAny>,
@@ -216,14 +219,18 @@ impl Dispatcher {
         // (`model` only for LLM events), then the event's own keywords.
         let none = py.None().into_bound(py);
         let spec = kind.spec();
-        let model = if spec.has_model { Some(context.model.map(Bound::as_any)) } else { None };
-        let context_values =
-            [Some(context.run_id), Some(context.parent_run_id), model, Some(context.tags), Some(context.metadata)].into_iter().flatten();
-        let values = context_values.chain(context.keywords[..spec.keywords.len()].iter().copied());
         let mut slots: [&Bound<'py, PyAny>; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS] =
             [&none; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS];
-        let mut count = 0;
-        for value in args.iter().map(Some).chain(values) {
+        slots[..args.len()].iter_mut().zip(args).for_each(|(slot, arg)| *slot = arg);
+        let mut count = args.len();
+        let context_values = [context.run_id, context.parent_run_id, context.model.map(Bound::as_any), context.tags, context.metadata];
+        for (position, value) in context_values.into_iter().enumerate() {
+            if position != MODEL_POSITION || spec.has_model {
+                slots[count] = value.unwrap_or(&none);
+                count += 1;
+            }
+        }
+        for value in &context.keywords[..spec.keywords.len()] {
             slots[count] = value.unwrap_or(&none);
             count += 1;
         }
