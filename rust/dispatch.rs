@@ -26,42 +26,25 @@ const MODEL_POSITION: usize = 2;
 struct Hook {
     method: Py<PyAny>,
     positional: usize,
-    /// Every argument: the slots to pass (the positional ones, then one per keyword name) and the keywords.
-    every: Arguments,
-    /// The keywords (by position in `every`'s) passed only when their value is not None, and the arguments
-    /// when none of them is given: the common case, prepared once.
+    /// The keyword slots passed only when their value is not None (`HookPlan.passed_when_given`).
     passed_when_given: Vec<usize>,
-    none_given: Arguments,
+    /// The arguments for each subset of those that is given, prepared at registration: bit `i` of the index
+    /// is set when `passed_when_given[i]` is given.
+    variants: Vec<Arguments>,
     takes_extra: bool,
     is_async: bool,
     raise_error: bool,
     label: Py<PyString>,
 }
 
+/// The slots to pass (the positional ones, then one per keyword name) and the keyword names.
 struct Arguments {
     slots: Vec<usize>,
     keyword_names: Option<Py<PyTuple>>,
 }
 
-/// The arguments of one call: prepared at registration, or built for this call.
-enum CallArguments<'a> {
-    Prepared(&'a Arguments),
-    Built(Arguments),
-}
-
-impl std::ops::Deref for CallArguments<'_> {
-    type Target = Arguments;
-
-    fn deref(&self) -> &Arguments {
-        match self {
-            CallArguments::Prepared(arguments) => arguments,
-            CallArguments::Built(arguments) => arguments,
-        }
-    }
-}
-
 impl Arguments {
-    fn new(py: Python<'_>, positional_slots: &[usize], keywords: &[(usize, Bound<'_, PyString>)]) -> PyResult<Arguments> {
+    fn new(py: Python<'_>, positional_slots: &[usize], keywords: &[&(usize, Bound<'_, PyString>)]) -> PyResult<Arguments> {
         let names: Vec<&Bound<'_, PyString>> = keywords.iter().map(|(_, name)| name).collect();
         Ok(Arguments {
             slots: positional_slots.iter().copied().chain(keywords.iter().map(|(slot, _)| *slot)).collect(),
@@ -80,20 +63,24 @@ impl Hook {
             .collect::<Result<_, _>>()?;
         let positional_slots: Vec<usize> = plan.getattr(intern!(py, "positional_slots"))?.extract()?;
         let keyword_slots: Vec<usize> = plan.getattr(intern!(py, "keyword_slots"))?.extract()?;
-        let passed_when_given: Vec<usize> = plan.getattr(intern!(py, "passed_when_given"))?.extract()?;
+        let when_given: Vec<usize> = plan.getattr(intern!(py, "passed_when_given"))?.extract()?;
         let keywords: Vec<(usize, Bound<'_, PyString>)> = keyword_slots.into_iter().zip(interned).collect();
-        let required: Vec<(usize, Bound<'_, PyString>)> = keywords
-            .iter()
-            .enumerate()
-            .filter(|(position, _)| !passed_when_given.contains(position))
-            .map(|(_, keyword)| keyword.clone())
-            .collect();
+        let variants = (0..1usize << when_given.len())
+            .map(|given| {
+                let passed: Vec<&(usize, Bound<'_, PyString>)> = keywords
+                    .iter()
+                    .enumerate()
+                    .filter(|(position, _)| when_given.iter().position(|p| p == position).is_none_or(|bit| given & (1 << bit) != 0))
+                    .map(|(_, keyword)| keyword)
+                    .collect();
+                Arguments::new(py, &positional_slots, &passed)
+            })
+            .collect::<PyResult<_>>()?;
         Ok(Hook {
             method: plan.getattr(intern!(py, "method"))?.unbind(),
             positional: positional_slots.len(),
-            every: Arguments::new(py, &positional_slots, &keywords)?,
-            none_given: Arguments::new(py, &positional_slots, &required)?,
-            passed_when_given,
+            passed_when_given: when_given.iter().map(|&position| keywords[position].0).collect(),
+            variants,
             takes_extra: plan.getattr(intern!(py, "takes_extra"))?.extract()?,
             is_async: plan.getattr(intern!(py, "is_async"))?.extract()?,
             raise_error: plan.getattr(intern!(py, "raise_error"))?.extract()?,
@@ -101,32 +88,22 @@ impl Hook {
         })
     }
 
-    /// The arguments of this call: all of them, but the keywords passed only when given whose value is None.
-    fn arguments(&self, py: Python<'_>, slots: &[&Bound<'_, PyAny>]) -> PyResult<CallArguments<'_>> {
-        let keyword_slots = &self.every.slots[self.positional..];
-        let is_given = |position: usize| !slots[keyword_slots[position]].is_none();
-        let given = self.passed_when_given.iter().filter(|&&position| is_given(position)).count();
-        if given == self.passed_when_given.len() {
-            return Ok(CallArguments::Prepared(&self.every));
-        }
-        if given == 0 {
-            return Ok(CallArguments::Prepared(&self.none_given));
-        }
-        let names = self.every.keyword_names.as_ref().expect("a keyword passed when given is a keyword").bind(py);
-        let mut keywords = Vec::with_capacity(keyword_slots.len());
-        for (position, &slot) in keyword_slots.iter().enumerate() {
-            if !self.passed_when_given.contains(&position) || is_given(position) {
-                keywords.push((slot, names.get_item(position)?.cast_into::<PyString>()?));
-            }
-        }
-        Arguments::new(py, &self.every.slots[..self.positional], &keywords).map(CallArguments::Built)
+    /// The prepared arguments for the keywords of `slots` that are given.
+    fn arguments(&self, slots: &[&Bound<'_, PyAny>]) -> &Arguments {
+        let given = self
+            .passed_when_given
+            .iter()
+            .enumerate()
+            .filter(|(_, &slot)| !slots[slot].is_none())
+            .fold(0, |given, (bit, _)| given | 1 << bit);
+        &self.variants[given]
     }
 
     /// One vectorcall: the positional slots, then the keyword slots, then extras when the hook takes them.
     fn call<'py>(&self, py: Python<'py>, slots: &[&Bound<'py, PyAny>], extra: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
         let method = self.method.bind(py);
         let positional = self.positional;
-        let arguments = if self.passed_when_given.is_empty() { CallArguments::Prepared(&self.every) } else { self.arguments(py, slots)? };
+        let arguments = self.arguments(slots);
         let fixed = arguments.slots.iter().map(|&slot| slots[slot]);
         let keyword_names = arguments.keyword_names.as_ref().map(|names| names.bind(py));
         let Some(extra) = extra.filter(|extra| self.takes_extra && !extra.is_empty()) else {

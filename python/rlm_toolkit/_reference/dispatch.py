@@ -14,6 +14,9 @@ from .records import checked_timestamp
 
 FailureReporter = Callable[[str, str, BaseException], None]
 
+_CONTEXT_NAMES: list[tuple[str, ...]] = [slot_names(spec)[len(spec.args):] for spec in EVENTS]
+"""Per event, the names of its slots after the arguments: context keywords, then its own keywords."""
+
 
 class Dispatcher:
     def __init__(self, report_failure: FailureReporter, run_async: Callable[[str, list[PendingHook]], None]) -> None:
@@ -54,8 +57,7 @@ class Dispatcher:
         sinks, hooks = self._events[index]
         if sinks:
             ts = now() if timestamp is None else timestamp
-            names = slot_names(spec)[len(spec.args):]
-            given = {name: value for name, value in zip(names, context) if value is not None}
+            given = {name: value for name, value in zip(_CONTEXT_NAMES[index], context) if value is not None}
             run_id, parent_run_id, model = given.pop("run_id", None), given.pop("parent_run_id", None), given.pop("model", None)
             handled_extra = {**extra, **given} or None
             for sink in sinks:
@@ -93,7 +95,7 @@ class Dispatcher:
 
 def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
     arity = len(spec.args)
-    context_names = slot_names(spec)[arity:]
+    context_names = _CONTEXT_NAMES[index]
 
     def fire(self: Dispatcher, *args: Any, run_id: Any = None, parent_run_id: Any = None, model: str | None = None,
              tags: Any = None, metadata: Any = None, timestamp: float | None = None, **extra: Any) -> None:
