@@ -1,7 +1,8 @@
 //! rlm_toolkit's Rust core. The pure core builds and is tested by `cargo test` without Python:
 //! `events` (generated from the catalogue), `metrics`, `escape` and `simd` (JSON encoding), `time`,
 //! `redact` and `writer` (the JSONL writer thread). The `python` feature adds the PyO3 layer:
-//! `record` and `pyvalue` (events to JSONL records), `sinks`, `dispatch`, `fastcall` (all FFI) and
+//! `record` and `pyvalue` (events to JSONL records), `sinks`, `dispatch`, `fastcall` (the FFI of calls),
+//! `pyfields` (the FFI of reading value types' fields) and
 //! `module` (the `#[pymodule]`).
 
 pub mod escape;
@@ -23,6 +24,8 @@ mod errors;
 mod fastcall;
 #[cfg(feature = "python")]
 mod module;
+#[cfg(feature = "python")]
+mod pyfields;
 #[cfg(feature = "python")]
 mod pyvalue;
 #[cfg(feature = "python")]

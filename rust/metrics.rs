@@ -5,7 +5,6 @@
 //! is computed with the same operations in the same order there.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use crate::histogram::Histogram;
 
@@ -500,6 +499,55 @@ struct OpenRun {
 /// few entries a closed run leaves, at every event, cost more than keeping a few hundred.
 const STALE_SLACK: usize = 256;
 
+/// The bytes of a run id, inline up to `INLINE_RUN_ID` of them (a UUID takes 36): opening a run allocates
+/// nothing.
+#[derive(Debug, Clone)]
+enum RunKey {
+    Inline { len: u8, bytes: [u8; INLINE_RUN_ID] },
+    Heap(Box<[u8]>),
+}
+
+const INLINE_RUN_ID: usize = 46;
+
+impl RunKey {
+    fn new(run_id: &str) -> RunKey {
+        let id = run_id.as_bytes();
+        if id.len() > INLINE_RUN_ID {
+            return RunKey::Heap(id.into());
+        }
+        let mut bytes = [0; INLINE_RUN_ID];
+        bytes[..id.len()].copy_from_slice(id);
+        RunKey::Inline { len: id.len() as u8, bytes }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RunKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            RunKey::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl PartialEq for RunKey {
+    fn eq(&self, other: &RunKey) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RunKey {}
+
+impl std::hash::Hash for RunKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for RunKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 /// Open runs in insertion order, capped. Closing or replacing a run leaves its `insertion_order` entry
 /// behind as stale; eviction skips stale entries, and the queue is compacted once stale entries outnumber
 /// open runs plus `STALE_SLACK`, so it never holds more than twice the open runs plus that, and each event
@@ -507,9 +555,8 @@ const STALE_SLACK: usize = 256;
 #[derive(Debug)]
 struct OpenRuns {
     capacity: usize,
-    /// Keyed by run id; the key's one allocation is shared with its `insertion_order` entry.
-    runs: HashMap<Arc<str>, OpenRun>,
-    insertion_order: VecDeque<(u64, Arc<str>)>,
+    runs: HashMap<RunKey, OpenRun>,
+    insertion_order: VecDeque<(u64, RunKey)>,
     stale_entries: usize,
     next_seq: u64,
 }
@@ -528,8 +575,8 @@ impl OpenRuns {
         let seq = self.next_seq;
         self.next_seq += 1;
         let run = OpenRun { start_ts, model, seq };
-        let key: Arc<str> = Arc::from(run_id);
-        if self.runs.insert(Arc::clone(&key), run).is_some() {
+        let key = RunKey::new(run_id);
+        if self.runs.insert(key.clone(), run).is_some() {
             self.stale_entries += 1;
         }
         self.insertion_order.push_back((seq, key));
@@ -542,13 +589,13 @@ impl OpenRuns {
     }
 
     fn close(&mut self, run_id: &str) -> Option<OpenRun> {
-        let run = self.runs.remove(run_id)?;
+        let run = self.runs.remove(run_id.as_bytes())?;
         self.stale_entries += 1;
         self.compact_if_mostly_stale();
         Some(run)
     }
 
-    fn is_current(&self, seq: u64, run_id: &str) -> bool {
+    fn is_current(&self, seq: u64, run_id: &RunKey) -> bool {
         self.runs.get(run_id).is_some_and(|run| run.seq == seq)
     }
 

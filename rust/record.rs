@@ -8,12 +8,13 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyType};
 
 use crate::errors::InvalidEventError;
 use crate::escape::push_u64;
 use crate::events::{EventKind, EventSpec, EVENTS, MAX_KEYWORDS};
 use crate::metrics::Usage;
+use crate::pyfields::{instance_dict, SlotReader};
 use crate::pyvalue::Encoder;
 use crate::redact::registered_secrets;
 use crate::time::{now, push_iso_utc};
@@ -269,14 +270,15 @@ pub struct EventValues<'a, 'py> {
     pub context: EventContext<'a, 'py>,
     pub ts: f64,
     /// Read from an `llm_end` response once, for every sink.
+    response_dict: std::cell::OnceCell<Option<Bound<'py, PyDict>>>,
     response_usage: std::cell::OnceCell<Option<Usage>>,
     response_model: std::cell::OnceCell<Option<Bound<'py, PyString>>>,
 }
 
 impl<'a, 'py> EventValues<'a, 'py> {
     pub fn new(kind: EventKind, args: &'a [Bound<'py, PyAny>], context: EventContext<'a, 'py>, ts: f64) -> Self {
-        let (response_usage, response_model) = (std::cell::OnceCell::new(), std::cell::OnceCell::new());
-        EventValues { kind, args, context, ts, response_usage, response_model }
+        let (response_dict, response_usage, response_model) = Default::default();
+        EventValues { kind, args, context, ts, response_dict, response_usage, response_model }
     }
 
     /// The value of the event keyword `name` (one of its `EventSpec::keywords`), if given.
@@ -287,53 +289,91 @@ impl<'a, 'py> EventValues<'a, 'py> {
 
     /// The token counts of the `llm_end` response, or None when it carries no usage.
     pub fn usage(&self) -> Option<Usage> {
-        *self.response_usage.get_or_init(|| usage_of(&self.args[0]))
+        *self.response_usage.get_or_init(|| {
+            let usage = self.response_field(intern!(self.args[0].py(), "usage"))?;
+            usage_of(&usage)
+        })
     }
 
     /// The `model` keyword, else the `llm_end` response's own `model` when it is a str.
     pub fn response_model(&self) -> Option<&Bound<'py, PyString>> {
-        self.response_model.get_or_init(|| response_model(&self.args[0], self.context.model)).as_ref()
+        self.response_model
+            .get_or_init(|| match self.context.model {
+                Some(model) => Some(model.clone()),
+                None => self.response_field(intern!(self.args[0].py(), "model")).and_then(|name| name.cast_into::<PyString>().ok()),
+            })
+            .as_ref()
+    }
+
+    /// The attribute `name` of the `llm_end` response, None when it has none: an `LLMResponse`'s from its
+    /// instance dict (where all its fields are), any other object's by `getattr`.
+    fn response_field(&self, name: &Bound<'py, PyString>) -> Option<Bound<'py, PyAny>> {
+        let response = &self.args[0];
+        let dict = self.response_dict.get_or_init(|| {
+            let types = known_types(response.py())?;
+            if response.get_type().as_ptr() != types.llm_response.as_ptr() {
+                return None;
+            }
+            instance_dict(response)
+        });
+        match dict {
+            Some(dict) => dict.get_item(name).ok().flatten(),
+            None => response.getattr(name).ok(),
+        }
     }
 }
 
-fn token_count(usage: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> u64 {
-    match usage.getattr(name) {
-        Ok(count) if count.is_instance_of::<PyInt>() && !count.is_instance_of::<PyBool>() => count.extract::<u64>().unwrap_or(0),
+/// The value types of `rlm_toolkit.types` whose fields are read without `getattr`.
+struct KnownTypes {
+    llm_response: Py<PyType>,
+    usage: SlotReader<5>,
+}
+
+const USAGE_FIELDS: [&str; 5] = ["prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"];
+
+fn known_types(py: Python<'_>) -> Option<&'static KnownTypes> {
+    static TYPES: PyOnceLock<Option<KnownTypes>> = PyOnceLock::new();
+    TYPES
+        .get_or_init(py, || {
+            let types = py.import("rlm_toolkit.types").ok()?;
+            let usage = types.getattr("Usage").ok()?.cast_into::<PyType>().ok()?;
+            let llm_response = types.getattr("LLMResponse").ok()?.cast_into::<PyType>().ok()?;
+            Some(KnownTypes { llm_response: llm_response.unbind(), usage: SlotReader::new(&usage, USAGE_FIELDS).ok()? })
+        })
+        .as_ref()
+}
+
+/// A token count: an int that fits in u64 (not a bool), else 0.
+fn token_count(count: Option<Bound<'_, PyAny>>) -> u64 {
+    match count {
+        Some(count) if count.is_instance_of::<PyInt>() && !count.is_instance_of::<PyBool>() => count.extract::<u64>().unwrap_or(0),
         _ => 0,
     }
 }
 
-/// The token counts of an LLM response, or None when it carries no usage.
-fn usage_of(response: &Bound<'_, PyAny>) -> Option<Usage> {
-    let py = response.py();
-    let usage = response.getattr(intern!(py, "usage")).ok().filter(|usage| !usage.is_none())?;
-    Some(Usage {
-        prompt_tokens: token_count(&usage, intern!(py, "prompt_tokens")),
-        completion_tokens: token_count(&usage, intern!(py, "completion_tokens")),
-        total_tokens: token_count(&usage, intern!(py, "total_tokens")),
-        cached_tokens: token_count(&usage, intern!(py, "cached_tokens")),
-        reasoning_tokens: token_count(&usage, intern!(py, "reasoning_tokens")),
-    })
-}
-
-/// The `model` keyword, else the response's own `model` when it is a str.
-fn response_model<'py>(response: &Bound<'py, PyAny>, model: Option<&Bound<'py, PyString>>) -> Option<Bound<'py, PyString>> {
-    if let Some(model) = model {
-        return Some(model.clone());
+/// The token counts of a response's `usage`, or None when it is None: a `Usage`'s slots read in place, any
+/// other object's attributes by `getattr`.
+fn usage_of(usage: &Bound<'_, PyAny>) -> Option<Usage> {
+    if usage.is_none() {
+        return None;
     }
-    let py = response.py();
-    response.getattr(intern!(py, "model")).ok().and_then(|name| name.cast_into::<PyString>().ok())
+    let counts = match known_types(usage.py()).and_then(|types| types.usage.read(usage)) {
+        Some(fields) => fields.map(token_count),
+        None => USAGE_FIELDS.map(|name| token_count(usage.getattr(name).ok())),
+    };
+    let [prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens] = counts;
+    Some(Usage { prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens })
 }
 
 /// An `llm_end` response's text: an exact str as it is, else its `content` (when not None; an `LLMResponse`,
 /// itself a str, holds it as an exact str), else the response.
-fn push_response_text(encoder: &Encoder<'_>, out: &mut Vec<u8>, response: &Bound<'_, PyAny>, max_chars: usize) {
+fn push_response_text(encoder: &Encoder<'_>, out: &mut Vec<u8>, event: &EventValues<'_, '_>, max_chars: usize) {
+    let response = &event.args[0];
     if response.is_exact_instance_of::<PyString>() {
         return encoder.push_value(out, response, max_chars, 0);
     }
-    let py = response.py();
-    match response.getattr(intern!(py, "content")) {
-        Ok(content) if !content.is_none() => encoder.push_value(out, &content, max_chars, 0),
+    match event.response_field(intern!(response.py(), "content")) {
+        Some(content) if !content.is_none() => encoder.push_value(out, &content, max_chars, 0),
         _ => encoder.push_value(out, response, max_chars, 0),
     }
 }
@@ -381,7 +421,7 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
         let response_at = spec.fields.iter().position(|name| *name == "response").expect("llm_end has a response");
         if field_switches[response_at].written(switched_on, role) {
             out.extend_from_slice(b",\"response\":");
-            push_response_text(&encoder, out, &event.args[0], max_chars);
+            push_response_text(&encoder, out, event, max_chars);
         }
         match event.usage() {
             Some(usage) => {

@@ -106,12 +106,49 @@ def nested(depth: int, leaf: Any, as_dict: bool) -> Any:
 DEEP = st.builds(nested, st.integers(60, 68), SCALARS, st.booleans())
 PAYLOADS = st.one_of(VALUES, VALUES, DEEP)
 
-USAGE = st.builds(
-    Usage,
-    st.one_of(st.integers(0, 10**6), st.sampled_from([2**63, 2**64 - 1, 2**64, -1])),
-    st.one_of(st.integers(0, 10**6), st.sampled_from([2**63, 2**64])),
-    st.integers(0, 3 * 10**6),
+TOKEN_COUNTS = st.one_of(st.integers(0, 10**6), st.sampled_from([2**63, 2**64 - 1, 2**64, -1, True, 1.5, "7", None]))
+
+
+class DoubledUsage(Usage):
+    """Overrides attribute access: its counts are not the slots' values."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        return value * 2 if name.endswith("_tokens") and isinstance(value, int) else value
+
+
+def unset_usage() -> Usage:
+    """A Usage whose slots were never set."""
+    return object.__new__(Usage)
+
+
+USAGE = st.one_of(
+    st.builds(Usage, TOKEN_COUNTS, TOKEN_COUNTS, st.integers(0, 3 * 10**6), TOKEN_COUNTS, TOKEN_COUNTS),
+    st.builds(DoubledUsage, TOKEN_COUNTS, TOKEN_COUNTS, st.integers(0, 3 * 10**6), TOKEN_COUNTS, TOKEN_COUNTS),
+    st.builds(unset_usage),
+    st.none(),
 )
+
+
+class RepricedResponse(LLMResponse):
+    """An LLMResponse subclass whose properties stand in for its stored fields."""
+
+    @property
+    def usage(self) -> Usage:  # type: ignore[override]
+        return Usage(3, 4, 0, 1, 2)
+
+    @property
+    def content(self) -> str:  # type: ignore[override]
+        return "from the property"
+
+
+def response_with_edited_dict(text: str, usage: Any) -> LLMResponse:
+    """An LLMResponse whose instance dict was changed after it was built."""
+    response = LLMResponse(text, "gpt-4o", Usage(1, 1, 2))
+    response.__dict__.update(usage=usage, content=None, model=5)
+    return response
 
 
 class UsageThatRaises:
@@ -127,6 +164,8 @@ class UsageThatRaises:
 RESPONSES = st.one_of(
     st.builds(LLMResponse, TEXT, MODELS, USAGE),
     st.builds(LLMResponse, TEXT, MODELS, USAGE),
+    st.builds(RepricedResponse, TEXT, MODELS, USAGE),
+    st.builds(response_with_edited_dict, TEXT, st.one_of(USAGE, TEXT)),
     st.builds(SimpleNamespace, content=st.one_of(TEXT, st.none()), model=st.one_of(MODELS, st.integers()),
               usage=st.one_of(st.none(), st.builds(SimpleNamespace, prompt_tokens=st.one_of(st.integers(), TEXT)))),
     st.just(UsageThatRaises()),

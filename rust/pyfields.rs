@@ -1,0 +1,73 @@
+//! Fields of Python objects read without `getattr`, for the value types the records and metrics read on
+//! every `llm_end`: `__slots__` at their offsets, and instance dicts. The FFI `unsafe` of these reads, each
+//! with its SAFETY comment.
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyType};
+
+/// Reads the `__slots__` fields of instances of one class at their offsets: a load each, where a
+/// `getattr` walks the type's attribute lookup and the descriptor protocol.
+pub struct SlotReader<const N: usize> {
+    class: Py<PyType>,
+    offsets: [ffi::Py_ssize_t; N],
+}
+
+impl<const N: usize> SlotReader<N> {
+    /// A reader of `class`'s fields `names`, each of which must be one of its own `__slots__` (an object
+    /// member descriptor defined by `class`), else a `TypeError`.
+    pub fn new(class: &Bound<'_, PyType>, names: [&str; N]) -> PyResult<SlotReader<N>> {
+        let mut offsets = [0; N];
+        for (offset, name) in offsets.iter_mut().zip(names) {
+            let descriptor = class.getattr(name)?;
+            let not_a_slot = || {
+                PyTypeError::new_err(format!(
+                    "{}.{name} is not one of its __slots__",
+                    class.qualname().map(|name| name.to_string()).unwrap_or_default()
+                ))
+            };
+            if descriptor.get_type().as_type_ptr() != std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type) {
+                return Err(not_a_slot());
+            }
+            // SAFETY: an object whose type is exactly member_descriptor is a PyMemberDescrObject, and its
+            // d_member points at the PyMemberDef of the class that defines the slot, alive with the class.
+            let (member, owner) = unsafe {
+                let descriptor = descriptor.as_ptr().cast::<ffi::PyMemberDescrObject>();
+                (*(*descriptor).d_member, (*descriptor).d_common.d_type)
+            };
+            if owner != class.as_type_ptr() || member.type_code != ffi::Py_T_OBJECT_EX || member.offset <= 0 {
+                return Err(not_a_slot());
+            }
+            *offset = member.offset;
+        }
+        Ok(SlotReader { class: class.clone().unbind(), offsets })
+    }
+
+    /// The fields of `object` when its type is exactly the class (None otherwise); a field never set is None.
+    pub fn read<'py>(&self, object: &Bound<'py, PyAny>) -> Option<[Option<Bound<'py, PyAny>>; N]> {
+        if object.get_type().as_ptr() != self.class.as_ptr() {
+            return None;
+        }
+        let base = object.as_ptr().cast::<u8>();
+        // SAFETY: `object` is exactly of the class the offsets were read from, so each offset is inside the
+        // object and holds a `PyObject*` or NULL (an object slot, `Py_T_OBJECT_EX`); the GIL is held, and
+        // each value found gets a new reference.
+        Some(self.offsets.map(|offset| unsafe {
+            let value = *base.offset(offset).cast::<*mut ffi::PyObject>();
+            Bound::from_borrowed_ptr_or_opt(object.py(), value)
+        }))
+    }
+}
+
+/// The instance `__dict__` of `object` (made if it has none yet), or None when its type gives it none.
+pub fn instance_dict<'py>(object: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDict>> {
+    // SAFETY: PyObject_GenericGetDict returns a new reference to the dict, or NULL with an exception set
+    // (a type without instance dicts); the second argument is unused by CPython.
+    let dict = unsafe { ffi::PyObject_GenericGetDict(object.as_ptr(), std::ptr::null_mut()) };
+    // SAFETY: a new reference or NULL, as above.
+    match unsafe { Bound::from_owned_ptr_or_err(object.py(), dict) } {
+        Ok(dict) => dict.cast_into::<PyDict>().ok(),
+        Err(_) => None,
+    }
+}
