@@ -9,7 +9,7 @@ const HALF_SUB_BUCKETS: u64 = 1024;
 const SUB_BUCKET_BITS: u32 = 11;
 
 /// `latency_ms` (>= 0, not NaN) as whole microseconds, rounded half away from zero and clamped.
-fn latency_micros(latency_ms: f64) -> u64 {
+pub fn latency_micros(latency_ms: f64) -> u64 {
     let micros = latency_ms * 1000.0;
     if micros >= MAX_LATENCY_MICROS as f64 {
         MAX_LATENCY_MICROS
@@ -39,21 +39,45 @@ fn bucket_range(index: usize) -> (u64, u64) {
 }
 
 /// Log-linear histogram of latencies; `counts` grows only up to the highest bucket used.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,
 }
 
+/// The bucket layout, for snapshots to name: values below `EXACT_BELOW` microseconds have a bucket each,
+/// each power of two above is split into `SUB_BUCKETS_PER_POWER`, and values above `MAX_MICROS` are clamped.
+pub const EXACT_BELOW: u64 = SUB_BUCKETS;
+pub const SUB_BUCKETS_PER_POWER: u64 = HALF_SUB_BUCKETS;
+pub const MAX_MICROS: u64 = MAX_LATENCY_MICROS;
+
 impl Histogram {
-    /// `latency_ms` must be >= 0 and not NaN.
-    pub fn record_ms(&mut self, latency_ms: f64) {
-        let index = bucket_index(latency_micros(latency_ms));
+    /// Counts one latency of `micros` (as `latency_micros` gives it).
+    pub fn record_micros(&mut self, micros: u64) {
+        let index = bucket_index(micros.min(MAX_LATENCY_MICROS));
         if index >= self.counts.len() {
             self.counts.resize(index + 1, 0);
         }
         self.counts[index] += 1;
         self.total += 1;
+    }
+
+    /// `(bucket index, count)` of every bucket that counted something, lowest first.
+    pub fn buckets(&self) -> Vec<(usize, u64)> {
+        self.counts.iter().enumerate().filter(|(_, &count)| count > 0).map(|(index, &count)| (index, count)).collect()
+    }
+
+    /// Adds `count` to the bucket `index`; an index past the layout's last bucket is refused.
+    pub fn add_bucket(&mut self, index: usize, count: u64) -> Result<(), String> {
+        if index > bucket_index(MAX_LATENCY_MICROS) {
+            return Err(format!("histogram bucket {index} is past the last bucket of this layout"));
+        }
+        if index >= self.counts.len() {
+            self.counts.resize(index + 1, 0);
+        }
+        self.counts[index] = self.counts[index].saturating_add(count);
+        self.total = self.total.saturating_add(count);
+        Ok(())
     }
 
     pub fn percentile_ms(&self, percentile: u64) -> f64 {
@@ -62,9 +86,9 @@ impl Histogram {
         }
         // u128 keeps the product exact for any count.
         let rank = (u128::from(percentile) * u128::from(self.total)).div_ceil(100).max(1) as u64;
-        let mut cumulative = 0;
+        let mut cumulative = 0u64;
         for (index, &count) in self.counts.iter().enumerate() {
-            cumulative += count;
+            cumulative = cumulative.saturating_add(count);
             if cumulative >= rank {
                 let (low, width) = bucket_range(index);
                 return (low + (width - 1) / 2) as f64 / 1000.0;
@@ -122,7 +146,7 @@ mod tests {
     #[test]
     fn full_histogram_scan_is_fast() {
         let mut histogram = Histogram::default();
-        histogram.record_ms(1e12);
+        histogram.record_micros(latency_micros(1e12));
         assert_eq!(histogram.counts.len(), 31744);
         let started = std::time::Instant::now();
         histogram.percentile_ms(50);

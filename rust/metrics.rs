@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use crate::histogram::Histogram;
+use crate::histogram::{latency_micros, Histogram};
 
 // Run ids and model names are not attacker-chosen hash-flooding input here; FxHash is several times
 // faster than SipHash on these short keys.
@@ -24,15 +24,16 @@ pub struct Price {
 }
 
 impl Price {
-    /// The cost of one call in USD: without a cached price every prompt token is billed at the prompt price.
-    pub fn cost(&self, usage: &Usage) -> f64 {
+    /// The cost in USD of `prompt` prompt tokens (`cached` of them from the prompt cache, at most `prompt`)
+    /// and `completion` completion tokens: without a cached price every prompt token is billed at the
+    /// prompt price. Costs are linear in the tokens, so the cost of many calls is that of their sums.
+    pub fn cost(&self, prompt: u64, cached: u64, completion: u64) -> f64 {
         match self.cached_prompt {
-            None => usage.prompt_tokens as f64 * self.prompt / 1e6 + usage.completion_tokens as f64 * self.completion / 1e6,
+            None => prompt as f64 * self.prompt / 1e6 + completion as f64 * self.completion / 1e6,
             Some(cached_price) => {
-                let cached = usage.cached_tokens.min(usage.prompt_tokens);
-                (usage.prompt_tokens - cached) as f64 * self.prompt / 1e6
+                (prompt - cached) as f64 * self.prompt / 1e6
                     + cached as f64 * cached_price / 1e6
-                    + usage.completion_tokens as f64 * self.completion / 1e6
+                    + completion as f64 * self.completion / 1e6
             }
         }
     }
@@ -146,6 +147,72 @@ pub struct Snapshot {
     pub by_model: Vec<(String, ModelSnapshot)>,
 }
 
+/// Everything a snapshot carries: every counter, the per-model table with the price each model was
+/// costed at, and the histograms. Merging states adds them up; open runs travel as a count only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsState {
+    /// In `COUNTER_NAMES` order.
+    pub counters: [u64; COUNTER_NAMES.len()],
+    pub latency: DurationState,
+    pub ttft: DurationState,
+    /// In first-seen order.
+    pub models: Vec<ModelState>,
+}
+
+/// The counters of a state, by the names snapshots use.
+pub const COUNTER_NAMES: [&str; 22] = [
+    "total_calls",
+    "completed_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "errors",
+    "retries",
+    "tool_calls",
+    "tool_results",
+    "tokens_streamed",
+    "memory_stores",
+    "memory_recalls",
+    "unpriced_calls",
+    "unreported_usage_calls",
+    "open_runs",
+    "evicted_runs",
+    "dropped_events",
+    "lost_events",
+    "rejected_events",
+    "handler_errors",
+];
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DurationState {
+    pub count: u64,
+    pub sum_us: u128,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    /// `(bucket index, count)`, lowest first, counts > 0.
+    pub buckets: Vec<(usize, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelState {
+    pub name: String,
+    pub price: Option<Price>,
+    pub calls: u64,
+    pub completed_calls: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_known: bool,
+    pub priced: PricedTokens,
+    pub latency_count: u64,
+    pub latency_sum_us: u128,
+}
+
 /// Aggregates callback events as docs/metrics.md says.
 #[derive(Debug)]
 pub struct Metrics {
@@ -192,9 +259,9 @@ impl Metrics {
         if let Some(run) = &run {
             let elapsed_ms = (ts - run.start_ts) * 1000.0;
             let latency_ms = if elapsed_ms > 0.0 { elapsed_ms } else { 0.0 };
-            self.latency.record(latency_ms);
+            let micros = self.latency.record(latency_ms);
             stats.latency_count += 1;
-            stats.latency_sum_ms += latency_ms;
+            stats.latency_sum_us += u128::from(micros);
         }
 
         let counters = &mut self.counters;
@@ -204,7 +271,7 @@ impl Metrics {
             // Unreported usage: no tokens to add, and the call's cost is unknown like an unpriced model's.
             counters.unreported_usage_calls += 1;
             counters.unpriced_calls += 1;
-            stats.cost_usd = None;
+            stats.cost_known = false;
             return;
         };
         let total_tokens = usage.total();
@@ -219,16 +286,11 @@ impl Metrics {
         stats.cached_tokens = stats.cached_tokens.saturating_add(usage.cached_tokens);
         stats.reasoning_tokens = stats.reasoning_tokens.saturating_add(usage.reasoning_tokens);
 
-        match stats.price {
-            Some(price) => {
-                let cost = price.cost(&usage);
-                counters.total_cost_usd += cost;
-                stats.cost_usd = stats.cost_usd.map(|model_cost| model_cost + cost);
-            }
-            None => {
-                counters.unpriced_calls += 1;
-                stats.cost_usd = None;
-            }
+        if stats.price.is_some() {
+            stats.priced.add(&usage);
+        } else {
+            counters.unpriced_calls += 1;
+            stats.cost_known = false;
         }
     }
 
@@ -298,13 +360,13 @@ impl Metrics {
             completion_tokens: counters.completion_tokens,
             cached_tokens: counters.cached_tokens,
             reasoning_tokens: counters.reasoning_tokens,
-            avg_latency_ms: average(latency.sum_ms, latency.count),
+            avg_latency_ms: latency.average_ms(),
             min_latency_ms: latency.min_ms,
             max_latency_ms: latency.max_ms,
             p50_latency_ms: latency.histogram.percentile_ms(50),
             p95_latency_ms: latency.histogram.percentile_ms(95),
             p99_latency_ms: latency.histogram.percentile_ms(99),
-            avg_ttft_ms: self.ttft.sampled(|ttft| average(ttft.sum_ms, ttft.count)),
+            avg_ttft_ms: self.ttft.sampled(LatencyStats::average_ms),
             p50_ttft_ms: self.ttft.sampled(|ttft| ttft.histogram.percentile_ms(50)),
             p95_ttft_ms: self.ttft.sampled(|ttft| ttft.histogram.percentile_ms(95)),
             p99_ttft_ms: self.ttft.sampled(|ttft| ttft.histogram.percentile_ms(99)),
@@ -315,10 +377,10 @@ impl Metrics {
             tokens_streamed: counters.tokens_streamed,
             memory_stores: counters.memory_stores,
             memory_recalls: counters.memory_recalls,
-            total_cost_usd: counters.total_cost_usd,
+            total_cost_usd: self.models.total_cost_usd(),
             unpriced_calls: counters.unpriced_calls,
             unreported_usage_calls: counters.unreported_usage_calls,
-            open_runs: self.open_runs.len() as u64,
+            open_runs: (self.open_runs.len() as u64).saturating_add(counters.merged_open_runs),
             evicted_runs: counters.evicted_runs,
             dropped_events: counters.dropped_events,
             lost_events: counters.lost_events,
@@ -326,6 +388,100 @@ impl Metrics {
             handler_errors: counters.handler_errors,
             by_model: self.models.entries.iter().map(ModelStats::snapshot).collect(),
         }
+    }
+
+    pub fn state(&self) -> MetricsState {
+        let counters = &self.counters;
+        let open_runs = (self.open_runs.len() as u64).saturating_add(counters.merged_open_runs);
+        MetricsState {
+            counters: [
+                counters.total_calls,
+                counters.completed_calls,
+                counters.prompt_tokens,
+                counters.completion_tokens,
+                counters.total_tokens,
+                counters.cached_tokens,
+                counters.reasoning_tokens,
+                counters.errors,
+                counters.retries,
+                counters.tool_calls,
+                counters.tool_results,
+                counters.tokens_streamed,
+                counters.memory_stores,
+                counters.memory_recalls,
+                counters.unpriced_calls,
+                counters.unreported_usage_calls,
+                open_runs,
+                counters.evicted_runs,
+                counters.dropped_events,
+                counters.lost_events,
+                counters.rejected_events,
+                counters.handler_errors,
+            ],
+            latency: self.latency.state(),
+            ttft: self.ttft.state(),
+            models: self.models.entries.iter().map(ModelStats::state).collect(),
+        }
+    }
+
+    /// Adds `state` in, as if this aggregator had seen its events too. Checked in full before anything
+    /// changes: a model priced differently, or a histogram that does not add up, is refused.
+    pub fn merge(&mut self, state: &MetricsState) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for model in &state.models {
+            if !seen.insert(model.name.as_str()) {
+                return Err(format!("snapshot state: model {:?} appears twice", model.name));
+            }
+            if let Some(&index) = self.models.index_by_name.get(&model.name) {
+                let ours = &self.models.entries[index];
+                if ours.price != model.price {
+                    return Err(price_conflict(&model.name, ours.price, model.price));
+                }
+            }
+        }
+        let mut latency = LatencyStats::default();
+        let mut ttft = LatencyStats::default();
+        latency.merge(&state.latency)?;
+        ttft.merge(&state.ttft)?;
+        let [total_calls, completed_calls, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, errors, retries, tool_calls, tool_results, tokens_streamed, memory_stores, memory_recalls, unpriced_calls, unreported_usage_calls, open_runs, evicted_runs, dropped_events, lost_events, rejected_events, handler_errors] =
+            state.counters;
+        let counters = &mut self.counters;
+        for (counter, amount) in [
+            (&mut counters.total_calls, total_calls),
+            (&mut counters.completed_calls, completed_calls),
+            (&mut counters.prompt_tokens, prompt_tokens),
+            (&mut counters.completion_tokens, completion_tokens),
+            (&mut counters.total_tokens, total_tokens),
+            (&mut counters.cached_tokens, cached_tokens),
+            (&mut counters.reasoning_tokens, reasoning_tokens),
+            (&mut counters.errors, errors),
+            (&mut counters.retries, retries),
+            (&mut counters.tool_calls, tool_calls),
+            (&mut counters.tool_results, tool_results),
+            (&mut counters.tokens_streamed, tokens_streamed),
+            (&mut counters.memory_stores, memory_stores),
+            (&mut counters.memory_recalls, memory_recalls),
+            (&mut counters.unpriced_calls, unpriced_calls),
+            (&mut counters.unreported_usage_calls, unreported_usage_calls),
+            (&mut counters.merged_open_runs, open_runs),
+            (&mut counters.evicted_runs, evicted_runs),
+            (&mut counters.dropped_events, dropped_events),
+            (&mut counters.lost_events, lost_events),
+            (&mut counters.rejected_events, rejected_events),
+            (&mut counters.handler_errors, handler_errors),
+        ] {
+            *counter = counter.saturating_add(amount);
+        }
+        self.latency.merge(&latency.state())?;
+        self.ttft.merge(&ttft.state())?;
+        for model in &state.models {
+            let index = match self.models.index_by_name.get(&model.name) {
+                Some(&index) => index,
+                None => self.models.push(ModelStats::new(&model.name, model.price)),
+            };
+            self.models.entries[index].merge(model)?;
+        }
+        Ok(())
     }
 
     /// Back to the freshly constructed state; prices and the open-run cap are kept.
@@ -342,11 +498,18 @@ fn known_model(model: Option<&str>) -> Option<&str> {
     model.filter(|name| !name.is_empty())
 }
 
-fn average(sum: f64, count: u64) -> f64 {
+fn price_conflict(model: &str, ours: Option<Price>, theirs: Option<Price>) -> String {
+    format!(
+        "model {model:?} is priced differently ({ours:?} here, {theirs:?} in the snapshot): merge snapshots made with the same price table"
+    )
+}
+
+/// The mean of `count` latencies summing to `sum_us` microseconds, in milliseconds (0 without any).
+fn average_ms(sum_us: u128, count: u64) -> f64 {
     if count == 0 {
         0.0
     } else {
-        sum / count as f64
+        sum_us as f64 / count as f64 / 1000.0
     }
 }
 
@@ -366,7 +529,6 @@ struct Counters {
     tokens_streamed: u64,
     memory_stores: u64,
     memory_recalls: u64,
-    total_cost_usd: f64,
     unpriced_calls: u64,
     unreported_usage_calls: u64,
     evicted_runs: u64,
@@ -374,33 +536,99 @@ struct Counters {
     lost_events: u64,
     rejected_events: u64,
     handler_errors: u64,
+    /// Open runs of the snapshots merged in (they stay open: their ends happen elsewhere).
+    merged_open_runs: u64,
 }
 
 #[derive(Debug, Default)]
 struct LatencyStats {
     count: u64,
-    sum_ms: f64,
+    /// The sum of the latencies as the histogram counts them, in whole microseconds: exact, so merged
+    /// snapshots average to the same figure in any order.
+    sum_us: u128,
     min_ms: f64,
     max_ms: f64,
     histogram: Histogram,
 }
 
 impl LatencyStats {
-    fn record(&mut self, latency_ms: f64) {
+    /// Counts `latency_ms` and returns it in whole microseconds.
+    fn record(&mut self, latency_ms: f64) -> u64 {
         if self.count == 0 || latency_ms < self.min_ms {
             self.min_ms = latency_ms;
         }
         if self.count == 0 || latency_ms > self.max_ms {
             self.max_ms = latency_ms;
         }
+        let micros = latency_micros(latency_ms);
         self.count += 1;
-        self.sum_ms += latency_ms;
-        self.histogram.record_ms(latency_ms);
+        self.sum_us += u128::from(micros);
+        self.histogram.record_micros(micros);
+        micros
+    }
+
+    fn average_ms(&self) -> f64 {
+        average_ms(self.sum_us, self.count)
     }
 
     /// `statistic(self)`, or None before the first sample.
     fn sampled(&self, statistic: impl Fn(&LatencyStats) -> f64) -> Option<f64> {
         (self.count > 0).then(|| statistic(self))
+    }
+
+    fn state(&self) -> DurationState {
+        DurationState {
+            count: self.count,
+            sum_us: self.sum_us,
+            min_ms: self.min_ms,
+            max_ms: self.max_ms,
+            buckets: self.histogram.buckets(),
+        }
+    }
+
+    fn merge(&mut self, other: &DurationState) -> Result<(), String> {
+        if other.count == 0 {
+            return Ok(());
+        }
+        let bucket_total = other.buckets.iter().fold(0u64, |total, (_, count)| total.saturating_add(*count));
+        if bucket_total != other.count {
+            return Err(format!("a snapshot's histogram holds {bucket_total} latencies but its count is {}", other.count));
+        }
+        for &(index, count) in &other.buckets {
+            self.histogram.add_bucket(index, count)?;
+        }
+        if self.count == 0 || other.min_ms < self.min_ms {
+            self.min_ms = other.min_ms;
+        }
+        if self.count == 0 || other.max_ms > self.max_ms {
+            self.max_ms = other.max_ms;
+        }
+        self.count = self.count.saturating_add(other.count);
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        Ok(())
+    }
+}
+
+/// Token sums of a model's priced calls: its cost is their cost.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PricedTokens {
+    pub prompt: u64,
+    /// Prompt tokens served from the cache, each call's at most its prompt tokens.
+    pub cached: u64,
+    pub completion: u64,
+}
+
+impl PricedTokens {
+    fn add(&mut self, usage: &Usage) {
+        self.prompt = self.prompt.saturating_add(usage.prompt_tokens);
+        self.cached = self.cached.saturating_add(usage.cached_tokens.min(usage.prompt_tokens));
+        self.completion = self.completion.saturating_add(usage.completion_tokens);
+    }
+
+    fn merge(&mut self, other: &PricedTokens) {
+        self.prompt = self.prompt.saturating_add(other.prompt);
+        self.cached = self.cached.saturating_add(other.cached);
+        self.completion = self.completion.saturating_add(other.completion);
     }
 }
 
@@ -417,12 +645,38 @@ struct ModelStats {
     total_tokens: u64,
     cached_tokens: u64,
     reasoning_tokens: u64,
-    cost_usd: Option<f64>,
+    /// False once a completed call had no price or did not report its usage.
+    cost_known: bool,
+    priced: PricedTokens,
     latency_count: u64,
-    latency_sum_ms: f64,
+    latency_sum_us: u128,
 }
 
 impl ModelStats {
+    fn new(name: &str, price: Option<Price>) -> ModelStats {
+        ModelStats {
+            name: name.to_owned(),
+            price,
+            calls: 0,
+            completed_calls: 0,
+            errors: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            cost_known: true,
+            priced: PricedTokens::default(),
+            latency_count: 0,
+            latency_sum_us: 0,
+        }
+    }
+
+    /// The cost of the priced calls (0 for a model without a price).
+    fn priced_cost(&self) -> f64 {
+        self.price.map_or(0.0, |price| price.cost(self.priced.prompt, self.priced.cached, self.priced.completion))
+    }
+
     fn snapshot(&self) -> (String, ModelSnapshot) {
         let snapshot = ModelSnapshot {
             calls: self.calls,
@@ -433,10 +687,48 @@ impl ModelStats {
             total_tokens: self.total_tokens,
             cached_tokens: self.cached_tokens,
             reasoning_tokens: self.reasoning_tokens,
-            cost_usd: self.cost_usd,
-            avg_latency_ms: average(self.latency_sum_ms, self.latency_count),
+            cost_usd: self.cost_known.then(|| self.priced_cost()),
+            avg_latency_ms: average_ms(self.latency_sum_us, self.latency_count),
         };
         (self.name.clone(), snapshot)
+    }
+
+    fn state(&self) -> ModelState {
+        ModelState {
+            name: self.name.clone(),
+            price: self.price,
+            calls: self.calls,
+            completed_calls: self.completed_calls,
+            errors: self.errors,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.total_tokens,
+            cached_tokens: self.cached_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            cost_known: self.cost_known,
+            priced: self.priced,
+            latency_count: self.latency_count,
+            latency_sum_us: self.latency_sum_us,
+        }
+    }
+
+    fn merge(&mut self, other: &ModelState) -> Result<(), String> {
+        if other.price != self.price {
+            return Err(price_conflict(&self.name, self.price, other.price));
+        }
+        self.calls = self.calls.saturating_add(other.calls);
+        self.completed_calls = self.completed_calls.saturating_add(other.completed_calls);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
+        self.cost_known &= other.cost_known;
+        self.priced.merge(&other.priced);
+        self.latency_count = self.latency_count.saturating_add(other.latency_count);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(other.latency_sum_us);
+        Ok(())
     }
 }
 
@@ -462,27 +754,23 @@ impl ModelTable {
     fn index(&mut self, name: &str, prices: &Prices) -> usize {
         match self.index_by_name.get(name) {
             Some(&index) => index,
-            None => {
-                let index = self.entries.len();
-                self.entries.push(ModelStats {
-                    name: name.to_owned(),
-                    price: prices.lookup(name),
-                    calls: 0,
-                    completed_calls: 0,
-                    errors: 0,
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
-                    total_tokens: 0,
-                    cached_tokens: 0,
-                    reasoning_tokens: 0,
-                    cost_usd: Some(0.0),
-                    latency_count: 0,
-                    latency_sum_ms: 0.0,
-                });
-                self.index_by_name.insert(name.to_owned(), index);
-                index
-            }
+            None => self.push(ModelStats::new(name, prices.lookup(name))),
         }
+    }
+
+    fn push(&mut self, stats: ModelStats) -> usize {
+        let index = self.entries.len();
+        self.index_by_name.insert(stats.name.clone(), index);
+        self.entries.push(stats);
+        index
+    }
+
+    /// The cost of every priced call, summed over the models in name order: the same figure however the
+    /// calls were split between snapshots.
+    fn total_cost_usd(&self) -> f64 {
+        let mut models: Vec<&ModelStats> = self.entries.iter().filter(|stats| stats.price.is_some()).collect();
+        models.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        models.iter().fold(0.0, |total, stats| total + stats.priced_cost())
     }
 }
 

@@ -9,14 +9,15 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
+use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use crate::errors::{InvalidEventError, LogClosedError, LogFileError, NotAJsonlLogError};
 use crate::events::EventKind;
 use crate::json_check::is_json_object;
-use crate::metrics::{Metrics, Prices, Snapshot};
+use crate::metrics::{DurationState, Metrics, MetricsState, ModelState, Price, PricedTokens, Prices, Snapshot, COUNTER_NAMES};
 use crate::record::{checked_timestamp, push_record, with_event, EventValues, RecordOptions};
 use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
 
@@ -310,6 +311,123 @@ fn snapshot_to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound
     Ok(dict)
 }
 
+fn duration_to_dict<'py>(py: Python<'py>, duration: &DurationState) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    copy_fields!(dict, duration, count, sum_us, min_ms, max_ms);
+    dict.set_item("buckets", duration.buckets.iter().map(|&(index, count)| (index, count)).collect::<Vec<_>>())?;
+    Ok(dict)
+}
+
+fn price_to_python<'py>(py: Python<'py>, price: Option<Price>) -> PyResult<Bound<'py, PyAny>> {
+    let Some(price) = price else { return Ok(py.None().into_bound(py)) };
+    let dict = PyDict::new(py);
+    copy_fields!(dict, price, prompt, completion, cached_prompt);
+    Ok(dict.into_any())
+}
+
+/// The state as a snapshot holds it (`rlm_toolkit.callbacks.snapshot` reads and checks this shape).
+fn state_to_dict<'py>(py: Python<'py>, state: &MetricsState) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    let counters = PyDict::new(py);
+    for (name, value) in COUNTER_NAMES.iter().zip(state.counters) {
+        counters.set_item(name, value)?;
+    }
+    dict.set_item("counters", counters)?;
+    dict.set_item("latency", duration_to_dict(py, &state.latency)?)?;
+    dict.set_item("ttft", duration_to_dict(py, &state.ttft)?)?;
+    let models = PyList::empty(py);
+    for model in &state.models {
+        let entry = PyDict::new(py);
+        entry.set_item("model", &model.name)?;
+        entry.set_item("price", price_to_python(py, model.price)?)?;
+        copy_fields!(
+            entry,
+            model,
+            calls,
+            completed_calls,
+            errors,
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+            cached_tokens,
+            reasoning_tokens,
+            cost_known,
+            latency_count,
+            latency_sum_us,
+        );
+        entry.set_item("priced_prompt_tokens", model.priced.prompt)?;
+        entry.set_item("priced_cached_tokens", model.priced.cached)?;
+        entry.set_item("priced_completion_tokens", model.priced.completion)?;
+        models.append(entry)?;
+    }
+    dict.set_item("by_model", models)?;
+    Ok(dict)
+}
+
+fn item<'py, T: FromPyObjectOwned<'py>>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+    match dict.get_item(key)? {
+        Some(value) => value.extract().map_err(|_| PyValueError::new_err(format!("snapshot state: {key:?} has the wrong type"))),
+        None => Err(PyValueError::new_err(format!("snapshot state: {key:?} is missing"))),
+    }
+}
+
+fn duration_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<DurationState> {
+    Ok(DurationState {
+        count: item(dict, "count")?,
+        sum_us: item(dict, "sum_us")?,
+        min_ms: item(dict, "min_ms")?,
+        max_ms: item(dict, "max_ms")?,
+        buckets: item(dict, "buckets")?,
+    })
+}
+
+fn price_from_python(value: &Bound<'_, PyAny>) -> PyResult<Option<Price>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    let dict = value.cast::<PyDict>().map_err(|_| PyValueError::new_err("snapshot state: a model's price must be a dict or None"))?;
+    Ok(Some(Price { prompt: item(dict, "prompt")?, completion: item(dict, "completion")?, cached_prompt: item(dict, "cached_prompt")? }))
+}
+
+fn state_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<MetricsState> {
+    let counter_dict: Bound<'_, PyDict> = item(dict, "counters")?;
+    let mut counters = [0; COUNTER_NAMES.len()];
+    for (slot, name) in counters.iter_mut().zip(COUNTER_NAMES) {
+        *slot = item(&counter_dict, name)?;
+    }
+    let mut models = Vec::new();
+    for entry in item::<Bound<'_, PyList>>(dict, "by_model")?.iter() {
+        let entry = entry.cast_into::<PyDict>().map_err(|_| PyValueError::new_err("snapshot state: by_model holds a non-dict"))?;
+        let price = entry.get_item("price")?.ok_or_else(|| PyValueError::new_err("snapshot state: \"price\" is missing"))?;
+        models.push(ModelState {
+            name: item(&entry, "model")?,
+            price: price_from_python(&price)?,
+            calls: item(&entry, "calls")?,
+            completed_calls: item(&entry, "completed_calls")?,
+            errors: item(&entry, "errors")?,
+            prompt_tokens: item(&entry, "prompt_tokens")?,
+            completion_tokens: item(&entry, "completion_tokens")?,
+            total_tokens: item(&entry, "total_tokens")?,
+            cached_tokens: item(&entry, "cached_tokens")?,
+            reasoning_tokens: item(&entry, "reasoning_tokens")?,
+            cost_known: item(&entry, "cost_known")?,
+            priced: PricedTokens {
+                prompt: item(&entry, "priced_prompt_tokens")?,
+                cached: item(&entry, "priced_cached_tokens")?,
+                completion: item(&entry, "priced_completion_tokens")?,
+            },
+            latency_count: item(&entry, "latency_count")?,
+            latency_sum_us: item(&entry, "latency_sum_us")?,
+        });
+    }
+    Ok(MetricsState {
+        counters,
+        latency: duration_from_dict(&item(dict, "latency")?)?,
+        ttft: duration_from_dict(&item(dict, "ttft")?)?,
+        models,
+    })
+}
+
 #[pymethods]
 impl PyMetricsSink {
     #[new]
@@ -347,6 +465,18 @@ impl PyMetricsSink {
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let snapshot = self.sink.lock().snapshot();
         snapshot_to_dict(py, &snapshot)
+    }
+
+    /// Everything the metrics hold, as a snapshot keeps it.
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let state = self.sink.lock().state();
+        state_to_dict(py, &state)
+    }
+
+    /// Adds a snapshot's state in; a `ValueError` (and no change) if it does not fit.
+    fn merge_state(&self, state: &Bound<'_, PyDict>) -> PyResult<()> {
+        let state = state_from_dict(state)?;
+        self.sink.lock().merge(&state).map_err(PyValueError::new_err)
     }
 
     fn reset(&self) {

@@ -258,7 +258,7 @@ def run_stream(backend: str, path: Path, stream: list[Any], max_open_runs: int, 
             clock = when if isinstance(when, (int, float)) else clock
     log.close()
     lines = path.read_text(encoding="utf-8").split("\n")[:-1]
-    return metrics.get_metrics(), outcomes, counter.calls, lines
+    return (metrics.get_metrics(), metrics.snapshot().to_json()), outcomes, counter.calls, lines
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from rlm_toolkit import LLMResponse, Usage, _backend
-from rlm_toolkit.callbacks import BaseCallback, CallbackManager, MetricsCallback, MetricsSnapshot
+from rlm_toolkit.callbacks import BaseCallback, CallbackManager, MetricsCallback, MetricsReport
 from rlm_toolkit.errors import InvalidEventError
 
 PRICES = {"gpt-4o": (2.5, 10.0), "gpt-4o-mini": (0.15, 0.6), "claude": (3.0, 15.0)}
@@ -46,11 +46,11 @@ class Calls:
     def error(self, run_id: Any, model: str | None, ts: float) -> None:
         self.manager.on_error(RuntimeError("failed"), run_id=run_id, model=model, timestamp=ts)
 
-    def snapshot(self) -> MetricsSnapshot:
+    def snapshot(self) -> MetricsReport:
         return self.metrics.get_metrics()
 
 
-def with_latencies_us(latencies_us: list[int]) -> MetricsSnapshot:
+def with_latencies_us(latencies_us: list[int]) -> MetricsReport:
     """The snapshot after one completed run per latency, given in whole microseconds."""
     calls = Calls()
     for micros in latencies_us:
@@ -77,7 +77,7 @@ def test_percentiles_of_exact_values(backend: str) -> None:
     assert snapshot["p99_latency_ms"] == 0.099
     assert snapshot["min_latency_ms"] == 0.001
     assert snapshot["max_latency_ms"] == 0.1
-    assert snapshot["avg_latency_ms"] == sum(micros / 1e6 * 1000.0 for micros in range(1, 101)) / 100
+    assert snapshot["avg_latency_ms"] == sum(range(1, 101)) / 100 / 1000  # the mean of whole microseconds
 
 
 def test_percentile_rank_is_ceiling_and_at_least_one(backend: str) -> None:
@@ -162,7 +162,7 @@ TTFT_FIGURES = ("avg_ttft_ms", "p50_ttft_ms", "p95_ttft_ms", "p99_ttft_ms")
 
 def test_empty_snapshot_is_all_zero_and_has_no_ttft(backend: str) -> None:
     snapshot: dict[str, Any] = dict(Calls().snapshot())
-    zeros = {key: 0 for key in typing.get_type_hints(MetricsSnapshot) if key not in TTFT_FIGURES}
+    zeros = {key: 0 for key in typing.get_type_hints(MetricsReport) if key not in TTFT_FIGURES}
     assert snapshot == zeros | dict.fromkeys(TTFT_FIGURES) | {"by_model": {}}
     for key in ("avg_latency_ms", "min_latency_ms", "max_latency_ms", "p50_latency_ms", "p95_latency_ms",
                 "p99_latency_ms", "total_cost_usd"):
@@ -505,7 +505,7 @@ def assert_has_shape(value: object, hint: Any, where: str) -> None:
 
 
 def test_the_snapshot_has_exactly_the_keys_and_types_of_metrics_snapshot(backend: str) -> None:
-    assert_has_shape(Calls().snapshot(), MetricsSnapshot, "empty")
+    assert_has_shape(Calls().snapshot(), MetricsReport, "empty")
     calls = Calls()
     calls.start("a", "gpt-4o", 0.0)
     calls.end("a", None, tokens(3, 4), 0.5)
@@ -514,7 +514,7 @@ def test_the_snapshot_has_exactly_the_keys_and_types_of_metrics_snapshot(backend
     calls.error("c", "claude", 1.0)
     snapshot = calls.snapshot()
     assert [entry["cost_usd"] is None for entry in snapshot["by_model"].values()] == [False, True, False]
-    assert_has_shape(snapshot, MetricsSnapshot, "snapshot")
+    assert_has_shape(snapshot, MetricsReport, "snapshot")
 
 
 # -- the event table of the reference ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -470,7 +471,7 @@ def test_streamed_run_reports_ttft_between_the_delay_and_the_call_time(
     assert recorder.call_ms() - ttft >= 50.0
     assert records_of(tmp_path / "run.jsonl")[2]["ttft_ms"] == ttft
     snapshot = metrics.get_metrics()
-    assert snapshot["avg_ttft_ms"] == ttft
+    assert snapshot["avg_ttft_ms"] == math.floor(ttft * 1000.0 + 0.5) / 1000.0
     assert None not in (snapshot["p50_ttft_ms"], snapshot["p95_ttft_ms"], snapshot["p99_ttft_ms"])
 
 
@@ -538,10 +539,8 @@ def test_ttft_percentiles_use_the_latency_histogram(backend: str) -> None:
 
     ttft, latency = ttft_metrics.get_metrics(), latency_metrics.get_metrics()
     assert [ttft[f"p{p}_ttft_ms"] for p in (50, 95, 99)] == [latency[f"p{p}_latency_ms"] for p in (50, 95, 99)]
-    total = 0.0
-    for value in TTFT_VALUES:
-        total += value
-    assert ttft["avg_ttft_ms"] == total / len(TTFT_VALUES)
+    total_us = sum(math.floor(value * 1000.0 + 0.5) for value in TTFT_VALUES)
+    assert ttft["avg_ttft_ms"] == total_us / len(TTFT_VALUES) / 1000.0  # the mean of whole microseconds
     assert ttft["p50_ttft_ms"] != ttft["p99_ttft_ms"]
     assert ttft["total_calls"] == 0 and ttft["completed_calls"] == len(TTFT_VALUES)
 

@@ -29,7 +29,7 @@ from .callbacks import (
     ConsoleCallback,
     FileLogCallback,
     MetricsCallback,
-    MetricsSnapshot,
+    MetricsReport,
     StreamingCallback,
 )
 from .errors import RLMToolkitError
@@ -287,7 +287,7 @@ def _section(title: str) -> None:
     print(f"\n== {title}")
 
 
-def _print_metrics(metrics: MetricsSnapshot) -> None:
+def _print_metrics(metrics: MetricsReport) -> None:
     latency_quantiles = (metrics["p50_latency_ms"], metrics["p95_latency_ms"], metrics["p99_latency_ms"])
     rows = [
         ("total calls", metrics["total_calls"]),

@@ -92,3 +92,9 @@ class CallbackWarning(RLMToolkitError, UserWarning):
     """A callback registered with a method that will not be called as its author likely meant: a method named
     like a hook that matches no event (a misspelling, so it is never called), or a hook whose parameters
     take none of its event's arguments (it is called without them)."""
+
+
+class MetricsSnapshotError(RLMToolkitError, ValueError):
+    """A metrics snapshot that cannot be read or merged: JSON that is not a snapshot, one written by another
+    snapshot version or histogram layout, or snapshots that priced the same model differently (merge
+    snapshots made with the same price table and rlm_toolkit version)."""

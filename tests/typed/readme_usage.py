@@ -15,7 +15,7 @@ from rlm_toolkit.callbacks import (
     ConsoleCallback,
     FileLogCallback,
     MetricsCallback,
-    MetricsSnapshot,
+    MetricsReport,
 )
 from rlm_toolkit.memory import BufferMemory
 
@@ -50,7 +50,7 @@ def quick_start() -> None:
     rlm = RLM.from_openai("gpt-4o", callbacks=[LoggingCallback(), metrics, FileLogCallback("./logs/rlm.jsonl")])
     result: RunResult = rlm.run("Hello!")
     print(result.answer, result.usage.total_tokens if result.usage is not None else "unreported")
-    snapshot: MetricsSnapshot = metrics.get_metrics()
+    snapshot: MetricsReport = metrics.get_metrics()
     total_calls: int = snapshot["total_calls"]
     p95: float | None = snapshot["p95_latency_ms"]
     cost: float = snapshot["total_cost_usd"]

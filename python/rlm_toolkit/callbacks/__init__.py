@@ -6,8 +6,9 @@
 from .base import AsyncBaseCallback, BaseCallback
 from .console import ConsoleCallback
 from .manager import CallbackManager
-from .metrics_types import MetricsSnapshot, ModelMetricsSnapshot
+from .metrics_types import MetricsReport, ModelMetricsReport
 from .native import FileLogCallback, MetricsCallback
+from .snapshot import MetricsSnapshot
 from .streaming import StreamingCallback
 from .upstream import FileCallback, LLMEvent, LoggingCallback
 
@@ -21,7 +22,8 @@ __all__ = [
     "LLMEvent",
     "LoggingCallback",
     "MetricsCallback",
+    "MetricsReport",
     "MetricsSnapshot",
-    "ModelMetricsSnapshot",
+    "ModelMetricsReport",
     "StreamingCallback",
 ]

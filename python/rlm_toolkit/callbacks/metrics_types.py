@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TypedDict
 
 
-class ModelMetricsSnapshot(TypedDict):
-    """The figures of one model key of ``MetricsSnapshot.by_model``."""
+class ModelMetricsReport(TypedDict):
+    """The figures of one model key of ``MetricsReport.by_model``."""
 
     calls: int
     completed_calls: int
@@ -22,7 +22,7 @@ class ModelMetricsSnapshot(TypedDict):
     avg_latency_ms: float
 
 
-class MetricsSnapshot(TypedDict):
+class MetricsReport(TypedDict):
     """What ``MetricsCallback.get_metrics()`` returns, keys in this order."""
 
     total_calls: int
@@ -64,5 +64,5 @@ class MetricsSnapshot(TypedDict):
     lost_events: int
     rejected_events: int
     handler_errors: int
-    by_model: dict[str, ModelMetricsSnapshot]
+    by_model: dict[str, ModelMetricsReport]
     """Model key -> its figures, in first-seen order."""

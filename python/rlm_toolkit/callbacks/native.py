@@ -10,12 +10,13 @@ import os
 from typing import Any, Literal, TypeVar, cast
 
 from .. import _backend
-from ..errors import CallbackConfigError, LogFileError
+from ..errors import CallbackConfigError, LogFileError, MetricsSnapshotError
 from ..events import EVENTS, EventSpec
 from ..pricing import PRICES_PER_MILLION, ModelPrice
 from . import _lifecycle
 from .base import BaseCallback
-from .metrics_types import MetricsSnapshot
+from .metrics_types import MetricsReport
+from .snapshot import MetricsSnapshot
 
 
 class NativeSinkCallback(BaseCallback):
@@ -85,9 +86,25 @@ class MetricsCallback(NativeSinkCallback):
         )
         self.native_events = frozenset(spec.name for spec in EVENTS)
 
-    def get_metrics(self) -> MetricsSnapshot:
-        """A snapshot: totals, latency (avg/min/max/p50/p95/p99 in ms), cost, counters and ``by_model``."""
-        return cast(MetricsSnapshot, self.core.snapshot())
+    def get_metrics(self) -> MetricsReport:
+        """The figures so far: totals, latency (avg/min/max/p50/p95/p99 in ms), cost, counters and ``by_model``."""
+        return cast(MetricsReport, self.core.snapshot())
+
+    def snapshot(self) -> MetricsSnapshot:
+        """Everything counted so far as a ``MetricsSnapshot``: to pickle, save as JSON or merge with the
+        snapshots of other processes."""
+        return MetricsSnapshot._of_state(self.core.state())
+
+    def merge(self, snapshot: MetricsSnapshot) -> None:
+        """Adds ``snapshot`` in, as if this callback had seen its events too (e.g. on a driver gathering its
+        workers' figures). A snapshot that priced one of this callback's models differently raises
+        ``MetricsSnapshotError`` and changes nothing."""
+        if not isinstance(snapshot, MetricsSnapshot):
+            raise TypeError(f"MetricsCallback.merge() takes a MetricsSnapshot, not {type(snapshot).__name__}")
+        try:
+            self.core.merge_state(snapshot._state())
+        except ValueError as error:
+            raise MetricsSnapshotError(str(error)) from None
 
     def reset(self) -> None:
         self.core.reset()
