@@ -1,0 +1,149 @@
+"""Run the prompts of a ``ray.data.Dataset`` through ``RLM`` on Ray workers, with exact metrics.
+
+``run_prompts(dataset, rlm)`` maps the dataset's batches through a pool of actors. Each actor builds its own
+``RLM`` once (from the ``RLM`` given, which travels by configuration, or from a zero-argument factory), runs
+each batch with ``RLM.batch`` at ``max_concurrency`` concurrent calls, and returns one row per prompt:
+``answer``, ``error`` (None, or the failure as text: a failed prompt never fails the job), ``run_id``,
+``batch_id``, the token counts, ``cost_usd`` and ``model``, after the input columns. The metrics of every
+batch travel back as snapshots and are merged on the driver, exactly. With ``log_dir``, each actor writes its
+own JSONL log there, and every record names its ``worker`` and ``host`` in its metadata.
+
+Needs Ray: ``pip install 'rlm_toolkit[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .callbacks import FileLogCallback, MetricsCallback, MetricsSnapshot
+from .errors import MissingExtraError, RLMConfigError
+from .pricing import ModelPrice, call_cost, cost_usd, price_for
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from .rlm import RLM
+
+METRICS_COLUMN = "__rlm_toolkit_metrics"
+"""The column each batch's metrics snapshot travels in (in its first row), dropped before the output."""
+OUTPUT_COLUMNS = ("answer", "error", "run_id", "batch_id", "prompt_tokens", "completion_tokens", "total_tokens",
+                  "cached_tokens", "reasoning_tokens", "cost_usd", "model")
+
+
+@dataclass(frozen=True)
+class RayRun:
+    """What ``run_prompts`` returns: the output rows, already computed, and the merged metrics."""
+
+    dataset: ray.data.Dataset
+    """The input columns and ``OUTPUT_COLUMNS``, one row per prompt (Ray Data does not keep the input order
+    unless its ``DataContext`` says so: join on an id column of the input)."""
+    metrics: MetricsSnapshot
+    """The metrics of every call on every worker, merged: the figures one sink that saw them all gives."""
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise MissingExtraError("rlm_toolkit.ray needs Ray: pip install 'rlm_toolkit[ray]'") from None
+    return ray
+
+
+class _PromptRunner:
+    """The callable class of the actor pool: one RLM per actor, one ``RLM.batch`` per data batch."""
+
+    def __init__(self, rlm: RLM | Callable[[], RLM], prompt_column: str, max_concurrency: int,
+                 log_dir: str | None, prices: dict[str, ModelPrice] | None) -> None:
+        from .rlm import RLM
+
+        self._rlm = rlm if isinstance(rlm, RLM) else rlm()
+        if not isinstance(self._rlm, RLM):
+            raise RLMConfigError(f"the rlm factory must return an RLM, not {type(self._rlm).__name__}")
+        self._prompt_column = prompt_column
+        self._max_concurrency = max_concurrency
+        self._prices = prices
+        self._metadata = {"worker": str(os.getpid()), "host": socket.gethostname()}
+        self._log = None if log_dir is None else FileLogCallback(
+            Path(log_dir) / f"worker-{socket.gethostname()}-{os.getpid()}.jsonl")
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prompts = [str(prompt) for prompt in batch[self._prompt_column]]
+        metrics = MetricsCallback(prices=self._prices)
+        callbacks: list[Any] = [metrics] if self._log is None else [metrics, self._log]
+        results = self._rlm.batch(prompts, max_concurrency=self._max_concurrency, callbacks=callbacks,
+                                  metadata=self._metadata)
+        if self._log is not None:
+            self._log.flush()
+        rows = [self._row(result) for result in results]
+        output = {name: list(values) for name, values in batch.items()}
+        for name in OUTPUT_COLUMNS:
+            output[name] = [row[name] for row in rows]
+        output[METRICS_COLUMN] = [metrics.snapshot().to_json()] + [None] * (len(rows) - 1)
+        return output
+
+    def _row(self, result: Any) -> dict[str, Any]:
+        usage = result.usage
+        model = result.response.model if result.response is not None and result.response.model else self._rlm.model
+        counts = ((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens,
+                   usage.reasoning_tokens) if usage is not None and result.error is None else (None,) * 5)
+        return {
+            "answer": result.answer,
+            "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+            "run_id": result.run_id,
+            "batch_id": getattr(result, "batch_id", None) or result.parent_run_id,
+            "prompt_tokens": counts[0],
+            "completion_tokens": counts[1],
+            "total_tokens": counts[2],
+            "cached_tokens": counts[3],
+            "reasoning_tokens": counts[4],
+            "cost_usd": self._cost(model, counts),
+            "model": model,
+        }
+
+    def _cost(self, model: str, counts: tuple[int | None, ...]) -> float | None:
+        prompt, completion, _total, cached, _reasoning = counts
+        if prompt is None or completion is None:
+            return None
+        if self._prices is None:
+            return cost_usd(model, prompt, completion, cached or 0)
+        price = price_for(model, self._prices)
+        return None if price is None else call_cost(price, prompt, completion, cached or 0)
+
+
+def run_prompts(dataset: ray.data.Dataset, rlm: RLM | Callable[[], RLM], *, prompt_column: str = "prompt",
+                actors: int = 2, max_concurrency: int = 8, batch_size: int = 64, log_dir: str | os.PathLike[str] | None = None,
+                prices: dict[str, ModelPrice] | None = None, num_cpus_per_actor: float = 0.5) -> RayRun:
+    """Runs every prompt of ``dataset`` (its ``prompt_column``) on ``actors`` Ray actors, each with at most
+    ``max_concurrency`` calls in flight, ``batch_size`` prompts at a time; waits for all and returns the
+    output rows and the merged metrics (see the module's doc). ``rlm`` is an ``RLM`` (shipped by its
+    configuration) or a zero-argument function that builds one in each actor. ``prices`` is the price table
+    of the metrics and ``cost_usd`` (default ``rlm_toolkit.pricing.PRICES_PER_MILLION``).
+    """
+    ray = _ray()
+    for name, value, low in (("actors", actors, 1), ("max_concurrency", max_concurrency, 1),
+                             ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise RLMConfigError(f"{name} must be an int >= {low}, not {value!r}")
+    if prompt_column not in dataset.schema().names:
+        raise RLMConfigError(f"the dataset has no column {prompt_column!r} (its columns: {dataset.schema().names}); "
+                             f"pass prompt_column=")
+    directory = None
+    if log_dir is not None:
+        directory = os.fspath(log_dir)
+        os.makedirs(directory, exist_ok=True)
+    mapped = dataset.map_batches(
+        _PromptRunner,
+        fn_constructor_args=(rlm, prompt_column, max_concurrency, directory, prices),
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=actors,
+        num_cpus=num_cpus_per_actor,
+    ).materialize()
+    snapshots = [MetricsSnapshot.from_json(row[METRICS_COLUMN])
+                 for row in mapped.select_columns([METRICS_COLUMN]).iter_rows() if row[METRICS_COLUMN] is not None]
+    return RayRun(dataset=mapped.drop_columns([METRICS_COLUMN]).materialize(), metrics=MetricsSnapshot.merge(snapshots))
