@@ -40,10 +40,11 @@ def prompts_dataset(count: int = PROMPTS) -> Any:
     return ray.data.from_items([{"prompt": f"question {index}", "item": index} for index in range(count)])
 
 
+@pytest.mark.parametrize("backend", ["rust", "python"])
 def test_every_prompt_becomes_a_row_and_the_merged_metrics_count_every_call(ray_cluster: None, server: LocalServer,
-                                                                            tmp_path: Path) -> None:
+                                                                            tmp_path: Path, backend: str) -> None:
     result = run_prompts(prompts_dataset(), factory(server), batch_size=25, max_concurrency=4,
-                         log_dir=tmp_path / "logs")
+                         log_dir=tmp_path / "logs", backend=backend)  # type: ignore[arg-type]
     rows = sorted(result.dataset.take_all(), key=lambda row: row["item"])
     assert [row["item"] for row in rows] == list(range(PROMPTS))
     assert set(rows[0]) == {"prompt", "item", *OUTPUT_COLUMNS}

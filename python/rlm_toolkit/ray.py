@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._backend import BackendName
 from .callbacks import FileLogCallback, MetricsCallback, MetricsSnapshot
 from .errors import MissingExtraError, RLMConfigError
 from .pricing import ModelPrice, call_cost, cost_usd, price_for
@@ -58,7 +59,7 @@ class _PromptRunner:
     """The callable class of the actor pool: one RLM per actor, one ``RLM.batch`` per data batch."""
 
     def __init__(self, rlm: RLM | Callable[[], RLM], prompt_column: str, max_concurrency: int,
-                 log_dir: str | None, prices: dict[str, ModelPrice] | None) -> None:
+                 log_dir: str | None, prices: dict[str, ModelPrice] | None, backend: BackendName | None) -> None:
         from .rlm import RLM
 
         self._rlm = rlm if isinstance(rlm, RLM) else rlm()
@@ -67,13 +68,14 @@ class _PromptRunner:
         self._prompt_column = prompt_column
         self._max_concurrency = max_concurrency
         self._prices = prices
+        self._backend = backend
         self._metadata = {"worker": str(os.getpid()), "host": socket.gethostname()}
         self._log = None if log_dir is None else FileLogCallback(
-            Path(log_dir) / f"worker-{socket.gethostname()}-{os.getpid()}.jsonl")
+            Path(log_dir) / f"worker-{socket.gethostname()}-{os.getpid()}.jsonl", backend=backend)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         prompts = [str(prompt) for prompt in batch[self._prompt_column]]
-        metrics = MetricsCallback(prices=self._prices)
+        metrics = MetricsCallback(prices=self._prices, backend=self._backend)
         callbacks: list[Any] = [metrics] if self._log is None else [metrics, self._log]
         results = self._rlm.batch(prompts, max_concurrency=self._max_concurrency, callbacks=callbacks,
                                   metadata=self._metadata)
@@ -117,12 +119,14 @@ class _PromptRunner:
 
 def run_prompts(dataset: ray.data.Dataset, rlm: RLM | Callable[[], RLM], *, prompt_column: str = "prompt",
                 actors: int = 2, max_concurrency: int = 8, batch_size: int = 64, log_dir: str | os.PathLike[str] | None = None,
-                prices: dict[str, ModelPrice] | None = None, num_cpus_per_actor: float = 0.5) -> RayRun:
+                prices: dict[str, ModelPrice] | None = None, num_cpus_per_actor: float = 0.5,
+                backend: BackendName | None = None) -> RayRun:
     """Runs every prompt of ``dataset`` (its ``prompt_column``) on ``actors`` Ray actors, each with at most
     ``max_concurrency`` calls in flight, ``batch_size`` prompts at a time; waits for all and returns the
     output rows and the merged metrics (see the module's doc). ``rlm`` is an ``RLM`` (shipped by its
     configuration) or a zero-argument function that builds one in each actor. ``prices`` is the price table
-    of the metrics and ``cost_usd`` (default ``rlm_toolkit.pricing.PRICES_PER_MILLION``).
+    of the metrics and ``cost_usd`` (default ``rlm_toolkit.pricing.PRICES_PER_MILLION``); ``backend`` that of
+    the metrics and logs each actor keeps (default: ``RLM_TOOLKIT_BACKEND`` in the actor, else Rust).
     """
     ray = _ray()
     for name, value, low in (("actors", actors, 1), ("max_concurrency", max_concurrency, 1),
@@ -138,7 +142,7 @@ def run_prompts(dataset: ray.data.Dataset, rlm: RLM | Callable[[], RLM], *, prom
         os.makedirs(directory, exist_ok=True)
     mapped = dataset.map_batches(
         _PromptRunner,
-        fn_constructor_args=(rlm, prompt_column, max_concurrency, directory, prices),
+        fn_constructor_args=(rlm, prompt_column, max_concurrency, directory, prices, backend),
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=actors,
