@@ -249,7 +249,7 @@ impl Metrics {
     /// `ttft_ms` is the call's time to first token, if it streamed: a sample when finite (negative counts as 0).
     pub fn llm_end(&mut self, run_id: &str, model: Option<&str>, usage: Option<Usage>, ttft_ms: Option<f64>, ts: f64) {
         if let Some(ttft_ms) = ttft_ms.filter(|ttft_ms| ttft_ms.is_finite()) {
-            self.ttft.record(ttft_ms.max(0.0));
+            self.ttft.record(if ttft_ms > 0.0 { ttft_ms } else { 0.0 });
         }
         let run = self.open_runs.close(run_id);
         let start_model = run.as_ref().and_then(|run| run.model);
@@ -432,11 +432,13 @@ impl Metrics {
             if !seen.insert(model.name.as_str()) {
                 return Err(format!("snapshot state: model {:?} appears twice", model.name));
             }
-            if let Some(&index) = self.models.index_by_name.get(&model.name) {
-                let ours = &self.models.entries[index];
-                if ours.price != model.price {
-                    return Err(price_conflict(&model.name, ours.price, model.price));
-                }
+            // A model this aggregator has not seen yet would be costed by its own table from now on.
+            let ours = match self.models.index_by_name.get(&model.name) {
+                Some(&index) => self.models.entries[index].price,
+                None => self.prices.lookup(&model.name),
+            };
+            if ours != model.price {
+                return Err(price_conflict(&model.name, ours, model.price));
             }
         }
         let mut latency = LatencyStats::default();

@@ -163,7 +163,7 @@ def test_differently_priced_snapshots_refuse_to_merge_and_change_nothing(backend
     cheap = latencies_sink(backend, [5.0])
     dear = MetricsCallback(prices={"gpt-4o": (100.0, 100.0)}, backend=backend)
     CallbackManager([dear], backend=backend).on_llm_start("p", run_id="x", model="gpt-4o")
-    with pytest.raises(MetricsSnapshotError, match="'gpt-4o' is priced differently"):
+    with pytest.raises(MetricsSnapshotError, match='"gpt-4o" is priced differently'):
         MetricsSnapshot.merge([cheap.snapshot(), dear.snapshot()])
     before = cheap.get_metrics()
     other = MetricsCallback(backend=backend)
@@ -223,3 +223,26 @@ def test_a_snapshot_is_an_immutable_value() -> None:
 def test_the_empty_snapshot_is_the_figures_of_a_new_sink(backend: str) -> None:
     assert MetricsSnapshot.empty().get_metrics() == MetricsCallback(backend=backend).get_metrics()
     assert MetricsCallback(backend=backend).snapshot() == MetricsSnapshot.empty()
+
+
+def test_a_driver_with_another_price_table_refuses_models_it_would_cost_differently(backend: str) -> None:
+    worker = latencies_sink(backend, [5.0])  # gpt-4o at the default prices
+    driver = MetricsCallback(prices={"gpt-4o": (1.0, 1.0)}, backend=backend)
+    with pytest.raises(MetricsSnapshotError, match='"gpt-4o" is priced differently'):
+        driver.merge(worker.snapshot())
+    assert driver.get_metrics() == MetricsCallback(backend=backend).get_metrics()
+    unpriced = MetricsCallback(prices={}, backend=backend)
+    with pytest.raises(MetricsSnapshotError, match="same price table"):
+        unpriced.merge(worker.snapshot())
+    same = MetricsCallback(backend=backend)
+    same.merge(worker.snapshot())
+    assert same.get_metrics() == worker.get_metrics()
+
+
+@pytest.mark.parametrize("price", [(float("inf"), 1.0), (float("nan"), 1.0), (-1.0, 1.0), ("1", 1.0), (True, 1.0),
+                                   (1.0,), (1.0, 2.0, 3.0, 4.0), 1.5])
+def test_a_price_that_no_snapshot_could_hold_is_refused_at_construction(price: Any) -> None:
+    from rlm_toolkit import CallbackConfigError
+
+    with pytest.raises(CallbackConfigError, match="each a finite number >= 0"):
+        MetricsCallback(prices={"my-model": price})

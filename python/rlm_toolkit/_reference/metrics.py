@@ -137,8 +137,12 @@ def _price_of_state(state: dict[str, Any] | None) -> ModelPrice | None:
 
 
 def _price_conflict(model: str, ours: ModelPrice | None, theirs: ModelPrice | None) -> str:
-    return (f"model {model!r} is priced differently ({ours} here, {theirs} in the snapshot): merge snapshots "
-            f"made with the same price table")
+    """The refusal of a snapshot that priced ``model`` differently, worded as ``rust/metrics.rs`` words it."""
+    def text(price: ModelPrice | None) -> str:
+        return "no price" if price is None else "(" + ", ".join(repr(float(figure)) for figure in price) + ")"
+
+    return (f'model "{model}" is priced differently ({text(ours)} here, {text(theirs)} in the snapshot): merge '
+            f"snapshots made with the same price table")
 
 
 def _average_ms(sum_us: int, count: int) -> float:
@@ -231,8 +235,12 @@ def total_cost_usd(models: dict[str, _ModelStats]) -> float:
 class ReferenceMetrics:
     """Aggregates callback events as docs/metrics.md says."""
 
-    def __init__(self, prices: dict[str, ModelPrice], max_open_runs: int = 10_000) -> None:
+    def __init__(self, prices: dict[str, ModelPrice], max_open_runs: int = 10_000, *,
+                 adopt_snapshot_prices: bool = False) -> None:
+        """``adopt_snapshot_prices``: merged states bring the prices of the models this aggregator has not
+        seen (for combining snapshots); otherwise they must agree with ``prices``."""
         self._prices = dict(prices)
+        self._adopt_snapshot_prices = adopt_snapshot_prices
         self._max_open_runs = max_open_runs
         self._lock = threading.Lock()
         self._clear()
@@ -290,7 +298,7 @@ class ReferenceMetrics:
         as 0)."""
         with self._lock:
             if ttft_ms is not None and math.isfinite(ttft_ms):
-                self._ttft.record(max(ttft_ms, 0.0))
+                self._ttft.record(ttft_ms if ttft_ms > 0.0 else 0.0)
             run = self._open_runs.pop(run_id, None)
             start_model = run[1] if run is not None else None
             key = _known_model(model) or start_model or UNKNOWN_MODEL
@@ -456,8 +464,15 @@ class ReferenceMetrics:
                     raise ValueError(f"snapshot state: model {key!r} appears twice")
                 seen.add(key)
                 theirs = _price_of_state(entry["price"])
-                if key in self._models and self._models[key].price != theirs:
-                    raise ValueError(_price_conflict(key, self._models[key].price, theirs))
+                if key in self._models:
+                    ours = self._models[key].price
+                elif self._adopt_snapshot_prices:
+                    continue
+                else:
+                    # A model not seen yet would be costed by this aggregator's own table from now on.
+                    ours = price_for(key, self._prices)
+                if ours != theirs:
+                    raise ValueError(_price_conflict(key, ours, theirs))
             check_durations(state["latency"])
             check_durations(state["ttft"])
             for name in COUNTER_NAMES:

@@ -6,6 +6,7 @@ A subclass that overrides a hook is called in Python for that hook; ``super().on
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Literal, TypeVar, cast
 
@@ -67,6 +68,11 @@ MAX_FLUSH_INTERVAL = 86_400.0
 MAX_CLOSE_TIMEOUT = 3_600.0
 
 
+def _is_price_figure(figure: object) -> bool:
+    return (isinstance(figure, (int, float)) and not isinstance(figure, bool) and math.isfinite(figure)
+            and figure >= 0)
+
+
 class MetricsCallback(NativeSinkCallback):
     """Aggregates calls, tokens, latency percentiles, cost, errors and retries with bounded memory."""
 
@@ -75,10 +81,11 @@ class MetricsCallback(NativeSinkCallback):
         _checked_int("max_open_runs", max_open_runs, 1, MAX_OPEN_RUNS)
         table = PRICES_PER_MILLION if prices is None else prices
         for name, price in table.items():
-            if len(price) not in (2, 3):
+            if (not isinstance(price, (tuple, list)) or len(price) not in (2, 3)
+                    or not all(_is_price_figure(figure) for figure in price)):
                 raise CallbackConfigError(
                     f"the price of {name!r} must be (prompt, completion) or (prompt, completion, cached prompt) "
-                    f"in USD per million tokens, got {price!r}"
+                    f"in USD per million tokens, each a finite number >= 0, got {price!r}"
                 )
         self.core = _backend.load(backend).MetricsSink(
             [(name, float(price[0]), float(price[1])) for name, price in table.items()], max_open_runs,

@@ -29,7 +29,7 @@ def _aggregator() -> ReferenceMetrics:
     the reference backend imports the callbacks package)."""
     from .._reference.metrics import ReferenceMetrics
 
-    return ReferenceMetrics({})
+    return ReferenceMetrics({}, adopt_snapshot_prices=True)
 
 
 def _counter_names() -> tuple[str, ...]:
