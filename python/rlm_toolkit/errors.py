@@ -92,3 +92,9 @@ class CallbackWarning(RLMToolkitError, UserWarning):
     """A callback registered with a method that will not be called as its author likely meant: a method named
     like a hook that matches no event (a misspelling, so it is never called), or a hook whose parameters
     take none of its event's arguments (it is called without them)."""
+
+
+class NotPicklableError(RLMToolkitError, TypeError):
+    """An object cannot be pickled to be sent to another process (a worker): a tool or token function that is
+    a lambda or is defined inside another function (pickle sends functions by name), or a ``ConsoleCallback``
+    writing to a stream of this process. The message says what to pass instead."""
