@@ -431,3 +431,27 @@ def test_a_module_level_tool_runs_in_a_spawned_worker(
     for (pid, answers, worker_metrics, _), city in zip(results, ["Paris", "Rome"]):
         assert answers == [f"Tool results: get_weather -> sunny in {city}, worker {pid}"]
         assert worker_metrics["completed_calls"] == 2
+
+
+def log_one_call_in_worker(log: FileLogCallback, run_id: str) -> tuple[int, str]:
+    _barrier.wait(timeout=POOL_TIMEOUT)
+    fire_call([log], run_id)
+    log.close()
+    return os.getpid(), log.log_path
+
+
+def test_workers_append_to_a_path_without_placeholders_and_the_parents_lines_are_written_once(
+        backend: str, tmp_path: Path, spawn_pool: Pool) -> None:
+    path = tmp_path / "shared.jsonl"
+    log = FileLogCallback(path, flush_interval=3600)
+    for index in range(3):
+        fire_call([log], f"parent-{index}")  # buffered: nothing is in the file yet
+
+    results = spawn_pool.starmap_async(log_one_call_in_worker, [(log, "worker-0"), (log, "worker-1")]).get(POOL_TIMEOUT)
+
+    assert len({pid for pid, _ in results}) == 2
+    assert [log_path for _, log_path in results] == [str(path)] * 2
+    assert sorted(record["run_id"] for record in jsonl_records(path)) == ["worker-0"] * 2 + ["worker-1"] * 2
+    log.close()
+    assert Counter(record["run_id"] for record in jsonl_records(path)) == {
+        "parent-0": 2, "parent-1": 2, "parent-2": 2, "worker-0": 2, "worker-1": 2}
