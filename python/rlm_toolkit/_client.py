@@ -29,6 +29,7 @@ import openai
 
 from ._chat_attempt import _RETRY_ADVICE, _ChatAttempt, _chunks, _MalformedAnswerError
 from ._watchdog import _guarding, _ReadGuard
+from .callbacks._pickling import PickledByConfiguration
 from .errors import MissingAPIKeyError, RLMConfigError
 from .secrets import redact, register_secret, register_url_secrets
 
@@ -42,11 +43,14 @@ _KEY_PLACEHOLDER = "not-needed"
 _T = TypeVar("_T")
 
 
-class _OpenAIConnection:
+class _OpenAIConnection(PickledByConfiguration):
     """The official clients for one endpoint: one sync client, one async client per event loop.
 
     (An async client's connection pool belongs to the loop it was first used on, so each loop gets its own;
-    ``batch`` closes the one of the loop it ran.) The API key lives only in here and in the clients.
+    ``batch`` closes the one of the loop it ran.) The API key lives only in here and in the clients, and
+    in the pickled form: a connection pickles as its options, with the API key and base URL it resolved
+    (given, or read from ``$OPENAI_API_KEY``/``$OPENAI_BASE_URL``), so a worker talks to the same endpoint
+    with the same key through clients of its own.
     """
 
     def __init__(
@@ -74,6 +78,8 @@ class _OpenAIConnection:
                 "no OpenAI API key: set OPENAI_API_KEY or pass api_key=, or pass base_url= for an "
                 "OpenAI-compatible server (`rlm-toolkit serve` runs a local one)"
             )
+        self._keep_argument("api_key", api_key or None)
+        self._keep_argument("base_url", base_url)
         self.timeout = timeout
         self.idle_timeout = idle_timeout
         self._api_key = api_key or _KEY_PLACEHOLDER

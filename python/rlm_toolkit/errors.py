@@ -98,3 +98,9 @@ class MetricsSnapshotError(RLMToolkitError, ValueError):
     """A metrics snapshot that cannot be read or merged: JSON that is not a snapshot, one written by another
     snapshot version or histogram layout, or snapshots that priced the same model differently (merge
     snapshots made with the same price table and rlm_toolkit version)."""
+
+
+class NotPicklableError(RLMToolkitError, TypeError):
+    """An object cannot be pickled to be sent to another process (a worker): a tool or token function that is
+    a lambda or is defined inside another function (pickle sends functions by name), or a ``ConsoleCallback``
+    writing to a stream of this process. The message says what to pass instead."""

@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from typing import Protocol, runtime_checkable
 
+from .callbacks._pickling import PickledByConfiguration
 from .errors import MemoryConfigError
 
 __all__ = ["BufferMemory", "Memory", "MemoryConfigError"]
@@ -27,11 +28,14 @@ class Memory(Protocol):
         ...
 
 
-class BufferMemory:
+class BufferMemory(PickledByConfiguration):
     """The last ``max_messages`` messages of the conversation, oldest first.
 
     ``recall`` ignores the query and returns the whole buffer. Safe to share between threads; concurrent runs
     (``batch``) sharing one memory see each other's messages in completion order.
+
+    Pickled (to send it, or an ``RLM`` using it, to a worker process), it travels as ``max_messages`` alone:
+    the worker's memory starts empty, and what it stores stays in that worker.
     """
 
     def __init__(self, max_messages: int = 20) -> None:

@@ -68,6 +68,7 @@ from ._run_steps import (
 from ._run_options import Metadata, RunOptions, Tags, checked_defaults
 from .callbacks import BaseCallback, CallbackManager
 from .callbacks._async import each_step_as_sync_caller, sync_caller
+from .callbacks._pickling import PickledByConfiguration
 from .errors import MissingAPIKeyError, RLMConfigError, ToolRoundsExceededError
 from .memory import Memory
 from .tools import Tool, ToolDefinitionError, as_tool
@@ -76,7 +77,7 @@ from .types import Usage
 __all__ = ["RLM", "MissingAPIKeyError", "RLMConfigError", "RunResult", "ToolRoundsExceededError"]
 
 
-class RLM:
+class RLM(PickledByConfiguration):
     """A model behind an OpenAI-compatible endpoint, with callbacks, tools and memory. Build with ``from_openai``.
 
     A prompt is a ``str``: ``run``, ``arun``, ``stream`` and ``astream`` raise ``TypeError`` for anything else
@@ -91,6 +92,12 @@ class RLM:
     401, 403, 404 and 422), and a streamed call that fails after part of its answer was delivered. Before a
     retry the RLM waits as the server's ``Retry-After`` asks (up to 120 s), else a random time up to
     ``min(backoff_max, backoff_base * 2**retry)`` seconds.
+
+    Pickled (to send it to a worker process), an RLM travels as its configuration: everything
+    ``from_openai`` was given, with the API key and base URL as resolved (from the environment when not
+    given), so the pickle holds the API key. Its callbacks, tools and memory travel as they pickle (the
+    built-in ones as their options: no counts, buffered lines or stored messages); its clients and their
+    connections do not: the worker opens its own.
     """
 
     def __init__(
@@ -126,6 +133,8 @@ class RLM:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.tags, self.metadata = checked_defaults(tags, metadata)
+        for resolved in ("callbacks", "tools", "tags", "metadata"):  # given iterables may be consumed by now
+            self._keep_argument(resolved, getattr(self, resolved))
         self._connection = connection
         self._tools_by_name = {tool.name: tool for tool in self.tools}
         if len(self._tools_by_name) != len(self.tools):

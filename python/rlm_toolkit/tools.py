@@ -25,9 +25,10 @@ import re
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union
 
+from .callbacks._pickling import construct, require_sendable_function
 from .errors import ToolCallError, ToolDefinitionError
 
 __all__ = [
@@ -71,7 +72,12 @@ class ToolCallRecord:
 
 @dataclass(frozen=True, eq=False)
 class Tool:
-    """A function the model may call, with the name, description and JSON schema the model sees."""
+    """A function the model may call, with the name, description and JSON schema the model sees.
+
+    Pickled (to send it, or an ``RLM`` using it, to a worker process), a tool travels as its fields, and its
+    function by module and name: it must be defined at the top level of a module. A lambda or a function
+    defined inside another function raises ``NotPicklableError`` naming the tool.
+    """
 
     name: str
     fn: Callable[..., Any]
@@ -91,6 +97,11 @@ class Tool:
         object.__setattr__(self, "_signature", inspect.signature(self.fn))
         if self.parameters is None:
             object.__setattr__(self, "parameters", _parameters_schema(self.name, self.fn, self._signature))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        require_sendable_function(self.fn, f"tool {self.name!r}")
+        init_fields = {spec.name: getattr(self, spec.name) for spec in fields(self) if spec.init}
+        return construct, (type(self), (), init_fields)
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> Tool:

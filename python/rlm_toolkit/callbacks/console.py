@@ -21,8 +21,10 @@ import threading
 import time
 from typing import Any, ClassVar, TextIO
 
+from ..errors import NotPicklableError
 from ..pricing import cost_usd
 from ..secrets import redact
+from ._pickling import PickledByConfiguration
 from .base import BaseCallback
 
 _PROMPT_CHARS = 60
@@ -139,7 +141,30 @@ def _usage_texts(response: Any, model: str | None, show_tokens: bool, show_cost:
     return texts
 
 
-class ConsoleCallback(BaseCallback):
+def _standard_stream(name: str) -> TextIO:
+    """``sys.stdout`` or ``sys.stderr`` (``name``) of the process that calls it."""
+    stream: TextIO = getattr(sys, name)
+    return stream
+
+
+class _StreamForWorkers:
+    """What a ``ConsoleCallback``'s ``stream`` pickles as: ``sys.stdout`` or ``sys.stderr`` as the unpickling
+    process's own; any other stream belongs to this process, so pickling refuses it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.standard_name = next((name for name in ("stdout", "stderr")
+                                   if stream is getattr(sys, name) or stream is getattr(sys, f"__{name}__")), None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.standard_name is None:
+            raise NotPicklableError(
+                "ConsoleCallback(stream=...) cannot be sent to another process: its stream belongs to this one; "
+                "leave stream=None (each worker prints to its own sys.stdout) or pass sys.stdout or sys.stderr"
+            )
+        return _standard_stream, (self.standard_name,)
+
+
+class ConsoleCallback(PickledByConfiguration, BaseCallback):
     """Prints one line per event to ``stream`` (``sys.stdout`` at the time of printing when None).
 
     ``verbose=False`` prints only finished LLM calls, retries and errors; ``verbose=True`` also prints LLM
@@ -153,6 +178,10 @@ class ConsoleCallback(BaseCallback):
 
     Latency pairs each LLM start with its end by ``run_id``; at most ``max_open_calls`` unfinished calls
     are remembered (the oldest is forgotten first).
+
+    Pickled (to send it to a worker process), it travels as its options, with no unfinished calls; a
+    ``stream`` of ``sys.stdout`` or ``sys.stderr`` becomes the worker's own, and any other stream cannot be
+    sent (``NotPicklableError``).
     """
 
     max_open_calls: ClassVar[int] = 10_000
@@ -164,6 +193,8 @@ class ConsoleCallback(BaseCallback):
         self.show_cost = show_cost
         self.stream = stream
         self.color = color
+        if stream is not None:
+            self._keep_argument("stream", _StreamForWorkers(stream))
         self._color_decision: tuple[TextIO, bool] | None = None
         """The stream color was last decided for, and the decision."""
         self._started_at: dict[Any, float] = {}

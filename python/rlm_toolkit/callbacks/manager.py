@@ -14,6 +14,7 @@ from ..errors import CallbackConfigError, LLMCallError
 from ..events import EVENTS
 from ..secrets import redact
 from ._async import AsyncHookRunner
+from ._pickling import PickledByConfiguration
 from ._registration import HOOK_NAMES, register
 from .base import BaseCallback
 from .native import MetricsCallback
@@ -77,7 +78,7 @@ def _callback_list(callbacks: Any) -> list[Any]:
     return listed
 
 
-class CallbackManager(BaseCallback):
+class CallbackManager(PickledByConfiguration, BaseCallback):
     """Calls each registered callback's hooks for every event fired through it.
 
     Has the ``on_*`` methods of ``BaseCallback`` (so a manager can itself be registered as a callback);
@@ -96,12 +97,17 @@ class CallbackManager(BaseCallback):
     them (``arun``/``astream``/``abatch`` do). A hook still running after ``async_timeout`` seconds (None: no
     limit) is cancelled, and counted and logged as a failure; so is a hook that raises ``CancelledError``
     itself. A sync caller never waits longer than ``async_timeout``, even for a hook that blocks its thread.
+
+    Pickled (to send it to a worker process), a manager travels as its configuration: the callbacks it has
+    then (each pickled as itself: the built-in ones as their options), its backend and ``async_timeout``;
+    not its ``handler_errors`` count, pending async hooks or event loop.
     """
 
     def __init__(self, callbacks: BaseCallback | Iterable[Any] | None = None, *,
                  backend: _backend.BackendName | None = None,
                  async_timeout: float | None = 30.0) -> None:
         self.backend = _backend.resolve(backend)
+        self._keep_argument("backend", self.backend)
         self._callbacks: list[Any] = _callback_list(callbacks)
         self._async_hooks = AsyncHookRunner(self._async_hook_failed, _checked_async_timeout(async_timeout))
         self._dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
@@ -113,6 +119,7 @@ class CallbackManager(BaseCallback):
         """Register ``callbacks``; they become the manager's callbacks only if registration succeeds."""
         registrations = register(callbacks)
         self._callbacks = callbacks
+        self._keep_argument("callbacks", callbacks)
         self._dispatcher.set_registration(
             [(registration.sinks, registration.hooks) for registration in registrations],
             [callback.core for callback in self._callbacks if isinstance(callback, MetricsCallback)],

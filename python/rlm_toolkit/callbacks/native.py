@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import string
 from typing import Any, Literal, TypeVar, cast
 
 from .. import _backend
@@ -15,12 +16,17 @@ from ..errors import CallbackConfigError, LogFileError, MetricsSnapshotError
 from ..events import EVENTS, EventSpec
 from ..pricing import PRICES_PER_MILLION, ModelPrice
 from . import _lifecycle
+from ._pickling import PickledByConfiguration
 from .base import BaseCallback
 from .metrics_types import MetricsReport
 from .snapshot import MetricsSnapshot
 
 
-class NativeSinkCallback(BaseCallback):
+class NativeSinkCallback(PickledByConfiguration, BaseCallback):
+    """A callback whose events a backend core records. It pickles by configuration (see
+    ``rlm_toolkit.callbacks._pickling``): a copy unpickled in a worker has the same options and a core of its
+    own, with nothing recorded."""
+
     core: Any
     """The backend object that records events (``MetricsSink`` or ``JsonlSink`` of the chosen backend)."""
     native_events: frozenset[str]
@@ -74,7 +80,11 @@ def _is_price_figure(figure: object) -> bool:
 
 
 class MetricsCallback(NativeSinkCallback):
-    """Aggregates calls, tokens, latency percentiles, cost, errors and retries with bounded memory."""
+    """Aggregates calls, tokens, latency percentiles, cost, errors and retries with bounded memory.
+
+    Pickled (to send it to a worker process), it travels as its options (``prices``, ``max_open_runs``,
+    ``backend``): the copy starts with zero counts and no open runs.
+    """
 
     def __init__(self, *, prices: dict[str, ModelPrice] | None = None, max_open_runs: int = 10_000,
                  backend: _backend.BackendName | None = None) -> None:
@@ -87,6 +97,7 @@ class MetricsCallback(NativeSinkCallback):
                     f"the price of {name!r} must be (prompt, completion) or (prompt, completion, cached prompt) "
                     f"in USD per million tokens, each a finite number >= 0, got {price!r}"
                 )
+        self._keep_argument("backend", _backend.resolve(backend))
         self.core = _backend.load(backend).MetricsSink(
             [(name, float(price[0]), float(price[1])) for name, price in table.items()], max_open_runs,
             [(name, float(price[2])) for name, price in table.items() if len(price) == 3],
@@ -117,10 +128,47 @@ class MetricsCallback(NativeSinkCallback):
         self.core.reset()
 
 
+WORKER_ENV = "RLM_TOOLKIT_WORKER"
+"""The environment variable that names a worker, for the ``{worker}`` placeholder of a log path."""
+
+
+def expand_log_path(path_parameter: str, template: str) -> str:
+    """``template`` with ``{pid}`` replaced by this process's id and ``{worker}`` by ``$RLM_TOOLKIT_WORKER`` (or
+    the process id when it is unset or empty); ``{{`` and ``}}`` stand for literal braces. Any other brace is
+    refused with ``CallbackConfigError`` (``path_parameter`` names the path in the message)."""
+    advice = (
+        "the placeholders are {pid} (the process id) and {worker} "
+        f"(${WORKER_ENV}, else the process id); write {{{{ or }}}} for a literal brace"
+    )
+    try:
+        pieces = list(string.Formatter().parse(template))
+    except ValueError as exc:  # a lone { or }
+        raise CallbackConfigError(f"{path_parameter} {template!r}: {exc}; {advice}") from None
+    expanded: list[str] = []
+    for literal, field, format_spec, conversion in pieces:
+        expanded.append(literal)
+        if field is None:
+            continue
+        if field not in ("pid", "worker") or format_spec or conversion:
+            written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{format_spec}" if format_spec else "")
+            raise CallbackConfigError(
+                f"{path_parameter} {template!r} has {written}}}, which is no placeholder; {advice}")
+        expanded.append(_worker_label() if field == "worker" else str(os.getpid()))
+    return "".join(expanded)
+
+
+def _worker_label() -> str:
+    label = os.environ.get(WORKER_ENV) or str(os.getpid())
+    if any(separator and separator in label for separator in (os.sep, os.altsep, "\0")):
+        raise CallbackConfigError(
+            f"${WORKER_ENV} {label!r} cannot be part of a file name; give a label without '/' such as 'worker-1'")
+    return label
+
+
 _LogT = TypeVar("_LogT", bound="_JsonlLogFile")
 
 
-class _JsonlLogFile:
+class _JsonlLogFile(PickledByConfiguration):
     """A JSONL log file written by a JsonlSink of the chosen backend: the path checks, the writer's options,
     ``flush()``/``close()`` and the exit, fork and SIGTERM flushes, shared by ``FileLogCallback`` and
     ``FileCallback``."""
@@ -144,8 +192,9 @@ class _JsonlLogFile:
         on_full: Literal["block", "drop"],
         close_timeout: float,
         backend: _backend.BackendName | None,
-    ) -> None:
-        """Checks the options (``path_parameter`` names the path in messages), opens the file and tracks it."""
+    ) -> str:
+        """Checks the options (``path_parameter`` names the path in messages), opens the file and tracks it.
+        Returns the path with its placeholders expanded (``log_path`` is its absolute form)."""
         _checked_int("max_field_chars", max_field_chars, 16, MAX_FIELD_CHARS)
         flush_interval = _checked_seconds("flush_interval", flush_interval, 0.001, MAX_FLUSH_INTERVAL)
         _checked_int("buffer_bytes", buffer_bytes, 1, MAX_BUFFER_BYTES)
@@ -153,9 +202,13 @@ class _JsonlLogFile:
         close_timeout = _checked_seconds("close_timeout", close_timeout, 0.001, MAX_CLOSE_TIMEOUT)
         if on_full not in ("block", "drop"):
             raise CallbackConfigError(f"on_full must be 'block' or 'drop', got {on_full!r}")
-        if os.fspath(given_path) in ("", b""):
+        template = os.fspath(given_path)
+        if template in ("", b""):
             raise LogFileError(f"{path_parameter} is empty; give a file path such as 'rlm.jsonl'")
-        path = os.path.abspath(os.fspath(given_path))
+        expanded = expand_log_path(path_parameter, template)
+        self._keep_argument(path_parameter, os.path.abspath(template))
+        self._keep_argument("backend", _backend.resolve(backend))
+        path = os.path.abspath(expanded)
         if os.path.isdir(path):
             raise LogFileError(
                 f"{path_parameter} {path!r} is a directory; give a file path such as {path}/rlm.jsonl")
@@ -170,6 +223,7 @@ class _JsonlLogFile:
             flush_interval, buffer_bytes, max_pending_bytes, on_full == "block", close_timeout,
         )
         _lifecycle.track(self)
+        return expanded
 
     def flush(self, timeout: float | None = None) -> None:
         """Write everything accepted so far to the file; raises LogFileError if a write failed.
@@ -232,6 +286,15 @@ class FileLogCallback(_JsonlLogFile, NativeSinkCallback):
     Accepted ranges: ``max_field_chars`` 16 to 2**30; ``flush_interval`` 0.001 to 86,400 s;
     ``buffer_bytes`` 1 to 64 MiB; ``max_pending_bytes`` ``buffer_bytes`` to 1 GiB; ``close_timeout``
     (how long ``close()`` waits for the file before it gives up on the unwritten lines) 0.001 to 3,600 s.
+
+    ``log_path`` may hold the placeholders ``{pid}`` (the id of the process that builds the callback) and
+    ``{worker}`` (``$RLM_TOOLKIT_WORKER``, or the process id when it is unset or empty), expanded when the
+    callback is built; ``{{`` and ``}}`` are literal braces, and any other brace is refused with
+    ``CallbackConfigError``. Pickled (to send it to a worker process), the callback travels as its options,
+    with ``log_path`` as the unexpanded template made absolute: the worker builds a callback of its own, so
+    ``{pid}`` gives each worker its own file, and a path without placeholders has every worker append to the
+    same file (each batch is appended under a file lock, so lines stay whole). Lines buffered here stay here,
+    and are written once, by this process.
     """
 
     def __init__(

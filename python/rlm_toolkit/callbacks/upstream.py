@@ -27,6 +27,7 @@ from .. import _backend
 from ..errors import LLMCallError
 from ..events import CONTEXT_KEYWORDS, EVENTS
 from ..secrets import _redacted_value, redact
+from ._pickling import PickledByConfiguration
 from .base import BaseCallback
 from .native import _JsonlLogFile
 
@@ -46,11 +47,12 @@ def _text(value: Any) -> str:
     return str.__str__(value) if isinstance(value, str) else str(value)
 
 
-class LoggingCallback(BaseCallback):
+class LoggingCallback(PickledByConfiguration, BaseCallback):
     """Logs each LLM call's start and end at INFO and its failure at ERROR, as upstream rlm-toolkit does.
 
     Messages: ``LLM Start: <prompt[:100]>...``, ``LLM End: <answer[:100]>...``, ``LLM Error: <error>``. The
-    text is redacted before it is cut. ``logger`` defaults to the ``rlm_toolkit`` logger.
+    text is redacted before it is cut. ``logger`` defaults to the ``rlm_toolkit`` logger. Pickled, it travels
+    as its ``logger`` argument (a logger pickles as its name: the worker's logger of that name).
     """
 
     def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
@@ -104,11 +106,12 @@ class FileCallback(_JsonlLogFile, BaseCallback):
     deleted while open is reported and created again at the path. A write that fails (disk full) raises
     ``LogFileError`` from the next ``flush()`` or ``close()``; an event after ``close()`` raises
     ``LogClosedError`` (through a manager: logged and counted). The writer options and their ranges are
-    ``FileLogCallback``'s.
+    ``FileLogCallback``'s, and so are the ``{pid}`` and ``{worker}`` placeholders of the path and what a
+    pickled copy holds (its options, never its buffered lines).
     """
 
     file_path: str
-    """The path as given (``log_path`` is its absolute form)."""
+    """The path as given, placeholders expanded (``log_path`` is its absolute form)."""
 
     def __init__(
         self,
@@ -121,11 +124,10 @@ class FileCallback(_JsonlLogFile, BaseCallback):
         close_timeout: float = 5.0,
         backend: _backend.BackendName | None = None,
     ) -> None:
-        self._open_log(
+        self.file_path = self._open_log(
             "file_path", file_path, flush_interval=flush_interval, buffer_bytes=buffer_bytes,
             max_pending_bytes=max_pending_bytes, on_full=on_full, close_timeout=close_timeout, backend=backend,
         )
-        self.file_path = os.fspath(file_path)
 
     def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
         self._append("start", "prompt", prompt, kwargs)
