@@ -5,6 +5,7 @@ per-worker JSONL logs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,3 +106,22 @@ except ImportError as error:
 """
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert completed.stdout.strip() == "MissingExtraError rlm_toolkit.ray needs Ray: pip install 'rlm_toolkit[ray]'"
+
+
+def test_an_rlm_object_travels_to_the_actors_by_its_configuration(ray_cluster: None, server: LocalServer,
+                                                                  tmp_path: Path) -> None:
+    from rlm_toolkit.callbacks import FileLogCallback
+
+    own_log = tmp_path / "rlm-{pid}.jsonl"
+    rlm = RLM.from_openai("gpt-4o-mini", base_url=server.base_url, api_key=server.api_key,
+                          callbacks=[FileLogCallback(own_log)], tags=["nightly"])
+    result = run_prompts(prompts_dataset(30), rlm, batch_size=10)
+    rows = result.dataset.take_all()
+    assert len(rows) == 30 and all(row["error"] is None for row in rows)
+    # The RLM's own callbacks were rebuilt in each actor, each with its own {pid} file; the driver's stays empty.
+    driver_log = tmp_path / f"rlm-{os.getpid()}.jsonl"
+    assert driver_log.read_text() == ""
+    logs = sorted(set(tmp_path.glob("rlm-*.jsonl")) - {driver_log})
+    records = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
+    assert 1 <= len(logs) <= 2
+    assert len(records) == 4 * 30 and {record["tags"][0] for record in records} == {"nightly"}

@@ -6,7 +6,8 @@ each batch with ``RLM.batch`` at ``max_concurrency`` concurrent calls, and retur
 ``answer``, ``error`` (None, or the failure as text: a failed prompt never fails the job), ``run_id``,
 ``batch_id``, the token counts, ``cost_usd`` and ``model``, after the input columns. The metrics of every
 batch travel back as snapshots and are merged on the driver, exactly. With ``log_dir``, each actor writes its
-own JSONL log there, and every record names its ``worker`` and ``host`` in its metadata.
+own JSONL log there, and every record names its ``worker`` and ``host`` in its metadata. Every log an actor
+has open (the RLM's own callbacks' too) is flushed after each batch: Ray ends actors without exit handlers.
 
 Needs Ray: ``pip install 'rlm_toolkit[ray]'``.
 """
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import BackendName
 from .callbacks import FileLogCallback, MetricsCallback, MetricsSnapshot
+from .callbacks._lifecycle import flush_every_open_log
 from .errors import MissingExtraError, RLMConfigError
 from .pricing import ModelPrice, call_cost, cost_usd, price_for
 
@@ -79,8 +81,9 @@ class _PromptRunner:
         callbacks: list[Any] = [metrics] if self._log is None else [metrics, self._log]
         results = self._rlm.batch(prompts, max_concurrency=self._max_concurrency, callbacks=callbacks,
                                   metadata=self._metadata)
-        if self._log is not None:
-            self._log.flush()
+        # Ray ends its actors without exit handlers: every log of this actor (the RLM's own callbacks'
+        # too) is written before the batch is handed back.
+        flush_every_open_log()
         rows = [self._row(result) for result in results]
         output = {name: list(values) for name, values in batch.items()}
         for name in OUTPUT_COLUMNS:

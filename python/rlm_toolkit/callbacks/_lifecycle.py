@@ -79,6 +79,12 @@ def _each_open_log(action: str) -> None:
             logger.error("could not %s the log file %s: %s", action, log.log_path, error)
 
 
+def flush_every_open_log() -> None:
+    """Writes the lines of every open log of this process now, e.g. in a Ray actor after each batch: Ray
+    ends its actors without running exit handlers. A failing log is reported and never stops the others."""
+    _each_open_log("flush")
+
+
 def _close_core(core: Any, log_path: str) -> None:
     try:
         core.close()
