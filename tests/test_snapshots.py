@@ -200,7 +200,8 @@ def test_a_snapshot_that_cannot_be_read_is_refused_with_what_is_wrong(change: An
 
 
 def test_text_that_is_not_a_snapshot_is_refused() -> None:
-    for text in ("", "{", "[]", '{"format": "rlm_toolkit.metrics"}'):
+    for text in ("", "{", "[]", '{"format": "rlm_toolkit.metrics"}', "[" * 100_000 + "]" * 100_000, "\ud800",
+                 b"\xff\xfe", 12):
         with pytest.raises(MetricsSnapshotError):
             MetricsSnapshot.from_json(text)
 

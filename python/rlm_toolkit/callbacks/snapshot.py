@@ -81,7 +81,7 @@ class MetricsSnapshot:
         layout, raises ``MetricsSnapshotError``."""
         try:
             payload = json.loads(text)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, RecursionError) as error:
             raise MetricsSnapshotError(f"not a metrics snapshot: the text is not JSON ({error})") from None
         if not isinstance(payload, dict) or payload.get("format") != SNAPSHOT_FORMAT:
             raise MetricsSnapshotError("not a metrics snapshot: pass the text MetricsSnapshot.to_json() wrote")
