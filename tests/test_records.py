@@ -55,7 +55,7 @@ def fire_every_event(manager: CallbackManager) -> None:
 
 ALWAYS_WRITTEN = {"ts", "event", "run_id", "parent_run_id", "model", "tool_name", "attempt", "max_attempts",
                   "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "ttft_ms",
-                  "tags", "metadata", "extra"}
+                  "kind", "tags", "metadata", "extra"}
 PROMPT_FIELDS = {("run_start", "prompt"), ("memory_recall", "query"), ("llm_start", "prompt"),
                  ("memory_store", "stored user text")}
 RESPONSE_FIELDS = {("llm_new_token", "token"), ("llm_end", "response"), ("run_end", "answer"),
