@@ -94,7 +94,7 @@ pub fn push_f64(out: &mut Vec<u8>, value: f64) {
 /// `.62` or `.63`): Python's `repr` rounds such a tie to the even digit, Rust's up.
 fn is_tie_rounded_up(text: &[u8], mantissa_len: usize, value: f64) -> bool {
     let last = text[mantissa_len - 1];
-    if !last.is_ascii_digit() || (last - b'0') & 1 == 0 {
+    if !last.is_ascii_digit() || (last - b'0') & 1 == 0 || !has_few_decimal_digits(value) {
         return false;
     }
     let reads_back = |bytes: &[u8]| std::str::from_utf8(bytes).ok().and_then(|text| text.parse::<f64>().ok()) == Some(value);
@@ -113,6 +113,18 @@ fn is_tie_rounded_up(text: &[u8], mantissa_len: usize, value: f64) -> bool {
     midpoint.extend_from_slice(&text[mantissa_len..]);
     // A tie: the value is the midpoint exactly (an f64's exact decimal form has at most 767 significant digits).
     reads_back(&midpoint) && significant_digits(format!("{value:.767e}").as_bytes()) == significant_digits(&midpoint)
+}
+
+/// Whether the exact decimal form of `value` may have 18 significant digits or fewer, as a tie's must (one
+/// more than the at most 17 shortest digits). `value` is `m * 2^e` with `m` odd; for `e = -k < 0` its digits
+/// are those of `m * 5^k`, at least `k * log10(5)` of them, so `k <= 25`. Most floats (a latency, a price)
+/// have all 52 fraction bits in use and fail this at once.
+fn has_few_decimal_digits(value: f64) -> bool {
+    let bits = value.to_bits();
+    let biased_exponent = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1 << 52) - 1);
+    let (mantissa, exponent) = if biased_exponent == 0 { (fraction, -1074) } else { (fraction | 1 << 52, biased_exponent - 1075) };
+    mantissa == 0 || exponent + mantissa.trailing_zeros() as i32 >= -25
 }
 
 /// The digits of a number's mantissa without leading or trailing zeros.
