@@ -71,11 +71,15 @@ pub fn push_f64(out: &mut Vec<u8>, value: f64) {
     } else if value.is_infinite() {
         out.extend_from_slice(if value > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" });
     } else {
-        // Rust's `{:?}` picks the same digits and the same switch to exponent form (below 1e-4, from
-        // 1e16 on) as Python; only its exponent is written bare (`1e16`, `1.5e-5`).
+        // Rust's `{:?}` picks the same digits (but for exact ties, below) and the same switch to exponent
+        // form (below 1e-4, from 1e16 on) as Python; only its exponent is written bare (`1e16`, `1.5e-5`).
         let start = out.len();
         write!(out, "{value:?}").expect("writing to a Vec cannot fail");
-        if let Some(e_at) = out[start..].iter().position(|&byte| byte == b'e').map(|at| start + at) {
+        let mantissa_end = out[start..].iter().position(|&byte| byte == b'e').map_or(out.len(), |at| start + at);
+        if is_tie_rounded_up(&out[start..], mantissa_end - start, value) {
+            out[mantissa_end - 1] -= 1;
+        }
+        if let Some(e_at) = Some(mantissa_end).filter(|&at| at < out.len()) {
             let exponent: i32 =
                 std::str::from_utf8(&out[e_at + 1..]).ok().and_then(|text| text.parse().ok()).expect("Rust writes a decimal exponent");
             out.truncate(e_at + 1);
@@ -83,6 +87,53 @@ pub fn push_f64(out: &mut Vec<u8>, value: f64) {
             push_digits(out, u64::from(exponent.unsigned_abs()), if exponent.unsigned_abs() < 100 { 2 } else { 3 });
         }
     }
+}
+
+/// Whether `text`, Rust's shortest digits for `value` (its mantissa the first `mantissa_len` bytes), ends
+/// with an odd digit rounded up from an exact tie between two shortest digit strings (`70368744177664.625`:
+/// `.62` or `.63`): Python's `repr` rounds such a tie to the even digit, Rust's up.
+fn is_tie_rounded_up(text: &[u8], mantissa_len: usize, value: f64) -> bool {
+    let last = text[mantissa_len - 1];
+    if !last.is_ascii_digit() || (last - b'0') & 1 == 0 || !has_few_decimal_digits(value) {
+        return false;
+    }
+    let reads_back = |bytes: &[u8]| std::str::from_utf8(bytes).ok().and_then(|text| text.parse::<f64>().ok()) == Some(value);
+    let mut buffer = [0u8; 32]; // Rust's shortest form of an f64 is at most 24 bytes
+    let lower = &mut buffer[..text.len()];
+    lower.copy_from_slice(text);
+    lower[mantissa_len - 1] -= 1;
+    if !reads_back(lower) {
+        return false;
+    }
+    let mut midpoint = lower[..mantissa_len].to_vec();
+    if !midpoint.contains(&b'.') {
+        midpoint.push(b'.');
+    }
+    midpoint.push(b'5');
+    midpoint.extend_from_slice(&text[mantissa_len..]);
+    // A tie: the value is the midpoint exactly (an f64's exact decimal form has at most 767 significant digits).
+    reads_back(&midpoint) && significant_digits(format!("{value:.767e}").as_bytes()) == significant_digits(&midpoint)
+}
+
+/// Whether the exact decimal form of `value` may have 18 significant digits or fewer, as a tie's must (one
+/// more than the at most 17 shortest digits). `value` is `m * 2^e` with `m` odd; for `e = -k < 0` its digits
+/// are those of `m * 5^k`, at least `k * log10(5)` of them, so `k <= 25`. Most floats (a latency, a price)
+/// have all 52 fraction bits in use and fail this at once.
+fn has_few_decimal_digits(value: f64) -> bool {
+    let bits = value.to_bits();
+    let biased_exponent = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1 << 52) - 1);
+    let (mantissa, exponent) = if biased_exponent == 0 { (fraction, -1074) } else { (fraction | 1 << 52, biased_exponent - 1075) };
+    mantissa == 0 || exponent + mantissa.trailing_zeros() as i32 >= -25
+}
+
+/// The digits of a number's mantissa without leading or trailing zeros.
+fn significant_digits(text: &[u8]) -> Vec<u8> {
+    let mantissa = text.split(|&byte| byte == b'e').next().unwrap_or_default();
+    let digits: Vec<u8> = mantissa.iter().copied().filter(u8::is_ascii_digit).collect();
+    let first = digits.iter().position(|&digit| digit != b'0').unwrap_or(digits.len());
+    let last = digits.iter().rposition(|&digit| digit != b'0').map_or(first, |at| at + 1);
+    digits[first..last].to_vec()
 }
 
 pub fn push_i64(out: &mut Vec<u8>, value: i64) {
@@ -207,6 +258,15 @@ mod tests {
         assert_eq!(render(1.7976931348623157e308), "1.7976931348623157e+308");
         assert_eq!(render(5e-324), "5e-324");
         assert_eq!(render(-2.5e-100), "-2.5e-100");
+        // Exact ties between two shortest digit strings round to the even digit, as Python's repr does.
+        let two_to_the = |exponent: i32| 2f64.powi(exponent);
+        assert_eq!(render(two_to_the(46) + 0.625), "70368744177664.62");
+        assert_eq!(render(two_to_the(46) + 0.125), "70368744177664.12");
+        assert_eq!(render(two_to_the(46) + 0.375), "70368744177664.38");
+        assert_eq!(render(two_to_the(49) + 0.25), "562949953421312.2");
+        assert_eq!(render(-(two_to_the(50) + 0.25)), "-1125899906842624.2");
+        assert_eq!(render(0.3), "0.3");
+        assert_eq!(render(2.5), "2.5");
         assert_eq!(render(f64::NAN), "\"NaN\"");
         assert_eq!(render(f64::NEG_INFINITY), "\"-Infinity\"");
     }

@@ -29,7 +29,8 @@ def test_thousand_prompts_give_exact_metrics_and_log(server: LocalServer, tmp_pa
     log.close()
 
     assert [result.answer for result in results] == [f"Hello! You said: {prompt}" for prompt in prompts]
-    assert all(result.error is None and result.parent_run_id is None for result in results)
+    [batch_id] = {result.batch_id for result in results}
+    assert all(result.error is None and result.parent_run_id == batch_id for result in results)
     totals = metrics.get_metrics()
     assert totals["total_calls"] == 1000
     assert totals["total_tokens"] == sum(result.usage.total_tokens for result in results) == 1000 * (6 + 6)
@@ -37,8 +38,12 @@ def test_thousand_prompts_give_exact_metrics_and_log(server: LocalServer, tmp_pa
 
     records = [json.loads(line) for line in log_path.read_text().split("\n") if line]
     assert Counter(record["event"] for record in records) == {
-        "run_start": 1000, "llm_start": 1000, "llm_end": 1000, "run_end": 1000,
+        "run_start": 1001, "llm_start": 1000, "llm_end": 1000, "run_end": 1001,
     }
+    batch_start, *_, batch_end = records
+    assert [(record["event"], record["run_id"], record["kind"]) for record in (batch_start, batch_end)] == [
+        ("run_start", batch_id, "batch"), ("run_end", batch_id, "batch")]
+    records = records[1:-1]
     calls = [record for record in records if record["event"].startswith("llm_")]
     assert all(count == 2 for count in Counter(record["run_id"] for record in calls).values())
     run_ids = {result.run_id for result in results}
@@ -47,7 +52,8 @@ def test_thousand_prompts_give_exact_metrics_and_log(server: LocalServer, tmp_pa
     assert logged_runs == run_ids
     # Every parent id points at a run whose own records are in the log.
     assert {record["parent_run_id"] for record in calls} == logged_runs
-    assert {record["parent_run_id"] for record in records if record["event"] == "run_start"} == {None}
+    assert {(record["parent_run_id"], record["kind"]) for record in records if record["event"] == "run_start"} == {
+        (batch_id, "run")}
     assert elapsed < 20, f"1,000 prompts took {elapsed:.1f} s"
 
 

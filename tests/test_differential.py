@@ -177,8 +177,9 @@ ERRORS = st.one_of(
     TEXT,
 )
 EXTRAS = st.dictionaries(
-    st.sampled_from(["role", "source", "temperature", "tags"]),
-    st.one_of(st.sampled_from(["user", "assistant", "system"]), st.builds(LoudStr, st.just("user")), VALUES),
+    st.sampled_from(["role", "source", "temperature", "tags", "kind"]),
+    st.one_of(st.sampled_from(["user", "assistant", "system", "run", "batch"]), st.builds(LoudStr, st.just("user")),
+              VALUES),
     max_size=2,
 )
 

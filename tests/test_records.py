@@ -55,7 +55,7 @@ def fire_every_event(manager: CallbackManager) -> None:
 
 ALWAYS_WRITTEN = {"ts", "event", "run_id", "parent_run_id", "model", "tool_name", "attempt", "max_attempts",
                   "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "ttft_ms",
-                  "tags", "metadata", "extra"}
+                  "kind", "tags", "metadata", "extra"}
 PROMPT_FIELDS = {("run_start", "prompt"), ("memory_recall", "query"), ("llm_start", "prompt"),
                  ("memory_store", "stored user text")}
 RESPONSE_FIELDS = {("llm_new_token", "token"), ("llm_end", "response"), ("run_end", "answer"),
@@ -281,3 +281,16 @@ def test_with_both_switches_off_no_text_of_a_run_reaches_the_file(backend: str, 
     }
     for leaked in ("prompttext", "answertext", "toolinputtext", "tooloutputtext", "fails"):
         assert leaked not in text
+
+
+def test_floats_are_written_as_python_writes_them_ties_too(backend: str, tmp_path: Path) -> None:
+    # Each of the first three lies exactly between two shortest digit strings: repr picks the even one.
+    values = [2.0**46 + 0.625, 2.0**46 + 0.125, -(2.0**50 + 0.25), 2.0**46 + 0.375, 0.1, 1e16, 5e-324]
+    path = tmp_path / "log.jsonl"
+    with FileLogCallback(path) as log:
+        manager = CallbackManager([log])
+        for value in values:
+            manager.on_llm_start("p", run_id="r", timestamp=TS, x=value)
+    written = [line.rsplit('"x":', 1)[1].removesuffix("}}") for line in lines_of(path)]
+    assert written == [json.dumps(value) for value in values]
+    assert written[:3] == ["70368744177664.62", "70368744177664.12", "-1125899906842624.2"]

@@ -325,13 +325,14 @@ def test_batch_callbacks_see_every_item_of_their_batch_and_nothing_else(server: 
         solo = beside.result()
     rlm.batch(["later"])
 
-    assert sorted(event.args[0] for event in batch_recorder.of("run_start")) == ["b0", "b1", "b2"]
-    assert sorted(event.keywords["run_id"] for event in batch_recorder.of("run_start")) == sorted(
-        result.run_id for result in results)
-    assert len(batch_recorder.events) == 12
-    assert [event.keywords["tags"] for event in batch_recorder.events] == [["batch"]] * 12
+    batch_start, *item_starts = batch_recorder.of("run_start")
+    assert (batch_start.args[0], batch_start.keywords["kind"]) == ("", "batch")
+    assert sorted(event.args[0] for event in item_starts) == ["b0", "b1", "b2"]
+    assert sorted(event.keywords["run_id"] for event in item_starts) == sorted(result.run_id for result in results)
+    assert len(batch_recorder.events) == 14  # the batch's start and end, and 4 events per item
+    assert [event.keywords["tags"] for event in batch_recorder.events] == [["batch"]] * 14
     assert_sees_exactly_its_run(run_recorder, "beside", solo.run_id, ["solo"])
-    assert len(rlm_recorder.events) == 20
+    assert len(rlm_recorder.events) == 24
 
 
 def test_errors_of_per_call_hooks_are_counted_by_the_calls_manager(server: LocalServer, backend: str) -> None:

@@ -13,9 +13,9 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict
 
 import openai
 
@@ -26,9 +26,27 @@ from ._tool_calls import _ToolInvocation
 from ._run_options import RunCallbacks
 from .errors import LLMCallError, MalformedResponseError, MissingExtraError, ToolRoundsExceededError
 from .memory import Memory
-from .secrets import redact_exception_chain
+from .pricing import ModelPrice, call_cost, price_for
+from .secrets import redact, redact_exception_chain
 from .tools import Tool, ToolCallRecord
 from .types import LLMResponse, Usage
+
+
+class RunRow(TypedDict):
+    """One run as plain values (str, int, float, None), a table row: see ``RunResult.as_row``."""
+
+    answer: str
+    error: str | None
+    run_id: str
+    parent_run_id: str | None
+    batch_id: str | None
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,29 +59,77 @@ class RunResult:
 
     answer: str
     usage: Usage | None
-    """Token usage summed over every LLM call of the run; None when a call's server did not report its usage
-    (the sum would be too low). A failed run in ``batch``/``abatch`` results has ``Usage()``."""
+    """Token usage summed over every LLM call of the run that answered (for a failed run in ``batch``/``abatch``
+    results, those before the failure); None when a call's server did not report its usage (the sum would be
+    too low)."""
     run_id: str
     parent_run_id: str | None = None
-    """The run (or tool call) this run was started inside, if any."""
+    """The run (or tool call) this run was started inside, if any: for a ``batch``/``abatch`` item, the batch."""
     response: LLMResponse | None = None
     """The last LLM response of the run."""
     tool_calls: tuple[ToolCallRecord, ...] = ()
     error: BaseException | None = None
+    cost_usd: float | None = None
+    """The USD cost of the calls counted in ``usage``, at the prices of ``rlm_toolkit.pricing`` for the RLM's
+    model (the sum of what ``MetricsCallback`` counts for them, in call order); None when the model has no
+    price or ``usage`` is None."""
+    batch_id: str | None = None
+    """The ``run_id`` of the ``batch``/``abatch`` call this run is an item of; None for ``run``/``arun``."""
+    model: str | None = None
+    """The model the run asked for (the RLM's ``model``)."""
 
     def __str__(self) -> str:
         return self.answer
+
+    def as_row(self) -> RunRow:
+        """This result as plain values, for a table (``pandas.DataFrame(r.as_row() for r in results)``, Ray
+        Datasets): ``error`` as ``"TypeName: message"`` (secrets redacted; None when the run succeeded), the
+        token counts of ``usage`` (None each when it is None)."""
+        usage = self.usage
+        return {
+            "answer": self.answer,
+            "error": None if self.error is None else _error_text(self.error),
+            "run_id": self.run_id,
+            "parent_run_id": self.parent_run_id,
+            "batch_id": self.batch_id,
+            "model": self.model,
+            "prompt_tokens": None if usage is None else usage.prompt_tokens,
+            "completion_tokens": None if usage is None else usage.completion_tokens,
+            "total_tokens": None if usage is None else usage.total_tokens,
+            "cached_tokens": None if usage is None else usage.cached_tokens,
+            "reasoning_tokens": None if usage is None else usage.reasoning_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
+
+def _error_text(error: BaseException) -> str:
+    message = redact(str(error))
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+@dataclass(slots=True)
+class _Spent:
+    """What a run's answered calls have used so far: read for its result, also when the run fails."""
+
+    usage: Usage | None = field(default_factory=Usage)
+    cost_usd: float | None = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class _RunScope:
     run_id: str
     parent_run_id: str | None
+    batch_id: str | None = None
+    spent: _Spent = field(default_factory=_Spent)
 
     @classmethod
     def start(cls) -> _RunScope:
-        """A new run, child of the current parent run (if any)."""
+        """A new run (or batch), child of the current parent run (if any)."""
         return cls(new_run_id(), current_parent_run_id())
+
+    def item(self) -> _RunScope:
+        """A new run, an item of this batch."""
+        return _RunScope(new_run_id(), self.run_id, batch_id=self.run_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,18 +183,22 @@ def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: b
     # One list and one dict per run, given to every event of the run.
     context = {"tags": list(settings.tags), "metadata": dict(settings.metadata)}
     run_ids = {"run_id": run.run_id, "parent_run_id": run.parent_run_id, "model": settings.model, **context}
-    callbacks.on_run_start(prompt, **run_ids)
+    callbacks.on_run_start(prompt, kind="run", **run_ids)
     messages: list[dict[str, Any]] = []
     if settings.system_prompt:
         messages.append({"role": "system", "content": settings.system_prompt})
     messages += _recall(settings, prompt, run, context)
     messages.append({"role": "user", "content": prompt})
-    usage: Usage | None = Usage()
+    spent = run.spent
+    price = price_for(settings.model)
+    if price is None:
+        spent.cost_usd = None  # unknown, even if the run fails before its first answer
     tool_records: list[ToolCallRecord] = []
     tool_rounds = 0
     while True:
         response = yield from _chat(settings, prompt, messages, run, context, stream=stream)
-        usage = _add_usage(usage, response.usage)
+        spent.cost_usd = _add_cost(spent.cost_usd, price, response.usage)
+        spent.usage = _add_usage(spent.usage, response.usage)
         if not response.tool_calls:
             break
         if tool_rounds == settings.max_tool_rounds:
@@ -151,14 +221,31 @@ def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: b
         messages += [invocation.tool_message() for invocation in invocations]
         tool_records += [invocation.record() for invocation in invocations]
     _remember(settings, prompt, response.content, run, context)
-    callbacks.on_run_end(response.content, **run_ids)
+    callbacks.on_run_end(response.content, kind="run", **run_ids)
     return RunResult(
         answer=response.content,
-        usage=usage,
+        usage=spent.usage,
         run_id=run.run_id,
         parent_run_id=run.parent_run_id,
         response=response,
         tool_calls=tuple(tool_records),
+        cost_usd=spent.cost_usd,
+        batch_id=run.batch_id,
+        model=settings.model,
+    )
+
+
+def _failed_result(model: str, run: _RunScope, error: Exception) -> RunResult:
+    """The result of a ``batch``/``abatch`` item of ``model`` that raised ``error``."""
+    return RunResult(
+        answer="",
+        usage=run.spent.usage,
+        run_id=run.run_id,
+        parent_run_id=run.parent_run_id,
+        error=error,
+        cost_usd=run.spent.cost_usd,
+        batch_id=run.batch_id,
+        model=model,
     )
 
 
@@ -226,6 +313,14 @@ def _remember(settings: _RunSettings, prompt: str, answer: str, run: _RunScope, 
         settings.callbacks.on_memory_store(
             content, role=role, run_id=new_run_id(), parent_run_id=run.run_id, **context
         )
+
+
+def _add_cost(total: float | None, price: ModelPrice | None, usage: Usage | None) -> float | None:
+    """``total`` plus the cost of one call's ``usage`` (as ``MetricsCallback`` counts it); None (unknown) when
+    ``total`` is, the model has no price, or the call's usage was not reported."""
+    if total is None or price is None or usage is None:
+        return None
+    return total + call_cost(price, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
 
 
 def _add_usage(first: Usage | None, second: Usage | None) -> Usage | None:

@@ -23,8 +23,8 @@ class EventSpec:
     has_model: bool
     """Whether the hook receives the ``model`` context keyword."""
     keywords: tuple[str, ...]
-    """Keywords of this event besides the context ones (``llm_end``: ``ttft_ms``); its record holds each one
-    after ``fields`` (null when not given)."""
+    """Keywords of this event besides the context ones (``llm_end``: ``ttft_ms``; ``run_start``, ``run_end``:
+    ``kind``); its record holds each one after ``fields`` (null when not given)."""
     arg_types: tuple[str, ...]
     """The Python type of each argument, as written in the hook's annotations."""
     doc: str

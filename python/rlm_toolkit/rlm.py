@@ -9,7 +9,9 @@ A run is framed by ``on_run_start``/``on_run_end``, and every step fires its eve
 ``on_llm_new_token``, ``on_retry``, ``on_llm_end``, ``on_tool_start``/``on_tool_end``, ``on_memory_store``, and
 ``on_error``. Each run has a ``run_id``; each LLM call, tool call and memory operation inside it gets its own
 ``run_id`` with ``parent_run_id`` set to the run's. A run started inside a tool (a nested ``RLM``) takes the
-tool call's ``run_id`` as its ``parent_run_id`` (see ``rlm_toolkit._context``).
+tool call's ``run_id`` as its ``parent_run_id`` (see ``rlm_toolkit._context``). A ``batch``/``abatch`` call is
+a run of its own, framed by ``on_run_start``/``on_run_end`` with ``kind="batch"`` (a run's have ``kind="run"``),
+and its ``run_id`` is the ``parent_run_id`` of each of its prompts' runs: batch -> run -> calls.
 
 Event arguments beyond the catalogue's:
 
@@ -56,9 +58,11 @@ import openai
 from ._client import _delay_before_retry, _OpenAIConnection
 from ._run_steps import (
     RunResult,
+    RunRow,
     _drive_async,
     _drive_sync,
     _event_loop_running,
+    _failed_result,
     _final_result,
     _progress_bar,
     _RunScope,
@@ -72,9 +76,8 @@ from .callbacks._pickling import PickledByConfiguration
 from .errors import MissingAPIKeyError, RLMConfigError, ToolRoundsExceededError
 from .memory import Memory
 from .tools import Tool, ToolDefinitionError, as_tool
-from .types import Usage
 
-__all__ = ["RLM", "MissingAPIKeyError", "RLMConfigError", "RunResult", "ToolRoundsExceededError"]
+__all__ = ["RLM", "MissingAPIKeyError", "RLMConfigError", "RunResult", "RunRow", "ToolRoundsExceededError"]
 
 
 class RLM(PickledByConfiguration):
@@ -330,7 +333,11 @@ class RLM(PickledByConfiguration):
     ) -> list[RunResult]:
         """Run every prompt, at most ``max_concurrency`` at a time; results in input order.
 
-        A failed run does not stop the others: its result has ``error`` set and ``answer == ""``. A progress
+        The batch is a run of its own: ``on_run_start`` (``kind="batch"``, ``prompt=""``) fires before the first
+        prompt's run and ``on_run_end`` (``kind="batch"``, ``answer=""``) after the last one ends, failed or not;
+        each prompt's run (``kind="run"``) has the batch's ``run_id`` as its ``parent_run_id`` and its results'
+        ``batch_id``. A failed run does not stop the others: it ends with ``on_error`` (no ``on_run_end``), and
+        its result has ``error`` set and ``answer == ""``. A progress
         bar (tqdm) shows when ``progress`` is True, or when it is None, stderr is a terminal and tqdm is
         installed; ``progress=True`` without tqdm raises ``MissingExtraError`` (an ``RLMConfigError`` and an
         ``ImportError``) before any run starts: ``pip install 'rlm_toolkit[progress]'``. ``callbacks``,
@@ -345,28 +352,37 @@ class RLM(PickledByConfiguration):
     async def _abatch(
         self, prompt_list: list[str], options: RunOptions, max_concurrency: int, progress: bool | None
     ) -> list[RunResult]:
-        """``abatch`` of prompts already checked."""
+        """``abatch`` of prompts already checked: a run of kind ``"batch"``, the parent of one run per prompt."""
         if max_concurrency < 1:
             raise RLMConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
         results: list[RunResult | None] = [None] * len(prompt_list)
         unstarted = iter(enumerate(prompt_list))
         stream = options.callbacks.streams_tokens
         progress_bar = _progress_bar(len(prompt_list), progress)
+        batch = _RunScope.start()
+        batch_ids = {
+            "run_id": batch.run_id,
+            "parent_run_id": batch.parent_run_id,
+            "model": self.model,
+            "tags": list(options.tags),
+            "metadata": dict(options.metadata),
+        }
 
         async def work_through_prompts() -> None:
             for index, prompt in unstarted:
-                run = _RunScope.start()
+                run = batch.item()
                 try:
                     results[index] = await self._arun_without_waiting(prompt, options, run, stream=stream)
                 except Exception as error:
-                    results[index] = RunResult(
-                        answer="", usage=Usage(), run_id=run.run_id, parent_run_id=run.parent_run_id, error=error
-                    )
+                    results[index] = _failed_result(self.model, run, error)
                 if progress_bar is not None:
                     progress_bar.update()
 
         try:
+            # The batch's prompt and answer are "": the prompts and answers are its items'.
+            options.callbacks.on_run_start("", kind="batch", **batch_ids)
             await asyncio.gather(*(work_through_prompts() for _ in range(min(max_concurrency, len(prompt_list)))))
+            options.callbacks.on_run_end("", kind="batch", **batch_ids)
         finally:
             if progress_bar is not None:
                 progress_bar.close()

@@ -4,8 +4,9 @@ Override only the hooks you need: a hook left as inherited is never called (the 
 at registration). Hooks may name their positional parameters as they like (``def on_tool_end(self, output,
 **kwargs)``) or take everything by keyword (``def on_llm_start(self, **kwargs)``). Context keywords:
 ``run_id``, ``parent_run_id``, ``model`` (LLM events), and the run's ``tags`` and ``metadata``; an event's
-own keywords (``on_llm_end``'s ``ttft_ms``) and extra keywords reach hooks that name them or accept
-``**kwargs`` (through ``**kwargs`` alone, ``tags``, ``metadata`` and ``ttft_ms`` only when given).
+own keywords (``on_llm_end``'s ``ttft_ms``, ``on_run_start``'s and ``on_run_end``'s ``kind``) and extra keywords
+reach hooks that name them or accept ``**kwargs`` (through ``**kwargs`` alone, ``tags``, ``metadata`` and the
+event's own keywords only when given).
 
 A hook may be ``def`` or ``async def`` (hence the return type ``Awaitable[None] | None``); see
 ``AsyncBaseCallback`` for how coroutines are awaited.
@@ -58,10 +59,10 @@ class BaseCallback:
         """When an LLM call fails for good, or a tool fails."""
 
     def on_run_start(self, prompt: str, **kwargs: Any) -> Awaitable[None] | None:
-        """When an ``RLM`` run starts: its ``run_id`` is the ``parent_run_id`` of every event inside it."""
+        """When an ``RLM`` run or batch starts: its ``run_id`` is the ``parent_run_id`` of every event inside it; ``kind=`` is ``"run"`` or ``"batch"``."""
 
     def on_run_end(self, answer: str, **kwargs: Any) -> Awaitable[None] | None:
-        """When an ``RLM`` run has its final answer (a failed run ends with ``on_error`` instead)."""
+        """When an ``RLM`` run has its final answer (a failed run ends with ``on_error`` instead), or a batch has run all its prompts (``answer`` is ``""``); ``kind=`` is ``"run"`` or ``"batch"``."""
     # End of generated hooks.
 
     def on_llm_error(self, error: LLMCallError, **kwargs: Any) -> Awaitable[None] | None:
