@@ -64,9 +64,15 @@ def test_every_prompt_becomes_a_row_and_the_merged_metrics_count_every_call(ray_
     logs = sorted((tmp_path / "logs").glob("*.jsonl"))
     assert 1 <= len(logs) <= 2  # one per actor that ran a batch
     records = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
-    assert len(records) == 4 * PROMPTS  # run_start, llm_start, llm_end, run_end per prompt
+    batch_ids = {row["batch_id"] for row in rows}
+    assert None not in batch_ids and len(batch_ids) >= -(-PROMPTS // 25)  # one batch run per data batch
+    # run_start, llm_start, llm_end, run_end per prompt; run_start and run_end per batch.
+    assert len(records) == 4 * PROMPTS + 2 * len(batch_ids)
     assert {record["metadata"]["worker"] for record in records} == {log.stem.rsplit("-", 1)[1] for log in logs}
-    assert {record["run_id"] for record in records if record["event"] == "run_start"} == {row["run_id"] for row in rows}
+    starts = [record for record in records if record["event"] == "run_start"]
+    assert {record["run_id"] for record in starts if record["kind"] == "batch"} == batch_ids
+    item_parents = {record["run_id"]: record["parent_run_id"] for record in starts if record["kind"] == "run"}
+    assert item_parents == {row["run_id"]: row["batch_id"] for row in rows}
 
 
 def test_a_failed_prompt_is_a_row_with_its_error_and_the_job_goes_on(ray_cluster: None, server: LocalServer) -> None:
@@ -75,7 +81,8 @@ def test_a_failed_prompt_is_a_row_with_its_error_and_the_job_goes_on(ray_cluster
     rows = result.dataset.take_all()
     failed = [row for row in rows if row["error"] is not None]
     assert len(rows) == 40 and len(failed) == 3
-    assert all(row["answer"] == "" and row["prompt_tokens"] is None and row["cost_usd"] is None for row in failed)
+    # Nothing answered before they failed: no tokens, no cost.
+    assert all(row["answer"] == "" and row["total_tokens"] == 0 and row["cost_usd"] == 0.0 for row in failed)
     assert all("400" in row["error"] for row in failed)
     metrics = result.metrics.get_metrics()
     assert metrics["completed_calls"] == 37 and metrics["errors"] == 3
@@ -124,4 +131,5 @@ def test_an_rlm_object_travels_to_the_actors_by_its_configuration(ray_cluster: N
     logs = sorted(set(tmp_path.glob("rlm-*.jsonl")) - {driver_log})
     records = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
     assert 1 <= len(logs) <= 2
-    assert len(records) == 4 * 30 and {record["tags"][0] for record in records} == {"nightly"}
+    batches = {row["batch_id"] for row in rows}
+    assert len(records) == 4 * 30 + 2 * len(batches) and {record["tags"][0] for record in records} == {"nightly"}

@@ -27,11 +27,11 @@ from .errors import (
 from .types import LLMResponse, Usage
 
 if TYPE_CHECKING:
-    from .rlm import RLM, RunResult
+    from .rlm import RLM, RunResult, RunRow
 
     __version__: str
 
-_LAZY = {"RLM", "RunResult"}
+_LAZY = {"RLM", "RunResult", "RunRow"}
 """Imported on first use: they need ``openai``, which a job that only wants fast callbacks need not load."""
 
 def __getattr__(name: str) -> Any:
@@ -68,6 +68,7 @@ __all__ = [
     "RLMConfigError",
     "RLMToolkitError",
     "RunResult",
+    "RunRow",
     "ToolCallError",
     "ToolDefinitionError",
     "ToolRoundsExceededError",

@@ -3,8 +3,9 @@
 ``run_prompts(dataset, rlm)`` maps the dataset's batches through a pool of actors. Each actor builds its own
 ``RLM`` once (from the ``RLM`` given, which travels by configuration, or from a zero-argument factory), runs
 each batch with ``RLM.batch`` at ``max_concurrency`` concurrent calls, and returns one row per prompt:
-``answer``, ``error`` (None, or the failure as text: a failed prompt never fails the job), ``run_id``,
-``batch_id``, the token counts, ``cost_usd`` and ``model``, after the input columns. The metrics of every
+those of ``RunResult.as_row()`` after the input columns: ``answer``, ``error`` (None, or the failure as
+text: a failed prompt never fails the job), ``run_id``, ``parent_run_id``, ``batch_id`` (the actor's batch
+run), ``model``, the token counts and ``cost_usd``. The metrics of every
 batch travel back as snapshots and are merged on the driver, exactly. With ``log_dir``, each actor writes its
 own JSONL log there, and every record names its ``worker`` and ``host`` in its metadata. Every log an actor
 has open (the RLM's own callbacks' too) is flushed after each batch: Ray ends actors without exit handlers.
@@ -25,17 +26,15 @@ from ._backend import BackendName
 from .callbacks import FileLogCallback, MetricsCallback, MetricsSnapshot
 from .callbacks._lifecycle import flush_every_open_log
 from .errors import MissingExtraError, RLMConfigError
-from .pricing import ModelPrice, call_cost, cost_usd, price_for
+from .rlm import RLM, RunRow
 
 if TYPE_CHECKING:
     import ray.data
 
-    from .rlm import RLM
-
 METRICS_COLUMN = "__rlm_toolkit_metrics"
 """The column each batch's metrics snapshot travels in (in its first row), dropped before the output."""
-OUTPUT_COLUMNS = ("answer", "error", "run_id", "batch_id", "prompt_tokens", "completion_tokens", "total_tokens",
-                  "cached_tokens", "reasoning_tokens", "cost_usd", "model")
+OUTPUT_COLUMNS = tuple(RunRow.__annotations__)
+"""The columns each prompt's row adds to its input columns: those of ``RunResult.as_row()``."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,12 @@ class _PromptRunner:
     """The callable class of the actor pool: one RLM per actor, one ``RLM.batch`` per data batch."""
 
     def __init__(self, rlm: RLM | Callable[[], RLM], prompt_column: str, max_concurrency: int,
-                 log_dir: str | None, prices: dict[str, ModelPrice] | None, backend: BackendName | None) -> None:
-        from .rlm import RLM
-
+                 log_dir: str | None, backend: BackendName | None) -> None:
         self._rlm = rlm if isinstance(rlm, RLM) else rlm()
         if not isinstance(self._rlm, RLM):
             raise RLMConfigError(f"the rlm factory must return an RLM, not {type(self._rlm).__name__}")
         self._prompt_column = prompt_column
         self._max_concurrency = max_concurrency
-        self._prices = prices
         self._backend = backend
         self._metadata = {"worker": str(os.getpid()), "host": socket.gethostname()}
         self._log = None if log_dir is None else FileLogCallback(
@@ -77,59 +73,30 @@ class _PromptRunner:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         prompts = [str(prompt) for prompt in batch[self._prompt_column]]
-        metrics = MetricsCallback(prices=self._prices, backend=self._backend)
+        metrics = MetricsCallback(backend=self._backend)
         callbacks: list[Any] = [metrics] if self._log is None else [metrics, self._log]
         results = self._rlm.batch(prompts, max_concurrency=self._max_concurrency, callbacks=callbacks,
                                   metadata=self._metadata)
         # Ray ends its actors without exit handlers: every log of this actor (the RLM's own callbacks'
         # too) is written before the batch is handed back.
         flush_every_open_log()
-        rows = [self._row(result) for result in results]
+        rows: list[dict[str, Any]] = [dict(result.as_row()) for result in results]
         output = {name: list(values) for name, values in batch.items()}
         for name in OUTPUT_COLUMNS:
             output[name] = [row[name] for row in rows]
         output[METRICS_COLUMN] = [metrics.snapshot().to_json()] + [None] * (len(rows) - 1)
         return output
 
-    def _row(self, result: Any) -> dict[str, Any]:
-        usage = result.usage
-        model = result.response.model if result.response is not None and result.response.model else self._rlm.model
-        counts = ((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens,
-                   usage.reasoning_tokens) if usage is not None and result.error is None else (None,) * 5)
-        return {
-            "answer": result.answer,
-            "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
-            "run_id": result.run_id,
-            "batch_id": getattr(result, "batch_id", None) or result.parent_run_id,
-            "prompt_tokens": counts[0],
-            "completion_tokens": counts[1],
-            "total_tokens": counts[2],
-            "cached_tokens": counts[3],
-            "reasoning_tokens": counts[4],
-            "cost_usd": self._cost(model, counts),
-            "model": model,
-        }
-
-    def _cost(self, model: str, counts: tuple[int | None, ...]) -> float | None:
-        prompt, completion, _total, cached, _reasoning = counts
-        if prompt is None or completion is None:
-            return None
-        if self._prices is None:
-            return cost_usd(model, prompt, completion, cached or 0)
-        price = price_for(model, self._prices)
-        return None if price is None else call_cost(price, prompt, completion, cached or 0)
-
 
 def run_prompts(dataset: ray.data.Dataset, rlm: RLM | Callable[[], RLM], *, prompt_column: str = "prompt",
                 actors: int = 2, max_concurrency: int = 8, batch_size: int = 64, log_dir: str | os.PathLike[str] | None = None,
-                prices: dict[str, ModelPrice] | None = None, num_cpus_per_actor: float = 0.5,
-                backend: BackendName | None = None) -> RayRun:
+                num_cpus_per_actor: float = 0.5, backend: BackendName | None = None) -> RayRun:
     """Runs every prompt of ``dataset`` (its ``prompt_column``) on ``actors`` Ray actors, each with at most
     ``max_concurrency`` calls in flight, ``batch_size`` prompts at a time; waits for all and returns the
     output rows and the merged metrics (see the module's doc). ``rlm`` is an ``RLM`` (shipped by its
-    configuration) or a zero-argument function that builds one in each actor. ``prices`` is the price table
-    of the metrics and ``cost_usd`` (default ``rlm_toolkit.pricing.PRICES_PER_MILLION``); ``backend`` that of
-    the metrics and logs each actor keeps (default: ``RLM_TOOLKIT_BACKEND`` in the actor, else Rust).
+    configuration) or a zero-argument function that builds one in each actor. Costs, in the rows and the
+    metrics, are those of ``rlm_toolkit.pricing.PRICES_PER_MILLION``. ``backend`` is that of the metrics and
+    logs each actor keeps (default: ``RLM_TOOLKIT_BACKEND`` in the actor, else Rust).
     """
     ray = _ray()
     for name, value, low in (("actors", actors, 1), ("max_concurrency", max_concurrency, 1),
@@ -145,7 +112,7 @@ def run_prompts(dataset: ray.data.Dataset, rlm: RLM | Callable[[], RLM], *, prom
         os.makedirs(directory, exist_ok=True)
     mapped = dataset.map_batches(
         _PromptRunner,
-        fn_constructor_args=(rlm, prompt_column, max_concurrency, directory, prices, backend),
+        fn_constructor_args=(rlm, prompt_column, max_concurrency, directory, backend),
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=actors,
