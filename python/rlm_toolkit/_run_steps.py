@@ -26,7 +26,7 @@ from ._tool_calls import _ToolInvocation
 from ._run_options import RunCallbacks
 from .errors import LLMCallError, MalformedResponseError, MissingExtraError, ToolRoundsExceededError
 from .memory import Memory
-from .pricing import ModelPrice, call_cost, price_for
+from .pricing import call_cost, price_for
 from .secrets import redact, redact_exception_chain
 from .tools import Tool, ToolCallRecord
 from .types import LLMResponse, Usage
@@ -71,7 +71,7 @@ class RunResult:
     error: BaseException | None = None
     cost_usd: float | None = None
     """The USD cost of the calls counted in ``usage``, at the prices of ``rlm_toolkit.pricing`` for the RLM's
-    model (the sum of what ``MetricsCallback`` counts for them, in call order); None when the model has no
+    model: what ``MetricsCallback`` counts for them, the cost of their token sums; None when the model has no
     price or ``usage`` is None."""
     batch_id: str | None = None
     """The ``run_id`` of the ``batch``/``abatch`` call this run is an item of; None for ``run``/``arun``."""
@@ -112,7 +112,18 @@ class _Spent:
     """What a run's answered calls have used so far: read for its result, also when the run fails."""
 
     usage: Usage | None = field(default_factory=Usage)
-    cost_usd: float | None = 0.0
+    priced_tokens: tuple[int, int, int] | None = (0, 0, 0)
+    """The answered calls' prompt tokens, cached prompt tokens (each call's at most its prompt tokens) and
+    completion tokens, for their cost; None (unknown) once the model had no price or a call's usage was not
+    reported."""
+
+    def cost_usd(self, model: str | None) -> float | None:
+        """The cost of these calls as ``MetricsCallback`` counts it: that of their token sums."""
+        price = price_for(model)
+        if price is None or self.priced_tokens is None:
+            return None
+        prompt, cached, completion = self.priced_tokens
+        return call_cost(price, prompt, completion, cached)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +201,13 @@ def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: b
     messages += _recall(settings, prompt, run, context)
     messages.append({"role": "user", "content": prompt})
     spent = run.spent
-    price = price_for(settings.model)
-    if price is None:
-        spent.cost_usd = None  # unknown, even if the run fails before its first answer
+    if price_for(settings.model) is None:
+        spent.priced_tokens = None  # unknown, even if the run fails before its first answer
     tool_records: list[ToolCallRecord] = []
     tool_rounds = 0
     while True:
         response = yield from _chat(settings, prompt, messages, run, context, stream=stream)
-        spent.cost_usd = _add_cost(spent.cost_usd, price, response.usage)
+        spent.priced_tokens = _add_priced_tokens(spent.priced_tokens, response.usage)
         spent.usage = _add_usage(spent.usage, response.usage)
         if not response.tool_calls:
             break
@@ -229,7 +239,7 @@ def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: b
         parent_run_id=run.parent_run_id,
         response=response,
         tool_calls=tuple(tool_records),
-        cost_usd=spent.cost_usd,
+        cost_usd=spent.cost_usd(settings.model),
         batch_id=run.batch_id,
         model=settings.model,
     )
@@ -243,7 +253,7 @@ def _failed_result(model: str, run: _RunScope, error: Exception) -> RunResult:
         run_id=run.run_id,
         parent_run_id=run.parent_run_id,
         error=error,
-        cost_usd=run.spent.cost_usd,
+        cost_usd=run.spent.cost_usd(model),
         batch_id=run.batch_id,
         model=model,
     )
@@ -315,12 +325,14 @@ def _remember(settings: _RunSettings, prompt: str, answer: str, run: _RunScope, 
         )
 
 
-def _add_cost(total: float | None, price: ModelPrice | None, usage: Usage | None) -> float | None:
-    """``total`` plus the cost of one call's ``usage`` (as ``MetricsCallback`` counts it); None (unknown) when
-    ``total`` is, the model has no price, or the call's usage was not reported."""
-    if total is None or price is None or usage is None:
+def _add_priced_tokens(total: tuple[int, int, int] | None, usage: Usage | None) -> tuple[int, int, int] | None:
+    """``total`` plus one call's prompt, cached (at most its prompt) and completion tokens; None (unknown) when
+    ``total`` is or the call's usage was not reported."""
+    if total is None or usage is None:
         return None
-    return total + call_cost(price, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    prompt, cached, completion = total
+    return (prompt + usage.prompt_tokens, cached + min(usage.cached_tokens, usage.prompt_tokens),
+            completion + usage.completion_tokens)
 
 
 def _add_usage(first: Usage | None, second: Usage | None) -> Usage | None:
