@@ -98,3 +98,8 @@ class MetricsSnapshotError(RLMToolkitError, ValueError):
     """A metrics snapshot that cannot be read or merged: JSON that is not a snapshot, one written by another
     snapshot version or histogram layout, or snapshots that priced the same model differently (merge
     snapshots made with the same price table and rlm_toolkit version)."""
+
+
+class LogReadError(RLMToolkitError, OSError):
+    """A log given to ``replay_logs`` (``rlm-toolkit report``) cannot be read: the path does not exist, cannot
+    be opened, or is a folder without ``*.jsonl`` files. The message names the path."""
