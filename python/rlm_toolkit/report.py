@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,11 +134,11 @@ def replay_logs(paths: Iterable[str | os.PathLike[str]], *, prices: dict[str, Mo
 # -- rendering ----------------------------------------------------------------------------------------
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], text_columns: frozenset[int] = frozenset({0})) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: frozenset[int] = frozenset({0})) -> str:
     """Columns aligned; numbers to the right, the ``text_columns`` to the left."""
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
 
-    def line(row: tuple[str, ...]) -> str:
+    def line(row: Sequence[str]) -> str:
         cells = [cell.ljust(width) if column in text_columns else cell.rjust(width)
                  for column, (cell, width) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
@@ -168,9 +168,9 @@ def format_report(report: LogReport) -> str:
          str(row["completion_tokens"]), _usd(row["cost_usd"]), str(row["errors"]), _ms(row["avg_latency_ms"]))
         for name, row in metrics["by_model"].items()
     ]
-    header = ("model", "calls", "completed", "prompt tokens", "completion tokens", "cost", "errors",
-              "avg latency ms")
-    out.write("Per model\n" + _table(header, model_rows) + "\n\n")
+    model_header = ("model", "calls", "completed", "prompt tokens", "completion tokens", "cost", "errors",
+                    "avg latency ms")
+    out.write("Per model\n" + _table(model_header, model_rows) + "\n\n")
 
     def quantiles(kind: str) -> str:
         values = [metrics[f"p{percentile}_{kind}_ms"] for percentile in (50, 95, 99)]  # type: ignore[literal-required]
@@ -196,8 +196,8 @@ def format_report(report: LogReport) -> str:
             (str(rank), f"{call.latency_ms:.3f}", call.run_id, call.model or "unknown", iso_utc(call.end_ts), call.path)
             for rank, call in enumerate(report.slowest, 1)
         ]
-        header = ("#", "latency ms", "run id", "model", "ended", "file")
-        out.write(f"\nSlowest {len(slow_rows)} calls\n" + _table(header, slow_rows, text_columns=frozenset({2, 3, 4, 5})) + "\n")
+        slow_header = ("#", "latency ms", "run id", "model", "ended", "file")
+        out.write(f"\nSlowest {len(slow_rows)} calls\n" + _table(slow_header, slow_rows, text_columns=frozenset({2, 3, 4, 5})) + "\n")
     return out.getvalue()
 
 
