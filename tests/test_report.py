@@ -303,6 +303,18 @@ def test_the_command_prints_the_figures_and_writes_json_and_a_plot(
     assert MetricsSnapshot.from_json(snapshot_path.read_text()) == report.snapshot
     assert plot_path.read_bytes()[:8] == PNG_SIGNATURE
 
+    python_snapshot = tmp_path / "python.json"
+    assert main(["report", str(tmp_path / "run.jsonl"), "--backend", "python", "--slowest", "0",
+                 "--json", str(python_snapshot)]) == 0
+    python_out = capsys.readouterr().out
+    assert python_snapshot.read_text() == snapshot_path.read_text()
+    assert "Slowest" not in python_out
+
+    def figures(text: str) -> str:
+        return text.split("Per model\n")[1].split("\n\n")[0] + text.split("Overall\n")[1].split("\n\n")[0]
+
+    assert figures(python_out) == figures(out)
+
 
 def test_the_command_refuses_a_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path / "absent")]) == 2
