@@ -9,7 +9,8 @@
 //! - `run_id` is the record's string (lone surrogates each become three U+FFFD, as the metrics sink reads
 //!   them), else "" ; `model` is the string, else none (a name with lone surrogates too);
 //! - `llm_end` has no usage when its five token counts are all null or absent; otherwise each count that
-//!   is an integer in 0..=u64::MAX counts, any other value as 0; `ttft_ms` is a JSON number, else none.
+//!   is an integer in 0..=u64::MAX counts, any other value as 0; `ttft_ms` is a JSON number, else none;
+//! - a line nested deeper than `MAX_NESTING` is foreign.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -24,6 +25,10 @@ use crate::metrics::{Metrics, Usage};
 const CHUNK_BYTES: usize = 8 << 20;
 
 const MICROS_PER_MINUTE: i64 = 60_000_000;
+
+/// The deepest nesting of a record, its own object counted: a deeper line is foreign (the writer nests at
+/// most 64 deep; the Python parser recurses).
+pub const MAX_NESTING: usize = 512;
 
 /// One completed LLM call whose start was replayed.
 #[derive(Debug, Clone, PartialEq)]
@@ -485,6 +490,10 @@ impl<'a> Cursor<'a> {
             self.whitespace();
             match self.peek()? {
                 b'{' | b'[' => {
+                    // The record's object is level 1, a container directly in it level 2.
+                    if open.len() + 2 > MAX_NESTING {
+                        return None;
+                    }
                     let bracket = self.bytes[self.at];
                     self.at += 1;
                     self.whitespace();
@@ -741,6 +750,17 @@ mod tests {
         }
         let (replay, _) = replay(b"{\"ts\":\"2026-12-01T17:04:00.000000Z\",\"\\u0065vent\":\"retry\",\"x\":[[{}],[]]}\r\n\xff\n", 5);
         assert_eq!((replay.records, replay.foreign_lines), (1, 1));
+    }
+
+    #[test]
+    fn lines_nested_deeper_than_the_limit_are_foreign() {
+        let nested = |depth: usize| {
+            let inner = depth - 1;
+            format!("{{\"ts\":\"2026-12-01T17:04:00.000000Z\",\"event\":\"retry\",\"x\":{}{}}}\n", "[".repeat(inner), "]".repeat(inner))
+        };
+        let log = nested(MAX_NESTING) + &nested(MAX_NESTING + 1) + &nested(1_000_000);
+        let (replay, _) = replay(log.as_bytes(), 5);
+        assert_eq!((replay.records, replay.foreign_lines), (1, 2));
     }
 
     #[test]

@@ -185,6 +185,10 @@ HOSTILE_LINES = [
               '18446744073709551616,"reasoning_tokens":' + "9" * 5000 + ',"ttft_ms":' + "9" * 5000),
     RECORD % (6, 0, "llm_end", '"never-started"', '"m"', ',"prompt_tokens":null,"ttft_ms":-0'),
     RECORD % (6, 1, "retry", "null", "null", ',"nested":' + "[" * 60 + "{}" + "]" * 60),
+    # Nested as deep as a record may be (512 levels, its own object counted), one deeper, far deeper.
+    RECORD % (6, 2, "retry", "null", "null", ',"nested":"[[",' + '"n":' + "[" * 510 + "{}" + "]" * 510),
+    RECORD % (6, 3, "retry", "null", "null", ',"n":' + "[" * 511 + "{}" + "]" * 511),
+    RECORD % (6, 4, "retry", "null", "null", ',"n":' + "[" * 100_000 + "]" * 100_000),
     '{"ts":"2026-12-01T17:03:07.000000Z","\\u0065vent":"retry","event":"nope","event":"retry"}',
     '{"ts":"2026-12-01T17:03:07.000000Z","event":"retry","event":5}',
     '{"ts":"2026-12-01T17:03:07.000000Z","event":"retry","x":NaN}',
@@ -228,9 +232,9 @@ def test_both_backends_read_hostile_lines_alike(tmp_path: Path) -> None:
     by_backend = {backend: replay_logs([hostile], backend=backend) for backend in ("rust", "python")}
     assert _replayed(by_backend["rust"]) == _replayed(by_backend["python"])
     report = by_backend["rust"]
-    assert (report.records, report.foreign_lines, report.torn_tails) == (12, 14, 1)
+    assert (report.records, report.foreign_lines, report.torn_tails) == (13, 16, 1)
     metrics = report.snapshot.get_metrics()
-    assert (metrics["total_calls"], metrics["completed_calls"], metrics["retries"]) == (4, 5, 3)
+    assert (metrics["total_calls"], metrics["completed_calls"], metrics["retries"]) == (4, 5, 4)
     # Lone surrogates read as three U+FFFD each (as the metrics sink reads them), models with them as unknown.
     # A run id that is not a string is "", as a missing one.
     assert [call.run_id for call in report.slowest] == ["s\ufffd\ufffd\ufffdx", "p\U0001f600", "big", ""]

@@ -6,7 +6,7 @@ catalogue event and whose ``ts`` is a timestamp as the writer writes it (``YYYY-
 newline is a torn tail: counted, and replayed when it is a whole record. ``run_id`` is the record's string, else
 ``""``; ``model`` the string, else none. An ``llm_end`` has no usage when its five token counts are all null or
 absent; otherwise each count that is an int in ``0..2**64-1`` counts, any other value as 0. ``ttft_ms`` is a
-JSON number, else none.
+JSON number, else none. A line nested deeper than ``MAX_NESTING`` is foreign.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ _COUNTERS = {
 _TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})Z", re.ASCII)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _CHUNK_BYTES = 8 << 20
+MAX_NESTING = 512
+"""The deepest nesting of a record, its own object counted: a deeper line is foreign (the writer nests at most
+64 deep; ``json`` recurses)."""
 _MICROS_PER_MINUTE = 60_000_000
 _LONGEST_PLAIN_INT = 4000
 """Digits of an int ``json`` reads itself: longer ones (past Python's int-string limit) are read as infinite,
@@ -66,10 +69,37 @@ def _loads(text: str) -> Any:
         return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int)
 
 
+def _too_deep(line: bytes) -> bool:
+    """Whether the JSON text ``line`` nests deeper than ``MAX_NESTING`` (brackets in strings not counted)."""
+    if line.count(b"[") + line.count(b"{") <= MAX_NESTING:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return True
+        elif byte in b"]}":
+            depth -= 1
+    return False
+
+
 def _json_object(line: bytes) -> dict[str, Any] | None:
+    if _too_deep(line):
+        return None
     try:
         value = _loads(line.decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
