@@ -247,7 +247,8 @@ impl Metrics {
     }
 
     /// `ttft_ms` is the call's time to first token, if it streamed: a sample when finite (negative counts as 0).
-    pub fn llm_end(&mut self, run_id: &str, model: Option<&str>, usage: Option<Usage>, ttft_ms: Option<f64>, ts: f64) {
+    /// Returns the call's latency in milliseconds when its start was open.
+    pub fn llm_end(&mut self, run_id: &str, model: Option<&str>, usage: Option<Usage>, ttft_ms: Option<f64>, ts: f64) -> Option<f64> {
         if let Some(ttft_ms) = ttft_ms.filter(|ttft_ms| ttft_ms.is_finite()) {
             self.ttft.record(if ttft_ms > 0.0 { ttft_ms } else { 0.0 });
         }
@@ -256,13 +257,14 @@ impl Metrics {
         let model_index = self.models.index_for(known_model(model), start_model, &self.prices);
         let stats = &mut self.models.entries[model_index];
 
-        if let Some(run) = &run {
+        let latency_ms = run.as_ref().map(|run| {
             let elapsed_ms = (ts - run.start_ts) * 1000.0;
             let latency_ms = if elapsed_ms > 0.0 { elapsed_ms } else { 0.0 };
             let micros = self.latency.record(latency_ms);
             stats.latency_count += 1;
             stats.latency_sum_us += u128::from(micros);
-        }
+            latency_ms
+        });
 
         let counters = &mut self.counters;
         counters.completed_calls += 1;
@@ -272,7 +274,7 @@ impl Metrics {
             counters.unreported_usage_calls += 1;
             counters.unpriced_calls += 1;
             stats.cost_known = false;
-            return;
+            return latency_ms;
         };
         let total_tokens = usage.total();
         counters.prompt_tokens = counters.prompt_tokens.saturating_add(usage.prompt_tokens);
@@ -292,6 +294,7 @@ impl Metrics {
             counters.unpriced_calls += 1;
             stats.cost_known = false;
         }
+        latency_ms
     }
 
     /// `_ts` is unused: failed calls record no latency.
@@ -954,7 +957,9 @@ mod tests {
             let run_id = (i * 7919 % 150).to_string();
             match i % 3 {
                 0 | 1 => metrics.llm_start(&run_id, None, 0.0),
-                _ => metrics.llm_end(&run_id, None, None, None, 1.0),
+                _ => {
+                    metrics.llm_end(&run_id, None, None, None, 1.0);
+                }
             }
             let open_runs = &metrics.open_runs;
             assert!(open_runs.len() <= 100);

@@ -19,6 +19,7 @@ use crate::events::EventKind;
 use crate::json_check::is_json_object;
 use crate::metrics::{DurationState, Metrics, MetricsState, ModelState, Price, PricedTokens, Prices, Snapshot, COUNTER_NAMES};
 use crate::record::{checked_timestamp, push_record, with_event, EventValues, RecordOptions};
+use crate::replay::replay_file;
 use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
 
 pub struct MetricsSink(pub Mutex<Metrics>);
@@ -37,7 +38,7 @@ impl MetricsSink {
                 let usage = event.usage();
                 let model = event.response_model().and_then(|name| name.to_str().ok());
                 let ttft_ms = event.keyword("ttft_ms").and_then(milliseconds);
-                self.lock().llm_end(&run_key, model, usage, ttft_ms, event.ts)
+                self.lock().llm_end(&run_key, model, usage, ttft_ms, event.ts);
             }
             EventKind::Error => self.lock().llm_error(&run_key, model, event.ts),
             EventKind::LlmNewToken => self.lock().token(),
@@ -497,6 +498,24 @@ impl PyMetricsSink {
 
     fn rejected(&self) {
         self.sink.lock().rejected();
+    }
+
+    /// Replays the JSONL log at `path` into these metrics (`replay.rs`), without holding the GIL: a dict of
+    /// the lines it read (`records`, `foreign_lines`, `torn_tails`), the `slowest` slowest completed calls
+    /// as `(latency_ms, run_id, model, end_ts)`, slowest first, and `calls_per_minute` as
+    /// `(minute start in epoch seconds, completed calls)`, earliest first. An unreadable file raises OSError.
+    #[pyo3(signature = (path, slowest))]
+    fn replay_file<'py>(&self, py: Python<'py>, path: std::path::PathBuf, slowest: usize) -> PyResult<Bound<'py, PyDict>> {
+        let replay = py.detach(|| replay_file(&path, &mut self.sink.lock(), slowest))?;
+        let dict = PyDict::new(py);
+        dict.set_item("records", replay.records)?;
+        dict.set_item("foreign_lines", replay.foreign_lines)?;
+        dict.set_item("torn_tails", replay.torn_tails)?;
+        let slowest: Vec<(f64, String, Option<String>, f64)> =
+            replay.slowest.into_iter().map(|call| (call.latency_ms, call.run_id, call.model, call.end_ts)).collect();
+        dict.set_item("slowest", slowest)?;
+        dict.set_item("calls_per_minute", replay.calls_per_minute)?;
+        Ok(dict)
     }
 }
 

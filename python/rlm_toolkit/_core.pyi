@@ -1,5 +1,6 @@
 """Type stub of the native module built from `rust/` (checked against the binary by tests/test_core_stub.py)."""
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -50,6 +51,7 @@ class MetricsSink:
     def dropped(self, count: int) -> None: ...
     def lost(self, count: int) -> None: ...
     def rejected(self) -> None: ...
+    def replay_file(self, path: str | os.PathLike[str], slowest: int) -> dict[str, Any]: ...
 
 class JsonlSink:
     def __new__(

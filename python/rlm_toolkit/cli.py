@@ -7,6 +7,8 @@
 ``run``    answer one prompt (``--stream`` prints it as it arrives, ``--log`` writes a JSONL event log).
 ``serve``  run the local OpenAI-compatible server in the foreground, for testing apps offline.
 ``bench``  the benchmark suite (``rlm_toolkit.bench``).
+``report`` replay JSONL logs (files or folders of them, e.g. one per worker) and print the figures of all of
+           them together (``rlm_toolkit.report``); ``--json`` saves the merged snapshot, ``--plot`` a PNG.
 
 Problems the user can fix (no key, unreachable server, unknown model, unwritable log) print one line to
 stderr and exit with status 2; so does a malformed option, such as a ``--base-url`` that is not an http(s) URL.
@@ -100,6 +102,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(command=_serve)
 
+    report = commands.add_parser(
+        "report",
+        help="the figures of JSONL logs replayed together",
+        description="Replay JSONL logs written by FileLogCallback (files, or folders: every *.jsonl file in "
+        "them) into one metrics aggregator and print the figures: per file, per model, overall, and the "
+        "slowest calls.",
+    )
+    report.add_argument("logs", nargs="+", metavar="LOG_OR_DIR", help="a JSONL log, or a folder of them")
+    report.add_argument("--json", metavar="PATH", help="write the merged MetricsSnapshot as JSON to PATH")
+    report.add_argument(
+        "--plot", metavar="PATH", help="write a PNG of the latency histogram and calls per minute (needs matplotlib)"
+    )
+    report.add_argument(
+        "--slowest", type=_count, default=10, metavar="N", help="list the N slowest calls (default: %(default)s)"
+    )
+    report.add_argument("--backend", choices=("rust", "python"), help="parse with this backend (default: rust)")
+    report.set_defaults(command=_report)
+
     bench = commands.add_parser("bench", help="run the benchmarks (rlm_toolkit.bench)", add_help=False)
     bench.set_defaults(command=_bench)
     return parser
@@ -113,6 +133,17 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="OpenAI-compatible endpoint, such as http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL, else OpenAI)",
     )
+
+
+def _count(value: str) -> int:
+    """A whole number >= 0; argparse reports the problem otherwise."""
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {value!r}: give a whole number >= 0")
+    return count
 
 
 def _base_url(value: str) -> str:
@@ -157,6 +188,29 @@ def _serve(args: argparse.Namespace) -> int:
         main_serve(args.host, args.port)
     except OSError as error:
         raise _CommandError(f"cannot serve on {args.host}:{args.port}: {error.strerror or error}") from error
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report
+
+    if args.plot:
+        # Before any work, so that nothing is written without the plot.
+        report.check_plotting()
+    replayed = report.replay_logs(args.logs, backend=args.backend, slowest=args.slowest)
+    print(report.format_report(replayed), end="")
+    if args.json:
+        try:
+            Path(args.json).write_text(replayed.snapshot.to_json(), encoding="utf-8")
+        except OSError as error:
+            raise _CommandError(f"cannot write {args.json}: {error.strerror or error}") from error
+        print(f"\nsnapshot: {args.json}")
+    if args.plot:
+        try:
+            report.write_plot(replayed, args.plot)
+        except OSError as error:
+            raise _CommandError(f"cannot write {args.plot}: {error.strerror or error}") from error
+        print(f"plot: {args.plot}")
     return 0
 
 

@@ -104,3 +104,8 @@ class NotPicklableError(RLMToolkitError, TypeError):
     """An object cannot be pickled to be sent to another process (a worker): a tool or token function that is
     a lambda or is defined inside another function (pickle sends functions by name), or a ``ConsoleCallback``
     writing to a stream of this process. The message says what to pass instead."""
+
+
+class LogReadError(RLMToolkitError, OSError):
+    """A log given to ``replay_logs`` (``rlm-toolkit report``) cannot be read: the path does not exist, cannot
+    be opened, or is a folder without ``*.jsonl`` files. The message names the path."""

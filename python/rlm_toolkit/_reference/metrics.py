@@ -293,9 +293,9 @@ class ReferenceMetrics:
     def llm_end(
         self, run_id: str, model: str | None, usage: tuple[int, int, int, int, int] | None, ttft_ms: float | None,
         ts: float,
-    ) -> None:
+    ) -> float | None:
         """``ttft_ms``: the call's time to first token, if it streamed; a sample when finite (negative counts
-        as 0)."""
+        as 0). Returns the call's latency in milliseconds when its start was open."""
         with self._lock:
             if ttft_ms is not None and math.isfinite(ttft_ms):
                 self._ttft.record(ttft_ms if ttft_ms > 0.0 else 0.0)
@@ -304,6 +304,7 @@ class ReferenceMetrics:
             key = _known_model(model) or start_model or UNKNOWN_MODEL
             stats = self._model(key)
 
+            latency_ms: float | None = None
             if run is not None:
                 elapsed_ms = (ts - run[0]) * 1000.0
                 latency_ms = elapsed_ms if elapsed_ms > 0.0 else 0.0
@@ -318,7 +319,7 @@ class ReferenceMetrics:
                 self._unreported_usage_calls += 1
                 self._unpriced_calls += 1
                 stats.cost_known = False
-                return
+                return latency_ms
             prompt_tokens, completion_tokens, reported_total, cached_tokens, reasoning_tokens = usage
             if reported_total > 0:
                 total_tokens = reported_total
@@ -343,6 +344,7 @@ class ReferenceMetrics:
                 stats.priced_cached_tokens = _saturating_add(stats.priced_cached_tokens,
                                                              min(cached_tokens, prompt_tokens))
                 stats.priced_completion_tokens = _saturating_add(stats.priced_completion_tokens, completion_tokens)
+            return latency_ms
 
     def llm_error(self, run_id: str, model: str | None, ts: float) -> None:
         """``ts`` is unused: failed calls record no latency."""
