@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import rlm_toolkit
 from rlm_toolkit import LLMResponse, Usage
 from rlm_toolkit._reference.records import iso_utc
 from rlm_toolkit.callbacks import CallbackManager, FileLogCallback, MetricsCallback
@@ -22,7 +23,8 @@ from rlm_toolkit.cli import main
 from rlm_toolkit.errors import LogReadError
 from rlm_toolkit.report import PLOT_EXTRA, LogReport, replay_logs
 
-PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent / "python")
+PACKAGE_PARENT = str(Path(rlm_toolkit.__file__).resolve().parent.parent)
+"""Where the installed package is (the source tree holds the native module only in an editable install)."""
 BASE_US = 1_796_144_608_000_000
 """2026-12-01T17:03:28Z in epoch microseconds: every event time is a whole microsecond after it."""
 LATENCY_FIELDS = ("avg_latency_ms", "min_latency_ms", "max_latency_ms", "p50_latency_ms", "p95_latency_ms",
