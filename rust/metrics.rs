@@ -255,8 +255,27 @@ impl Metrics {
     /// `ttft_ms` is the call's time to first token, if it streamed: a sample when finite (negative counts as 0).
     /// Returns the call's latency in milliseconds when its start was open.
     pub fn llm_end(&mut self, run_id: &str, model: Option<&str>, usage: Option<Usage>, ttft_ms: Option<f64>, ts: f64) -> Option<f64> {
+        self.llm_end_keyed(run_id, model, usage, ttft_ms, ts).0
+    }
+
+    /// As `llm_end`; also returns the start's time (None when no start was open) and the index of the model
+    /// key the call counts under (its name is `model_key(index)`).
+    pub fn llm_end_keyed(
+        &mut self,
+        run_id: &str,
+        model: Option<&str>,
+        usage: Option<Usage>,
+        ttft_ms: Option<f64>,
+        ts: f64,
+    ) -> (Option<f64>, Option<f64>, usize) {
         let start = self.open_runs.close(run_id).map(|run| (run.start_ts, run.model));
-        self.end_call(start, known_model(model), usage, ttft_ms, ts)
+        let (latency_ms, model_index) = self.end_call(start, known_model(model), usage, ttft_ms, ts);
+        (latency_ms, start.map(|(start_ts, _)| start_ts), model_index)
+    }
+
+    /// The name of the model key at `index` of the per-model table.
+    pub fn model_key(&self, index: usize) -> &str {
+        &self.models.entries[index].name
     }
 
     /// As `llm_end`, for a call whose start another aggregator paired: `start_ts` is its start's time (None
@@ -269,7 +288,7 @@ impl Metrics {
         ttft_ms: Option<f64>,
         ts: f64,
     ) -> Option<f64> {
-        self.end_call(start_ts.map(|start_ts| (start_ts, None)), Some(model), usage, ttft_ms, ts)
+        self.end_call(start_ts.map(|start_ts| (start_ts, None)), Some(model), usage, ttft_ms, ts).0
     }
 
     /// The start time and model (None when the start named none) of the open run `run_id`.
@@ -285,7 +304,8 @@ impl Metrics {
         Metrics::new(Prices { per_model }, self.open_runs.capacity)
     }
 
-    /// `start`: the start time and `ModelTable` index of the start's model, when a start was open.
+    /// `start`: the start time and `ModelTable` index of the start's model, when a start was open. Returns
+    /// the latency and the `ModelTable` index the call counts under.
     fn end_call(
         &mut self,
         start: Option<(f64, Option<usize>)>,
@@ -293,7 +313,7 @@ impl Metrics {
         usage: Option<Usage>,
         ttft_ms: Option<f64>,
         ts: f64,
-    ) -> Option<f64> {
+    ) -> (Option<f64>, usize) {
         if let Some(ttft_ms) = ttft_ms.filter(|ttft_ms| ttft_ms.is_finite()) {
             self.ttft.record(if ttft_ms > 0.0 { ttft_ms } else { 0.0 });
         }
@@ -318,7 +338,7 @@ impl Metrics {
             counters.unreported_usage_calls += 1;
             counters.unpriced_calls += 1;
             stats.cost_known = false;
-            return latency_ms;
+            return (latency_ms, model_index);
         };
         let total_tokens = usage.total();
         counters.prompt_tokens = counters.prompt_tokens.saturating_add(usage.prompt_tokens);
@@ -338,7 +358,7 @@ impl Metrics {
             counters.unpriced_calls += 1;
             stats.cost_known = false;
         }
-        latency_ms
+        (latency_ms, model_index)
     }
 
     /// `_ts` is unused: failed calls record no latency.
@@ -550,11 +570,6 @@ fn known_model(model: Option<&str>) -> Option<&str> {
 /// The model key a start of `model` counts its call under.
 pub fn start_model_key(model: Option<&str>) -> &str {
     known_model(model).unwrap_or(UNKNOWN_MODEL)
-}
-
-/// The model key an end of `model` counts under, when its run's start named `start_model`.
-pub fn end_model_key<'a>(model: Option<&'a str>, start_model: Option<&'a str>) -> &'a str {
-    error_model_key(model, start_model).unwrap_or(UNKNOWN_MODEL)
 }
 
 /// The model key an error of `model` counts under, when its run's start named `start_model`; None when

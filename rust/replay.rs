@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::events::EventKind;
 use crate::json_read::{Cursor, JsonText};
-use crate::metrics::{end_model_key, error_model_key, start_model_key, Metrics, MetricsState, Usage};
+use crate::metrics::{error_model_key, start_model_key, Metrics, MetricsState, Usage};
 use crate::time::{parse_iso_micros, seconds_of_micros};
 
 /// Bytes read per `read` call; a longer line grows the buffer.
@@ -142,16 +142,24 @@ struct Replayer<'m> {
 struct PerModel {
     aggregators: Vec<(String, Metrics)>,
     index_by_key: HashMap<String, usize>,
+    /// The index `index` gave last.
+    last: usize,
 }
 
 impl PerModel {
     fn index(&mut self, key: &str, main: &Metrics) -> usize {
+        // Records of one model tend to come in runs: the last key is compared before any hashing.
+        if self.aggregators.get(self.last).is_some_and(|(last, _)| last == key) {
+            return self.last;
+        }
         if let Some(&index) = self.index_by_key.get(key) {
+            self.last = index;
             return index;
         }
         self.aggregators.push((key.to_owned(), main.empty_for(key)));
-        self.index_by_key.insert(key.to_owned(), self.aggregators.len() - 1);
-        self.aggregators.len() - 1
+        self.last = self.aggregators.len() - 1;
+        self.index_by_key.insert(key.to_owned(), self.last);
+        self.last
     }
 }
 
@@ -196,12 +204,9 @@ impl<'m> Replayer<'m> {
                 per_model.aggregators[index].1.llm_start_after(model);
             }
             EventKind::LlmEnd => {
-                let start = metrics.open_run(run_id);
-                let key = end_model_key(model, start.and_then(|(_, start_model)| start_model));
-                let index = per_model.index(key, metrics);
-                let start_ts = start.map(|(start_ts, _)| start_ts);
                 let usage = record.usage();
-                let latency_ms = metrics.llm_end(run_id, model, usage, record.ttft_ms, ts);
+                let (latency_ms, start_ts, key_index) = metrics.llm_end_keyed(run_id, model, usage, record.ttft_ms, ts);
+                let index = per_model.index(metrics.model_key(key_index), metrics);
                 let (key, aggregator) = &mut per_model.aggregators[index];
                 aggregator.llm_end_after(start_ts, key, usage, record.ttft_ms, ts);
                 *self.per_minute.entry(record.ts_micros.div_euclid(MICROS_PER_MINUTE) * 60).or_insert(0) += 1;

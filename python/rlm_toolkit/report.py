@@ -99,8 +99,8 @@ def log_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 def replay_logs(paths: Iterable[str | os.PathLike[str]], *, prices: dict[str, ModelPrice] | None = None,
                 backend: _backend.BackendName | None = None, slowest: int = 10) -> LogReport:
     """Replays JSONL logs (files, or folders of ``*.jsonl`` files) into one ``MetricsCallback`` (``prices``
-    as its own) and returns its snapshot with what each file held, the ``slowest`` slowest calls and the
-    completed calls per minute. Files are replayed in the order given (a folder's in name order): a call whose
+    as its own) and returns its snapshot with what each file held, the ``slowest`` slowest calls, the
+    completed calls per minute and each model's own snapshot (``LogReport.by_model``). Files are replayed in the order given (a folder's in name order): a call whose
     end comes in a file replayed before the one of its start counts as completed without a latency. Raises
     ``LogReadError`` for a log that cannot be read."""
     if isinstance(slowest, bool) or not isinstance(slowest, int) or slowest < 0:
