@@ -237,28 +237,92 @@ impl Metrics {
     }
 
     pub fn llm_start(&mut self, run_id: &str, model: Option<&str>, ts: f64) {
-        let model = known_model(model);
-        self.counters.total_calls += 1;
-        let model_index = self.models.index(model.unwrap_or(UNKNOWN_MODEL), &self.prices);
-        self.models.entries[model_index].calls += 1;
-        if self.open_runs.open(run_id, ts, model.map(|_| model_index)) {
+        let model_index = self.llm_start_after(model);
+        if self.open_runs.open(run_id, ts, known_model(model).map(|_| model_index)) {
             self.counters.evicted_runs += 1;
         }
+    }
+
+    /// As `llm_start`, for a call whose run another aggregator keeps open: the call is counted, no run is
+    /// opened. Returns the `ModelTable` index it counts under.
+    pub fn llm_start_after(&mut self, model: Option<&str>) -> usize {
+        self.counters.total_calls += 1;
+        let model_index = self.models.index(start_model_key(model), &self.prices);
+        self.models.entries[model_index].calls += 1;
+        model_index
     }
 
     /// `ttft_ms` is the call's time to first token, if it streamed: a sample when finite (negative counts as 0).
     /// Returns the call's latency in milliseconds when its start was open.
     pub fn llm_end(&mut self, run_id: &str, model: Option<&str>, usage: Option<Usage>, ttft_ms: Option<f64>, ts: f64) -> Option<f64> {
+        self.llm_end_keyed(run_id, model, usage, ttft_ms, ts).0
+    }
+
+    /// As `llm_end`; also returns the start's time (None when no start was open) and the index of the model
+    /// key the call counts under (its name is `model_key(index)`).
+    pub fn llm_end_keyed(
+        &mut self,
+        run_id: &str,
+        model: Option<&str>,
+        usage: Option<Usage>,
+        ttft_ms: Option<f64>,
+        ts: f64,
+    ) -> (Option<f64>, Option<f64>, usize) {
+        let start = self.open_runs.close(run_id).map(|run| (run.start_ts, run.model));
+        let (latency_ms, model_index) = self.end_call(start, known_model(model), usage, ttft_ms, ts);
+        (latency_ms, start.map(|(start_ts, _)| start_ts), model_index)
+    }
+
+    /// The name of the model key at `index` of the per-model table.
+    pub fn model_key(&self, index: usize) -> &str {
+        &self.models.entries[index].name
+    }
+
+    /// As `llm_end`, for a call whose start another aggregator paired: `start_ts` is its start's time (None
+    /// when no start was open), `model` the model key it counts under. No open run is looked up or closed.
+    pub fn llm_end_after(
+        &mut self,
+        start_ts: Option<f64>,
+        model: &str,
+        usage: Option<Usage>,
+        ttft_ms: Option<f64>,
+        ts: f64,
+    ) -> Option<f64> {
+        self.end_call(start_ts.map(|start_ts| (start_ts, None)), Some(model), usage, ttft_ms, ts).0
+    }
+
+    /// The start time and model (None when the start named none) of the open run `run_id`.
+    pub fn open_run(&self, run_id: &str) -> Option<(f64, Option<&str>)> {
+        let run = self.open_runs.runs.get(run_id.as_bytes())?;
+        Some((run.start_ts, run.model.map(|index| self.models.entries[index].name.as_str())))
+    }
+
+    /// A fresh aggregator with the same open-run cap for the calls of the model key `model`: it prices
+    /// `model` as this one does (and knows no other price).
+    pub fn empty_for(&self, model: &str) -> Metrics {
+        let per_model = self.prices.lookup(model).map(|price| (model.to_owned(), price)).into_iter().collect();
+        Metrics::new(Prices { per_model }, self.open_runs.capacity)
+    }
+
+    /// `start`: the start time and `ModelTable` index of the start's model, when a start was open. Returns
+    /// the latency and the `ModelTable` index the call counts under.
+    fn end_call(
+        &mut self,
+        start: Option<(f64, Option<usize>)>,
+        model: Option<&str>,
+        usage: Option<Usage>,
+        ttft_ms: Option<f64>,
+        ts: f64,
+    ) -> (Option<f64>, usize) {
         if let Some(ttft_ms) = ttft_ms.filter(|ttft_ms| ttft_ms.is_finite()) {
             self.ttft.record(if ttft_ms > 0.0 { ttft_ms } else { 0.0 });
         }
-        let run = self.open_runs.close(run_id);
-        let start_model = run.as_ref().and_then(|run| run.model);
-        let model_index = self.models.index_for(known_model(model), start_model, &self.prices);
+        let start_model = start.and_then(|(_, model)| model);
+        let model_index = self.models.index_for(model, start_model, &self.prices);
         let stats = &mut self.models.entries[model_index];
 
-        let latency_ms = run.as_ref().map(|run| {
-            let elapsed_ms = (ts - run.start_ts) * 1000.0;
+        let latency_ms = start.map(|(start_ts, _)| {
+            let elapsed_ms = (ts - start_ts) * 1000.0;
             let latency_ms = if elapsed_ms > 0.0 { elapsed_ms } else { 0.0 };
             let micros = self.latency.record(latency_ms);
             stats.latency_count += 1;
@@ -274,7 +338,7 @@ impl Metrics {
             counters.unreported_usage_calls += 1;
             counters.unpriced_calls += 1;
             stats.cost_known = false;
-            return latency_ms;
+            return (latency_ms, model_index);
         };
         let total_tokens = usage.total();
         counters.prompt_tokens = counters.prompt_tokens.saturating_add(usage.prompt_tokens);
@@ -294,7 +358,7 @@ impl Metrics {
             counters.unpriced_calls += 1;
             stats.cost_known = false;
         }
-        latency_ms
+        (latency_ms, model_index)
     }
 
     /// `_ts` is unused: failed calls record no latency.
@@ -501,6 +565,17 @@ impl Metrics {
 
 fn known_model(model: Option<&str>) -> Option<&str> {
     model.filter(|name| !name.is_empty())
+}
+
+/// The model key a start of `model` counts its call under.
+pub fn start_model_key(model: Option<&str>) -> &str {
+    known_model(model).unwrap_or(UNKNOWN_MODEL)
+}
+
+/// The model key an error of `model` counts under, when its run's start named `start_model`; None when
+/// neither names one (the error counts under no model).
+pub fn error_model_key<'a>(model: Option<&'a str>, start_model: Option<&'a str>) -> Option<&'a str> {
+    known_model(model).or(start_model)
 }
 
 fn price_conflict(model: &str, ours: Option<Price>, theirs: Option<Price>) -> String {

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::events::EventKind;
 use crate::json_read::{Cursor, JsonText};
-use crate::metrics::{Metrics, Usage};
+use crate::metrics::{error_model_key, start_model_key, Metrics, MetricsState, Usage};
 use crate::time::{parse_iso_micros, seconds_of_micros};
 
 /// Bytes read per `read` call; a longer line grows the buffer.
@@ -75,6 +75,8 @@ pub struct Replay {
     pub slowest: Vec<SlowCall>,
     /// `(minute start in epoch seconds, completed calls that ended in it)`, earliest first.
     pub calls_per_minute: Vec<(i64, u64)>,
+    /// The state of each model key's own aggregator, in first-seen order (see `PerModel`).
+    pub by_model: Vec<(String, MetricsState)>,
 }
 
 /// Replays the log at `path` into `metrics`, keeping the `slowest` slowest calls.
@@ -127,6 +129,38 @@ struct Replayer<'m> {
     per_minute: HashMap<i64, u64>,
     counts: Replay,
     parser: Parser,
+    per_model: PerModel,
+}
+
+/// One aggregator per model key, fed the records the main one takes under that key: starts under the
+/// start's key, ends and errors under the key the main aggregator counts them under, retries under the
+/// key of the open run they name (none when it is not open). Only the main aggregator keeps runs open: it
+/// pairs ends with starts (across files too) and hands the start time on, so each key's latencies are
+/// those of its table row. Open and evicted runs, tool, memory and token events are counted by the main
+/// aggregator only.
+#[derive(Default)]
+struct PerModel {
+    aggregators: Vec<(String, Metrics)>,
+    index_by_key: HashMap<String, usize>,
+    /// The index `index` gave last.
+    last: usize,
+}
+
+impl PerModel {
+    fn index(&mut self, key: &str, main: &Metrics) -> usize {
+        // Records of one model tend to come in runs: the last key is compared before any hashing.
+        if self.aggregators.get(self.last).is_some_and(|(last, _)| last == key) {
+            return self.last;
+        }
+        if let Some(&index) = self.index_by_key.get(key) {
+            self.last = index;
+            return index;
+        }
+        self.aggregators.push((key.to_owned(), main.empty_for(key)));
+        self.last = self.aggregators.len() - 1;
+        self.index_by_key.insert(key.to_owned(), self.last);
+        self.last
+    }
 }
 
 impl<'m> Replayer<'m> {
@@ -139,6 +173,7 @@ impl<'m> Replayer<'m> {
             per_minute: HashMap::default(),
             counts: Replay::default(),
             parser: Parser::default(),
+            per_model: PerModel::default(),
         }
     }
 
@@ -161,10 +196,19 @@ impl<'m> Replayer<'m> {
         let run_id = record.run_id.as_deref().unwrap_or("");
         let model = record.model.as_deref();
         let metrics = &mut *self.metrics;
+        let per_model = &mut self.per_model;
         match record.kind {
-            EventKind::LlmStart => metrics.llm_start(run_id, model, ts),
+            EventKind::LlmStart => {
+                metrics.llm_start(run_id, model, ts);
+                let index = per_model.index(start_model_key(model), metrics);
+                per_model.aggregators[index].1.llm_start_after(model);
+            }
             EventKind::LlmEnd => {
-                let latency_ms = metrics.llm_end(run_id, model, record.usage(), record.ttft_ms, ts);
+                let usage = record.usage();
+                let (latency_ms, start_ts, key_index) = metrics.llm_end_keyed(run_id, model, usage, record.ttft_ms, ts);
+                let index = per_model.index(metrics.model_key(key_index), metrics);
+                let (key, aggregator) = &mut per_model.aggregators[index];
+                aggregator.llm_end_after(start_ts, key, usage, record.ttft_ms, ts);
                 *self.per_minute.entry(record.ts_micros.div_euclid(MICROS_PER_MINUTE) * 60).or_insert(0) += 1;
                 let order = self.completed;
                 self.completed += 1;
@@ -172,13 +216,29 @@ impl<'m> Replayer<'m> {
                     self.keep(SlowCall { latency_ms, run_id: String::new(), model: None, end_ts: ts, order }, record);
                 }
             }
-            EventKind::Error => metrics.llm_error(run_id, model, ts),
+            EventKind::Error => {
+                let start_model = metrics.open_run(run_id).and_then(|(_, start_model)| start_model);
+                let key = error_model_key(model, start_model);
+                let index = key.map(|key| per_model.index(key, metrics));
+                metrics.llm_error(run_id, model, ts);
+                if let Some(index) = index {
+                    let (key, aggregator) = &mut per_model.aggregators[index];
+                    // It keeps no run open, so the run id closes nothing.
+                    aggregator.llm_error(run_id, Some(key), ts);
+                }
+            }
+            EventKind::Retry => {
+                if let Some((_, start_model)) = metrics.open_run(run_id) {
+                    let index = per_model.index(start_model_key(start_model), metrics);
+                    per_model.aggregators[index].1.retry();
+                }
+                metrics.retry();
+            }
             EventKind::LlmNewToken => metrics.token(),
             EventKind::ToolStart => metrics.tool_start(),
             EventKind::ToolEnd => metrics.tool_end(),
             EventKind::MemoryStore => metrics.memory_store(),
             EventKind::MemoryRecall => metrics.memory_recall(),
-            EventKind::Retry => metrics.retry(),
             EventKind::RunStart | EventKind::RunEnd => {}
         }
     }
@@ -205,6 +265,7 @@ impl<'m> Replayer<'m> {
         replay.slowest = self.slowest.into_sorted_vec().into_iter().map(|Reverse(call)| call).collect();
         replay.calls_per_minute = self.per_minute.into_iter().collect();
         replay.calls_per_minute.sort_unstable();
+        replay.by_model = self.per_model.aggregators.into_iter().map(|(key, aggregator)| (key, aggregator.state())).collect();
         replay
     }
 }
@@ -294,7 +355,7 @@ impl Parser {
 mod tests {
     use super::*;
     use crate::json_read::MAX_NESTING;
-    use crate::metrics::Prices;
+    use crate::metrics::{Prices, COUNTER_NAMES};
 
     fn replay(log: &[u8], slowest: usize) -> (Replay, Metrics) {
         let mut metrics = Metrics::new(Prices::new(vec![("gpt-4o".to_owned(), 2.5, 10.0)], Vec::new()), 1000);
@@ -383,6 +444,37 @@ mod tests {
         assert_eq!(replay.slowest[0].model.as_deref(), Some("x\u{1F600}"));
         let models: Vec<String> = metrics.snapshot().by_model.into_iter().map(|(name, _)| name).collect();
         assert_eq!(models, ["unknown", "x\u{1F600}"]);
+    }
+
+    #[test]
+    fn each_model_key_gets_its_calls_retries_and_latencies() {
+        let log = concat!(
+            r#"{"ts":"2026-12-01T17:00:00.000000Z","event":"llm_start","run_id":"a","model":"gpt-4o"}"#,
+            "\n",
+            r#"{"ts":"2026-12-01T17:00:00.000000Z","event":"llm_start","run_id":"b","model":"m"}"#,
+            "\n",
+            r#"{"ts":"2026-12-01T17:00:00.100000Z","event":"retry","run_id":"a","model":null}"#,
+            "\n",
+            r#"{"ts":"2026-12-01T17:00:00.100000Z","event":"retry","run_id":"nobody","model":null}"#,
+            "\n",
+            r#"{"ts":"2026-12-01T17:00:00.250000Z","event":"llm_end","run_id":"a","model":"gpt-4o-2024-08-06","prompt_tokens":3}"#,
+            "\n",
+            r#"{"ts":"2026-12-01T17:00:00.300000Z","event":"error","run_id":"b","model":null}"#,
+            "\n",
+        );
+        let (replay, metrics) = replay(log.as_bytes(), 0);
+        let keys: Vec<&str> = replay.by_model.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["gpt-4o", "m", "gpt-4o-2024-08-06"]);
+        let [asked, m, answered] = [0, 1, 2].map(|index| &replay.by_model[index].1);
+        let counter = |state: &MetricsState, name: &str| state.counters[COUNTER_NAMES.iter().position(|counter| *counter == name).unwrap()];
+        let figures = |state: &MetricsState| ["total_calls", "completed_calls", "errors", "retries"].map(|name| counter(state, name));
+        assert_eq!(figures(asked), [1, 0, 0, 1]);
+        assert_eq!(figures(m), [1, 0, 1, 0]);
+        assert_eq!(figures(answered), [0, 1, 0, 0]);
+        // The end under another key than its start keeps the latency the main aggregator paired.
+        assert_eq!(answered.latency, metrics.state().latency);
+        assert_eq!(answered.models, vec![metrics.state().models[2].clone()]);
+        assert_eq!(counter(&metrics.state(), "retries"), 2);
     }
 
     #[test]

@@ -503,7 +503,9 @@ impl PyMetricsSink {
     /// Replays the JSONL log at `path` into these metrics (`replay.rs`), without holding the GIL: a dict of
     /// the lines it read (`records`, `foreign_lines`, `torn_tails`), the `slowest` slowest completed calls
     /// as `(latency_ms, run_id, model, end_ts)`, slowest first, and `calls_per_minute` as
-    /// `(minute start in epoch seconds, completed calls)`, earliest first. An unreadable file raises OSError.
+    /// `(minute start in epoch seconds, completed calls)`, earliest first, and `by_model`: each model key's
+    /// own state (as `state()` gives it, see `replay::PerModel`), in first-seen order. An unreadable file
+    /// raises OSError.
     #[pyo3(signature = (path, slowest))]
     fn replay_file<'py>(&self, py: Python<'py>, path: std::path::PathBuf, slowest: usize) -> PyResult<Bound<'py, PyDict>> {
         let replay = py.detach(|| replay_file(&path, &mut self.sink.lock(), slowest))?;
@@ -515,6 +517,11 @@ impl PyMetricsSink {
             replay.slowest.into_iter().map(|call| (call.latency_ms, call.run_id, call.model, call.end_ts)).collect();
         dict.set_item("slowest", slowest)?;
         dict.set_item("calls_per_minute", replay.calls_per_minute)?;
+        let by_model = PyDict::new(py);
+        for (key, state) in &replay.by_model {
+            by_model.set_item(key, state_to_dict(py, state)?)?;
+        }
+        dict.set_item("by_model", by_model)?;
         Ok(dict)
     }
 }

@@ -225,7 +225,7 @@ def _fuzzed(rng: random.Random, line: bytes) -> bytes:
 
 def _replayed(report: LogReport) -> tuple[Any, ...]:
     return (report.snapshot.to_json(), report.records, report.foreign_lines, report.torn_tails, report.slowest,
-            report.calls_per_minute)
+            report.calls_per_minute, [(model, snapshot.to_json()) for model, snapshot in report.by_model.items()])
 
 
 def test_both_backends_read_hostile_lines_alike(tmp_path: Path) -> None:
@@ -244,6 +244,13 @@ def test_both_backends_read_hostile_lines_alike(tmp_path: Path) -> None:
     assert metrics["by_model"]["m"]["prompt_tokens"] == 2**64 - 1
     assert (metrics["by_model"]["m"]["completion_tokens"], metrics["by_model"]["m"]["reasoning_tokens"]) == (0, 0)
     assert metrics["avg_ttft_ms"] == 0.0  # only the -0 of "never-started" was a finite time
+    # Each model's own figures: the end of "s\ud800x" (a model with a lone surrogate) counts under its
+    # start's gpt-4o with the start's latency; the retries name no open run, so no model has one.
+    own = {model: snapshot.get_metrics() for model, snapshot in report.by_model.items()}
+    assert list(own) == ["gpt-4o", "unknown", "m"]
+    assert [(figures["total_calls"], figures["completed_calls"], figures["retries"]) for figures in own.values()] == \
+           [(2, 2, 0), (1, 1, 0), (1, 2, 0)]
+    assert own["gpt-4o"]["max_latency_ms"] == pytest.approx(1000.005)
 
     # Mangled copies of real records: cut, a byte changed, an escape or quote put in.
     real = tmp_path / "real.jsonl"
@@ -254,6 +261,75 @@ def test_both_backends_read_hostile_lines_alike(tmp_path: Path) -> None:
     by_backend = {backend: replay_logs([fuzzed], backend=backend) for backend in ("rust", "python")}
     assert _replayed(by_backend["rust"]) == _replayed(by_backend["python"])
     assert by_backend["rust"].foreign_lines > 0 and by_backend["rust"].records > 0
+
+
+PERCENTILE_FIELDS = ("p50_latency_ms", "p95_latency_ms", "p99_latency_ms", "p50_ttft_ms", "p95_ttft_ms",
+                     "p99_ttft_ms")
+
+
+def test_each_model_gets_its_own_retries_and_percentiles(backend: str, tmp_path: Path) -> None:
+    models = ("gpt-4o", "in-house")
+    overall = MetricsCallback(backend=backend)  # type: ignore[arg-type]
+    of_model = {model: MetricsCallback(backend=backend) for model in models}  # type: ignore[arg-type]
+    retries = dict.fromkeys(models, 0)
+    rng = random.Random(3)
+    paths = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    now_us = 0
+    for path in paths:
+        log = FileLogCallback(path)
+        for index in range(150):
+            model = models[index % 3 == 0]
+            manager = CallbackManager([overall, log, of_model[model]])
+            run_id = f"{path.stem}-{index}"
+            manager.on_llm_start("prompt", run_id=run_id, model=model, timestamp=at(now_us))
+            for attempt in range(rng.choice((0, 0, 1, 2)) if model == "gpt-4o" else index % 2):
+                manager.on_retry(attempt + 1, 3, RuntimeError("429"), run_id=run_id, timestamp=at(now_us + attempt))
+                retries[model] += 1
+            # gpt-4o is slow; in-house fast and streamed.
+            now_us += rng.randrange(1_000, 9_000_000) if model == "gpt-4o" else rng.randrange(100, 20_000)
+            if index % 10 == 7:
+                manager.on_error(RuntimeError("boom"), run_id=run_id, model=model, timestamp=at(now_us))
+                continue
+            ttft_ms = rng.uniform(1.0, 50.0) if model == "in-house" else None
+            manager.on_llm_end(LLMResponse("answer", model=model, usage=Usage(10, 5, 15)), run_id=run_id,
+                               model=model, ttft_ms=ttft_ms, timestamp=at(now_us))
+        # A retry of a call never started: counted overall, under no model.
+        CallbackManager([overall, log]).on_retry(1, 3, RuntimeError("429"), run_id="unknown-run", timestamp=at(now_us))
+        log.close()
+
+    report = replay_logs(paths, backend=backend)  # type: ignore[arg-type]
+    assert list(report.by_model) == ["in-house", "gpt-4o"]
+    assert report.snapshot.get_metrics()["retries"] == sum(retries.values()) + 2
+    for model in models:
+        own = report.by_model[model].get_metrics()
+        live = of_model[model].get_metrics()
+        assert own["retries"] == retries[model] > 0, model
+        assert {name: own[name] for name in PERCENTILE_FIELDS} == \
+               {name: live[name] for name in PERCENTILE_FIELDS}, model  # type: ignore[literal-required]
+        assert (own["total_calls"], own["completed_calls"], own["errors"]) == \
+               (live["total_calls"], live["completed_calls"], live["errors"]) == \
+               {"gpt-4o": (200, 180, 20), "in-house": (100, 90, 10)}[model]
+        # The model's own row is its row of the whole report.
+        assert own["by_model"] == {model: report.snapshot.get_metrics()["by_model"][model]}
+    slow, fast = (report.by_model[model].get_metrics() for model in ("gpt-4o", "in-house"))
+    assert slow["p50_latency_ms"] > 100 * fast["p50_latency_ms"]
+    assert slow["p50_ttft_ms"] is None and fast["p50_ttft_ms"] is not None
+
+
+def test_an_end_naming_another_model_than_its_start_keeps_the_latency(backend: str, tmp_path: Path) -> None:
+    # A server answering for a dated snapshot of the model asked for; the call's start is in another file.
+    path_a, path_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    path_a.write_text(json.dumps({"ts": iso_utc(at(0)), "event": "llm_start", "run_id": "r", "model": "gpt-4o"}) + "\n"
+                      + json.dumps({"ts": iso_utc(at(10)), "event": "retry", "run_id": "r", "model": None}) + "\n")
+    path_b.write_text(json.dumps({"ts": iso_utc(at(250_000)), "event": "llm_end", "run_id": "r",
+                                  "model": "gpt-4o-2024-08-06", "prompt_tokens": 4, "completion_tokens": 2}) + "\n")
+    report = replay_logs([path_a, path_b], backend=backend)  # type: ignore[arg-type]
+    asked, answered = (report.by_model[model].get_metrics() for model in ("gpt-4o", "gpt-4o-2024-08-06"))
+    assert (asked["total_calls"], asked["completed_calls"], asked["retries"], asked["open_runs"]) == (1, 0, 1, 0)
+    assert (answered["total_calls"], answered["completed_calls"], answered["retries"]) == (0, 1, 0)
+    assert answered["p50_latency_ms"] == report.snapshot.get_metrics()["p50_latency_ms"] == pytest.approx(250.0, abs=0.5)
+    assert answered["by_model"]["gpt-4o-2024-08-06"]["cost_usd"] == \
+           report.snapshot.get_metrics()["by_model"]["gpt-4o-2024-08-06"]["cost_usd"]
 
 
 def test_the_slowest_calls_and_calls_per_minute_across_files(backend: str, tmp_path: Path) -> None:
@@ -296,10 +372,20 @@ def test_the_command_prints_the_figures_and_writes_json_and_a_plot(
     out = capsys.readouterr().out
     report = replay_logs([tmp_path], slowest=3)
     live_metrics = live.get_metrics()
-    model_table = out.split("Per model\n")[1].split("\n\n")[0].splitlines()[2:]
+    model_table = out.split("Per model (latency and TTFT in ms)\n")[1].split("\n\n")[0].splitlines()[2:]
     rows = {line.split()[0]: line.split()[1:4] for line in model_table}
     assert rows == {name: [str(row["calls"]), str(row["completed_calls"]), str(row["prompt_tokens"])]
                     for name, row in live_metrics["by_model"].items()}
+    # Retries, then latency and TTFT p50 / p95 / p99 of each model's own snapshot ("-" without a sample).
+    own_rows = {line.split()[0]: line.split()[7:] for line in model_table}
+    expected_rows = {}
+    for name, snapshot in report.by_model.items():
+        own = snapshot.get_metrics()
+        latencies = [f"{own[field]:.1f}" if own["completed_calls"] else "-" for field in PERCENTILE_FIELDS[:3]]  # type: ignore[literal-required]
+        ttfts = ["-" if own[field] is None else f"{own[field]:.1f}" for field in PERCENTILE_FIELDS[3:]]  # type: ignore[literal-required]
+        expected_rows[name] = [str(own["retries"]), *latencies, *ttfts]
+    assert own_rows == expected_rows
+    assert sum(int(row[0]) for row in own_rows.values()) == live_metrics["retries"] == 4
     assert re.search(r"^  calls +(\d+)$", out, re.MULTILINE)[1] == str(live_metrics["total_calls"])  # type: ignore[index]
     slow_rows = out.split("Slowest 3 calls\n")[1].split("\n\n")[0].splitlines()[2:]
     assert [row.split()[2] for row in slow_rows] == [call.run_id for call in report.slowest]
@@ -317,7 +403,7 @@ def test_the_command_prints_the_figures_and_writes_json_and_a_plot(
     assert "Slowest" not in python_out
 
     def figures(text: str) -> str:
-        return text.split("Per model\n")[1].split("\n\n")[0] + text.split("Overall\n")[1].split("\n\n")[0]
+        return text.split("Per model")[1].split("\n\n")[0] + text.split("Overall\n")[1].split("\n\n")[0]
 
     assert figures(python_out) == figures(out)
 

@@ -20,6 +20,7 @@ from ._reference import replay as reference_replay
 from ._reference.metrics import bucket_range
 from ._reference.records import iso_utc
 from .callbacks.native import MAX_OPEN_RUNS, MetricsCallback
+from .callbacks.metrics_types import MetricsReport
 from .callbacks.snapshot import MetricsSnapshot
 from .errors import LogReadError, MissingExtraError
 from .pricing import ModelPrice
@@ -66,6 +67,11 @@ class LogReport:
     """The slowest calls, slowest first; of equal latencies the one replayed first."""
     calls_per_minute: tuple[tuple[int, int], ...]
     """``(minute start in epoch seconds, completed calls that ended in it)``, earliest first."""
+    by_model: dict[str, MetricsSnapshot]
+    """Each model key's own snapshot (in ``snapshot``'s ``by_model`` order): the calls started under it, the
+    ends and errors counted under it (latencies and TTFT included) and the retries of its calls (a retry
+    counts under the model of the open call its ``run_id`` names; one of no open call counts under none).
+    Tool, memory and token events are counted overall only."""
 
 
 def log_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -93,8 +99,8 @@ def log_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 def replay_logs(paths: Iterable[str | os.PathLike[str]], *, prices: dict[str, ModelPrice] | None = None,
                 backend: _backend.BackendName | None = None, slowest: int = 10) -> LogReport:
     """Replays JSONL logs (files, or folders of ``*.jsonl`` files) into one ``MetricsCallback`` (``prices``
-    as its own) and returns its snapshot with what each file held, the ``slowest`` slowest calls and the
-    completed calls per minute. Files are replayed in the order given (a folder's in name order): a call whose
+    as its own) and returns its snapshot with what each file held, the ``slowest`` slowest calls, the
+    completed calls per minute and each model's own snapshot (``LogReport.by_model``). Files are replayed in the order given (a folder's in name order): a call whose
     end comes in a file replayed before the one of its start counts as completed without a latency. Raises
     ``LogReadError`` for a log that cannot be read."""
     if isinstance(slowest, bool) or not isinstance(slowest, int) or slowest < 0:
@@ -106,6 +112,7 @@ def replay_logs(paths: Iterable[str | os.PathLike[str]], *, prices: dict[str, Mo
     # (latency_ms, file index, rank in its file, call): every file's kept calls, ranked once at the end.
     candidates: list[tuple[float, int, int, SlowCall]] = []
     per_minute: dict[int, int] = {}
+    model_snapshots: dict[str, list[MetricsSnapshot]] = {}
     for file_index, path in enumerate(files):
         try:
             if native:
@@ -119,15 +126,20 @@ def replay_logs(paths: Iterable[str | os.PathLike[str]], *, prices: dict[str, Mo
             candidates.append((latency_ms, file_index, rank, SlowCall(latency_ms, run_id, model, end_ts, str(path))))
         for minute, calls in found["calls_per_minute"]:
             per_minute[minute] = per_minute.get(minute, 0) + calls
+        for model, state in found["by_model"].items():
+            model_snapshots.setdefault(model, []).append(MetricsSnapshot._of_state(state))
     candidates.sort(key=lambda candidate: (-candidate[0], candidate[1], candidate[2]))
+    snapshot = metrics.snapshot()
     return LogReport(
-        snapshot=metrics.snapshot(),
+        snapshot=snapshot,
         records=sum(file.records for file in counts),
         foreign_lines=sum(file.foreign_lines for file in counts),
         torn_tails=sum(file.torn_tails for file in counts),
         files=tuple(counts),
         slowest=tuple(candidate[3] for candidate in candidates[:slowest]),
         calls_per_minute=tuple(sorted(per_minute.items())),
+        by_model={model: MetricsSnapshot.merge(model_snapshots.get(model, []))
+                  for model in snapshot.get_metrics()["by_model"]},
     )
 
 
@@ -150,6 +162,17 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _quantiles(metrics: MetricsReport, kind: str) -> tuple[str, str, str]:
+    """The p50, p95 and p99 of ``kind`` ("latency" or "ttft") in ms, "-" for each that has no sample."""
+    p50, p95, p99 = (metrics[f"p{percentile}_{kind}_ms"] for percentile in (50, 95, 99))  # type: ignore[literal-required]
+    return _ms(p50), _ms(p95), _ms(p99)
+
+
+def _latency_count(snapshot: MetricsSnapshot) -> int:
+    count: int = snapshot._state()["latency"]["count"]
+    return count
+
+
 def _usd(value: float | None) -> str:
     return "unknown" if value is None else f"${value:.6f}"
 
@@ -163,18 +186,21 @@ def format_report(report: LogReport) -> str:
     out.write(_table(("file", "records", "foreign lines", "torn tails"), file_rows) + "\n\n")
 
     metrics = report.snapshot.get_metrics()
-    model_rows = [
-        (name, str(row["calls"]), str(row["completed_calls"]), str(row["prompt_tokens"]),
-         str(row["completion_tokens"]), _usd(row["cost_usd"]), str(row["errors"]), _ms(row["avg_latency_ms"]))
-        for name, row in metrics["by_model"].items()
-    ]
+    model_rows = []
+    for name, row in metrics["by_model"].items():
+        own = report.by_model[name].get_metrics()
+        model_rows.append((
+            name, str(row["calls"]), str(row["completed_calls"]), str(row["prompt_tokens"]),
+            str(row["completion_tokens"]), _usd(row["cost_usd"]), str(row["errors"]), str(own["retries"]),
+            *(_quantiles(own, "latency") if _latency_count(report.by_model[name]) else ("-", "-", "-")),
+            *_quantiles(own, "ttft"),
+        ))
     model_header = ("model", "calls", "completed", "prompt tokens", "completion tokens", "cost", "errors",
-                    "avg latency ms")
-    out.write("Per model\n" + _table(model_header, model_rows) + "\n\n")
+                    "retries", "latency p50", "latency p95", "latency p99", "TTFT p50", "TTFT p95", "TTFT p99")
+    out.write("Per model (latency and TTFT in ms)\n" + _table(model_header, model_rows) + "\n\n")
 
     def quantiles(kind: str) -> str:
-        values = [metrics[f"p{percentile}_{kind}_ms"] for percentile in (50, 95, 99)]  # type: ignore[literal-required]
-        return " / ".join(_ms(value) for value in values) + " ms"
+        return " / ".join(_quantiles(metrics, kind)) + " ms"
 
     overall = [
         ("calls", str(metrics["total_calls"])),

@@ -282,13 +282,22 @@ class ReferenceMetrics:
     def llm_start(self, run_id: str, model: str | None, ts: float) -> None:
         with self._lock:
             model = _known_model(model)
-            self._total_calls += 1
-            self._model(model or UNKNOWN_MODEL).calls += 1
+            self._count_start(model)
             self._open_runs.pop(run_id, None)
             self._open_runs[run_id] = (ts, model)
             if len(self._open_runs) > self._max_open_runs:
                 self._open_runs.popitem(last=False)
                 self._evicted_runs += 1
+
+    def llm_start_after(self, model: str | None) -> None:
+        """As ``llm_start``, for a call whose run another aggregator keeps open: the call is counted, no run is
+        opened."""
+        with self._lock:
+            self._count_start(_known_model(model))
+
+    def _count_start(self, model: str | None) -> None:
+        self._total_calls += 1
+        self._model(model or UNKNOWN_MODEL).calls += 1
 
     def llm_end(
         self, run_id: str, model: str | None, usage: tuple[int, int, int, int, int] | None, ttft_ms: float | None,
@@ -297,54 +306,80 @@ class ReferenceMetrics:
         """``ttft_ms``: the call's time to first token, if it streamed; a sample when finite (negative counts
         as 0). Returns the call's latency in milliseconds when its start was open."""
         with self._lock:
-            if ttft_ms is not None and math.isfinite(ttft_ms):
-                self._ttft.record(ttft_ms if ttft_ms > 0.0 else 0.0)
             run = self._open_runs.pop(run_id, None)
-            start_model = run[1] if run is not None else None
-            key = _known_model(model) or start_model or UNKNOWN_MODEL
-            stats = self._model(key)
+            return self._end_call(run, _known_model(model), usage, ttft_ms, ts)
 
-            latency_ms: float | None = None
-            if run is not None:
-                elapsed_ms = (ts - run[0]) * 1000.0
-                latency_ms = elapsed_ms if elapsed_ms > 0.0 else 0.0
-                micros = self._latency.record(latency_ms)
-                stats.latency_count += 1
-                stats.latency_sum_us += micros
+    def llm_end_after(
+        self, start_ts: float | None, model: str, usage: tuple[int, int, int, int, int] | None,
+        ttft_ms: float | None, ts: float,
+    ) -> float | None:
+        """As ``llm_end``, for a call whose start another aggregator paired: ``start_ts`` is its start's time
+        (None when no start was open), ``model`` the model key it counts under. No open run is looked up or
+        closed."""
+        with self._lock:
+            return self._end_call(None if start_ts is None else (start_ts, None), model, usage, ttft_ms, ts)
 
-            self._completed_calls += 1
-            stats.completed_calls += 1
-            if usage is None:
-                # Unreported usage: no tokens to add, and the call's cost is unknown like an unpriced model's.
-                self._unreported_usage_calls += 1
-                self._unpriced_calls += 1
-                stats.cost_known = False
-                return latency_ms
-            prompt_tokens, completion_tokens, reported_total, cached_tokens, reasoning_tokens = usage
-            if reported_total > 0:
-                total_tokens = reported_total
-            else:
-                total_tokens = _saturating_add(prompt_tokens, completion_tokens)
-            self._prompt_tokens = _saturating_add(self._prompt_tokens, prompt_tokens)
-            self._completion_tokens = _saturating_add(self._completion_tokens, completion_tokens)
-            self._total_tokens = _saturating_add(self._total_tokens, total_tokens)
-            self._cached_tokens = _saturating_add(self._cached_tokens, cached_tokens)
-            self._reasoning_tokens = _saturating_add(self._reasoning_tokens, reasoning_tokens)
-            stats.prompt_tokens = _saturating_add(stats.prompt_tokens, prompt_tokens)
-            stats.completion_tokens = _saturating_add(stats.completion_tokens, completion_tokens)
-            stats.total_tokens = _saturating_add(stats.total_tokens, total_tokens)
-            stats.cached_tokens = _saturating_add(stats.cached_tokens, cached_tokens)
-            stats.reasoning_tokens = _saturating_add(stats.reasoning_tokens, reasoning_tokens)
+    def open_run(self, run_id: str) -> tuple[float, str | None] | None:
+        """The start time and model (None when the start named none) of the open run ``run_id``."""
+        with self._lock:
+            return self._open_runs.get(run_id)
 
-            if stats.price is None:
-                self._unpriced_calls += 1
-                stats.cost_known = False
-            else:
-                stats.priced_prompt_tokens = _saturating_add(stats.priced_prompt_tokens, prompt_tokens)
-                stats.priced_cached_tokens = _saturating_add(stats.priced_cached_tokens,
-                                                             min(cached_tokens, prompt_tokens))
-                stats.priced_completion_tokens = _saturating_add(stats.priced_completion_tokens, completion_tokens)
+    def empty_for(self, model: str) -> ReferenceMetrics:
+        """A fresh aggregator with the same open-run cap for the calls of the model key ``model``: it prices
+        ``model`` as this one does."""
+        return ReferenceMetrics(self._prices, self._max_open_runs)
+
+    def _end_call(
+        self, run: tuple[float, str | None] | None, model: str | None,
+        usage: tuple[int, int, int, int, int] | None, ttft_ms: float | None, ts: float,
+    ) -> float | None:
+        if ttft_ms is not None and math.isfinite(ttft_ms):
+            self._ttft.record(ttft_ms if ttft_ms > 0.0 else 0.0)
+        start_model = run[1] if run is not None else None
+        key = model or start_model or UNKNOWN_MODEL
+        stats = self._model(key)
+
+        latency_ms: float | None = None
+        if run is not None:
+            elapsed_ms = (ts - run[0]) * 1000.0
+            latency_ms = elapsed_ms if elapsed_ms > 0.0 else 0.0
+            micros = self._latency.record(latency_ms)
+            stats.latency_count += 1
+            stats.latency_sum_us += micros
+
+        self._completed_calls += 1
+        stats.completed_calls += 1
+        if usage is None:
+            # Unreported usage: no tokens to add, and the call's cost is unknown like an unpriced model's.
+            self._unreported_usage_calls += 1
+            self._unpriced_calls += 1
+            stats.cost_known = False
             return latency_ms
+        prompt_tokens, completion_tokens, reported_total, cached_tokens, reasoning_tokens = usage
+        if reported_total > 0:
+            total_tokens = reported_total
+        else:
+            total_tokens = _saturating_add(prompt_tokens, completion_tokens)
+        self._prompt_tokens = _saturating_add(self._prompt_tokens, prompt_tokens)
+        self._completion_tokens = _saturating_add(self._completion_tokens, completion_tokens)
+        self._total_tokens = _saturating_add(self._total_tokens, total_tokens)
+        self._cached_tokens = _saturating_add(self._cached_tokens, cached_tokens)
+        self._reasoning_tokens = _saturating_add(self._reasoning_tokens, reasoning_tokens)
+        stats.prompt_tokens = _saturating_add(stats.prompt_tokens, prompt_tokens)
+        stats.completion_tokens = _saturating_add(stats.completion_tokens, completion_tokens)
+        stats.total_tokens = _saturating_add(stats.total_tokens, total_tokens)
+        stats.cached_tokens = _saturating_add(stats.cached_tokens, cached_tokens)
+        stats.reasoning_tokens = _saturating_add(stats.reasoning_tokens, reasoning_tokens)
+
+        if stats.price is None:
+            self._unpriced_calls += 1
+            stats.cost_known = False
+        else:
+            stats.priced_prompt_tokens = _saturating_add(stats.priced_prompt_tokens, prompt_tokens)
+            stats.priced_cached_tokens = _saturating_add(stats.priced_cached_tokens,
+                                                         min(cached_tokens, prompt_tokens))
+            stats.priced_completion_tokens = _saturating_add(stats.priced_completion_tokens, completion_tokens)
+        return latency_ms
 
     def llm_error(self, run_id: str, model: str | None, ts: float) -> None:
         """``ts`` is unused: failed calls record no latency."""

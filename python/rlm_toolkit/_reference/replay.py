@@ -20,7 +20,7 @@ from datetime import date
 from typing import Any, BinaryIO
 
 from ..events import EVENTS
-from .metrics import ReferenceMetrics
+from .metrics import UNKNOWN_MODEL, ReferenceMetrics
 from .metrics_sink import run_key
 from .records import MAX_COUNT, USAGE_FIELDS
 
@@ -31,7 +31,6 @@ _COUNTERS = {
     "tool_end": ReferenceMetrics.tool_end,
     "memory_store": ReferenceMetrics.memory_store,
     "memory_recall": ReferenceMetrics.memory_recall,
-    "retry": ReferenceMetrics.retry,
 }
 _TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})Z", re.ASCII)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -172,13 +171,32 @@ def _model(value: Any) -> str | None:
 
 @dataclass
 class FileReplay:
-    """What replaying one file found; ``slowest`` as ``(latency_ms, run_id, model, end_ts)``, slowest first."""
+    """What replaying one file found; ``slowest`` as ``(latency_ms, run_id, model, end_ts)``, slowest first;
+    ``by_model``: each model key's own state (as ``ReferenceMetrics.state()`` gives it), in first-seen order."""
 
     records: int = 0
     foreign_lines: int = 0
     torn_tails: int = 0
     slowest: list[tuple[float, str, str | None, float]] = field(default_factory=list)
     calls_per_minute: list[tuple[int, int]] = field(default_factory=list)
+    by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class _PerModel:
+    """One aggregator per model key, fed the records the main one takes under that key: starts under the
+    start's key, ends and errors under the key the main aggregator counts them under, retries under the key
+    of the open run they name (none when it is not open). Only the main aggregator keeps runs open: it pairs
+    ends with starts (across files too) and hands the start time on, so each key's latencies are those of its
+    table row. Open and evicted runs, tool, memory and token events are counted by the main aggregator only."""
+
+    def __init__(self, main: ReferenceMetrics) -> None:
+        self.main = main
+        self.aggregators: dict[str, ReferenceMetrics] = {}
+
+    def of(self, key: str) -> ReferenceMetrics:
+        if key not in self.aggregators:
+            self.aggregators[key] = self.main.empty_for(key)
+        return self.aggregators[key]
 
 
 class _Replayer:
@@ -189,6 +207,7 @@ class _Replayer:
         self.slowest: list[tuple[float, int, str, str | None, float]] = []
         self.completed = 0
         self.per_minute: dict[int, int] = {}
+        self.per_model = _PerModel(metrics)
         self.result = FileReplay()
 
     def line(self, line: bytes, torn: bool) -> None:
@@ -211,10 +230,17 @@ class _Replayer:
         run = run_key(run_id) if isinstance(run_id, str) else ""
         model = _model(record.get("model"))
         metrics = self.metrics
+        per_model = self.per_model
         if event == "llm_start":
             metrics.llm_start(run, model, ts)
+            per_model.of(model or UNKNOWN_MODEL).llm_start_after(model)
         elif event == "llm_end":
-            latency_ms = metrics.llm_end(run, model, _usage(record), _milliseconds(record.get("ttft_ms")), ts)
+            start = metrics.open_run(run)
+            start_ts, start_model = start if start is not None else (None, None)
+            key = model or start_model or UNKNOWN_MODEL
+            usage, ttft_ms = _usage(record), _milliseconds(record.get("ttft_ms"))
+            latency_ms = metrics.llm_end(run, model, usage, ttft_ms, ts)
+            per_model.of(key).llm_end_after(start_ts, key, usage, ttft_ms, ts)
             minute = micros // _MICROS_PER_MINUTE * 60
             self.per_minute[minute] = self.per_minute.get(minute, 0) + 1
             order = self.completed
@@ -226,7 +252,17 @@ class _Replayer:
                 elif kept[:2] > self.slowest[0][:2]:
                     heapq.heapreplace(self.slowest, kept)
         elif event == "error":
+            start = metrics.open_run(run)
+            error_key = model or (start[1] if start is not None else None)
             metrics.llm_error(run, model, ts)
+            if error_key is not None:
+                # It keeps no run open, so the run id closes nothing.
+                per_model.of(error_key).llm_error(run, error_key, ts)
+        elif event == "retry":
+            start = metrics.open_run(run)
+            if start is not None:
+                per_model.of(start[1] or UNKNOWN_MODEL).retry()
+            metrics.retry()
         elif event in _COUNTERS:
             _COUNTERS[event](metrics)
 
@@ -234,6 +270,7 @@ class _Replayer:
         ranked = sorted(self.slowest, key=lambda kept: (-kept[0], -kept[1]))
         self.result.slowest = [(latency_ms, run, model, ts) for latency_ms, _, run, model, ts in ranked]
         self.result.calls_per_minute = sorted(self.per_minute.items())
+        self.result.by_model = {key: aggregator.state() for key, aggregator in self.per_model.aggregators.items()}
         return self.result
 
 
