@@ -2,11 +2,11 @@
 
 ``run_prompts(dataset, rlm)`` maps the dataset's batches through a pool of actors. Each actor builds its own
 ``RLM`` once (from the ``RLM`` given, which travels by configuration, or from a zero-argument factory), runs
-each batch with ``RLM.batch`` at ``max_concurrency`` concurrent calls, and returns one row per prompt:
-those of ``RunResult.as_row()`` after the input columns: ``answer``, ``error`` (None, or the failure as
-text: a failed prompt never fails the job), ``run_id``, ``parent_run_id``, ``batch_id`` (the actor's batch
-run), ``model``, the token counts and ``cost_usd``. The metrics of every
-batch travel back as snapshots and are merged on the driver, exactly. With ``log_dir``, each actor writes its
+each batch with ``RLM.batch`` at ``max_concurrency`` concurrent calls, and gives one row per prompt: its input
+columns, then those of ``RunResult.as_row()``: ``answer``, ``error`` (None, or the failure as text: a failed
+prompt never fails the job), ``run_id``, ``parent_run_id``, ``batch_id`` (the batch run of its data batch),
+``model``, the token counts and ``cost_usd``. The metrics of every batch travel back as snapshots and are
+merged on the driver, exactly. With ``log_dir``, each actor writes its
 own JSONL log there, and every record names its ``worker`` and ``host`` in its metadata. Every log an actor
 has open (the RLM's own callbacks' too) is flushed after each batch: Ray ends actors without exit handlers.
 
@@ -48,12 +48,11 @@ class RayRun:
     """The metrics of every call on every worker, merged: the figures one sink that saw them all gives."""
 
 
-def _ray() -> Any:
+def _require_ray() -> None:
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
         raise MissingExtraError("rlm_toolkit.ray needs Ray: pip install 'rlm_toolkit[ray]'") from None
-    return ray
 
 
 class _PromptRunner:
@@ -89,8 +88,9 @@ class _PromptRunner:
 
 
 def run_prompts(dataset: ray.data.Dataset, rlm: RLM | Callable[[], RLM], *, prompt_column: str = "prompt",
-                actors: int = 2, max_concurrency: int = 8, batch_size: int = 64, log_dir: str | os.PathLike[str] | None = None,
-                num_cpus_per_actor: float = 0.5, backend: BackendName | None = None) -> RayRun:
+                actors: int = 2, max_concurrency: int = 8, batch_size: int = 64,
+                log_dir: str | os.PathLike[str] | None = None, num_cpus_per_actor: float = 0.5,
+                backend: BackendName | None = None) -> RayRun:
     """Runs every prompt of ``dataset`` (its ``prompt_column``) on ``actors`` Ray actors, each with at most
     ``max_concurrency`` calls in flight, ``batch_size`` prompts at a time; waits for all and returns the
     output rows and the merged metrics (see the module's doc). ``rlm`` is an ``RLM`` (shipped by its
@@ -98,7 +98,7 @@ def run_prompts(dataset: ray.data.Dataset, rlm: RLM | Callable[[], RLM], *, prom
     metrics, are those of ``rlm_toolkit.pricing.PRICES_PER_MILLION``. ``backend`` is that of the metrics and
     logs each actor keeps (default: ``RLM_TOOLKIT_BACKEND`` in the actor, else Rust).
     """
-    ray = _ray()
+    _require_ray()
     for name, value, low in (("actors", actors, 1), ("max_concurrency", max_concurrency, 1),
                              ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -120,4 +120,5 @@ def run_prompts(dataset: ray.data.Dataset, rlm: RLM | Callable[[], RLM], *, prom
     ).materialize()
     snapshots = [MetricsSnapshot.from_json(row[METRICS_COLUMN])
                  for row in mapped.select_columns([METRICS_COLUMN]).iter_rows() if row[METRICS_COLUMN] is not None]
-    return RayRun(dataset=mapped.drop_columns([METRICS_COLUMN]).materialize(), metrics=MetricsSnapshot.merge(snapshots))
+    return RayRun(dataset=mapped.drop_columns([METRICS_COLUMN]).materialize(),
+                  metrics=MetricsSnapshot.merge(snapshots))
