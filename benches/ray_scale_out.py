@@ -70,10 +70,12 @@ def main() -> None:
         ray.shutdown()
 
     merged, single = run.metrics.get_metrics(), metrics.get_metrics()
-    exact = all(merged[key] == single[key] for key in SAME_EVERYWHERE) and merged["by_model"].keys() == single["by_model"].keys()
-    print(f"| run | prompts | seconds | prompts/s |")
-    print(f"|---|---:|---:|---:|")
-    print(f"| RLM.batch, one process, {ACTORS * PER_ACTOR} concurrent | {count:,} | {one_process:.1f} | {count / one_process:,.0f} |")
+    exact = (all(merged[key] == single[key] for key in SAME_EVERYWHERE)
+             and merged["by_model"].keys() == single["by_model"].keys())
+    print("| run | prompts | seconds | prompts/s |")
+    print("|---|---:|---:|---:|")
+    print(f"| RLM.batch, one process, {ACTORS * PER_ACTOR} concurrent | {count:,} | {one_process:.1f} "
+          f"| {count / one_process:,.0f} |")
     print(f"| Ray, {ACTORS} actors x {PER_ACTOR} concurrent | {rows:,} | {on_ray:.1f} | {rows / on_ray:,.0f} |")
     print(f"merged metrics: {merged['completed_calls']:,} calls, {merged['total_tokens']:,} tokens, "
           f"p95 {merged['p95_latency_ms']:.2f} ms; counts, tokens and cost equal to one process's: {exact}")

@@ -100,9 +100,10 @@ class _ModelStats:
         }
 
     def state(self, model: str) -> dict[str, Any]:
-        return {"model": model, "price": _price_state(self.price), **{name: getattr(self, name) for name in _MODEL_FIELDS}}
+        return {"model": model, "price": _price_state(self.price),
+                **{name: getattr(self, name) for name in _MODEL_FIELDS}}
 
-    def merge(self, model: str, state: dict[str, Any]) -> None:
+    def merge(self, state: dict[str, Any]) -> None:
         for name in _MODEL_FIELDS:
             if name == "cost_known":
                 self.cost_known = self.cost_known and state[name]
@@ -521,7 +522,7 @@ class ReferenceMetrics:
                 key = entry["model"]
                 if key not in self._models:
                     self._models[key] = _ModelStats(_price_of_state(entry["price"]))
-                self._models[key].merge(key, entry)
+                self._models[key].merge(entry)
 
     def reset(self) -> None:
         """Back to the freshly constructed state; prices and the open-run cap are kept."""
