@@ -67,17 +67,18 @@ impl Histogram {
         self.counts.iter().enumerate().filter(|(_, &count)| count > 0).map(|(index, &count)| (index, count)).collect()
     }
 
-    /// Adds `count` to the bucket `index`; an index past the layout's last bucket is refused.
-    pub fn add_bucket(&mut self, index: usize, count: u64) -> Result<(), String> {
-        if index > bucket_index(MAX_LATENCY_MICROS) {
-            return Err(format!("histogram bucket {index} is past the last bucket of this layout"));
-        }
+    /// Whether `index` is a bucket of this layout.
+    pub fn has_bucket(index: usize) -> bool {
+        index <= bucket_index(MAX_LATENCY_MICROS)
+    }
+
+    /// Adds `count` to the bucket `index`, one of the layout's (`has_bucket`).
+    pub fn add_bucket(&mut self, index: usize, count: u64) {
         if index >= self.counts.len() {
             self.counts.resize(index + 1, 0);
         }
         self.counts[index] = self.counts[index].saturating_add(count);
         self.total = self.total.saturating_add(count);
-        Ok(())
     }
 
     pub fn percentile_ms(&self, percentile: u64) -> f64 {

@@ -458,33 +458,11 @@ impl Metrics {
     }
 
     pub fn state(&self) -> MetricsState {
-        let counters = &self.counters;
-        let open_runs = (self.open_runs.len() as u64).saturating_add(counters.merged_open_runs);
+        let mut counters: [u64; COUNTER_NAMES.len()] = self.counters.clone().slots().map(|counter| *counter);
+        // Open runs travel as a count: this aggregator's own, and those of the snapshots merged in.
+        counters[OPEN_RUNS_SLOT] = (self.open_runs.len() as u64).saturating_add(self.counters.merged_open_runs);
         MetricsState {
-            counters: [
-                counters.total_calls,
-                counters.completed_calls,
-                counters.prompt_tokens,
-                counters.completion_tokens,
-                counters.total_tokens,
-                counters.cached_tokens,
-                counters.reasoning_tokens,
-                counters.errors,
-                counters.retries,
-                counters.tool_calls,
-                counters.tool_results,
-                counters.tokens_streamed,
-                counters.memory_stores,
-                counters.memory_recalls,
-                counters.unpriced_calls,
-                counters.unreported_usage_calls,
-                open_runs,
-                counters.evicted_runs,
-                counters.dropped_events,
-                counters.lost_events,
-                counters.rejected_events,
-                counters.handler_errors,
-            ],
+            counters,
             latency: self.latency.state(),
             ttft: self.ttft.state(),
             models: self.models.entries.iter().map(ModelStats::state).collect(),
@@ -508,41 +486,13 @@ impl Metrics {
                 return Err(price_conflict(&model.name, ours, model.price));
             }
         }
-        let mut latency = LatencyStats::default();
-        let mut ttft = LatencyStats::default();
-        latency.merge(&state.latency)?;
-        ttft.merge(&state.ttft)?;
-        let [total_calls, completed_calls, prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, errors, retries, tool_calls, tool_results, tokens_streamed, memory_stores, memory_recalls, unpriced_calls, unreported_usage_calls, open_runs, evicted_runs, dropped_events, lost_events, rejected_events, handler_errors] =
-            state.counters;
-        let counters = &mut self.counters;
-        for (counter, amount) in [
-            (&mut counters.total_calls, total_calls),
-            (&mut counters.completed_calls, completed_calls),
-            (&mut counters.prompt_tokens, prompt_tokens),
-            (&mut counters.completion_tokens, completion_tokens),
-            (&mut counters.total_tokens, total_tokens),
-            (&mut counters.cached_tokens, cached_tokens),
-            (&mut counters.reasoning_tokens, reasoning_tokens),
-            (&mut counters.errors, errors),
-            (&mut counters.retries, retries),
-            (&mut counters.tool_calls, tool_calls),
-            (&mut counters.tool_results, tool_results),
-            (&mut counters.tokens_streamed, tokens_streamed),
-            (&mut counters.memory_stores, memory_stores),
-            (&mut counters.memory_recalls, memory_recalls),
-            (&mut counters.unpriced_calls, unpriced_calls),
-            (&mut counters.unreported_usage_calls, unreported_usage_calls),
-            (&mut counters.merged_open_runs, open_runs),
-            (&mut counters.evicted_runs, evicted_runs),
-            (&mut counters.dropped_events, dropped_events),
-            (&mut counters.lost_events, lost_events),
-            (&mut counters.rejected_events, rejected_events),
-            (&mut counters.handler_errors, handler_errors),
-        ] {
+        state.latency.check()?;
+        state.ttft.check()?;
+        for (counter, amount) in self.counters.slots().into_iter().zip(state.counters) {
             *counter = counter.saturating_add(amount);
         }
-        self.latency.merge(&latency.state())?;
-        self.ttft.merge(&ttft.state())?;
+        self.latency.merge(&state.latency);
+        self.ttft.merge(&state.ttft);
         for model in &state.models {
             let index = match self.models.index_by_name.get(&model.name) {
                 Some(&index) => index,
@@ -593,7 +543,7 @@ fn average_ms(sum_us: u128, count: u64) -> f64 {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Counters {
     total_calls: u64,
     completed_calls: u64,
@@ -618,6 +568,40 @@ struct Counters {
     handler_errors: u64,
     /// Open runs of the snapshots merged in (they stay open: their ends happen elsewhere).
     merged_open_runs: u64,
+}
+
+/// Where `open_runs` is in `COUNTER_NAMES`.
+const OPEN_RUNS_SLOT: usize = 16;
+const _: () = assert!(matches!(COUNTER_NAMES[OPEN_RUNS_SLOT].as_bytes(), b"open_runs"));
+
+impl Counters {
+    /// The counters in `COUNTER_NAMES` order; at `open_runs`, those of the snapshots merged in.
+    fn slots(&mut self) -> [&mut u64; COUNTER_NAMES.len()] {
+        [
+            &mut self.total_calls,
+            &mut self.completed_calls,
+            &mut self.prompt_tokens,
+            &mut self.completion_tokens,
+            &mut self.total_tokens,
+            &mut self.cached_tokens,
+            &mut self.reasoning_tokens,
+            &mut self.errors,
+            &mut self.retries,
+            &mut self.tool_calls,
+            &mut self.tool_results,
+            &mut self.tokens_streamed,
+            &mut self.memory_stores,
+            &mut self.memory_recalls,
+            &mut self.unpriced_calls,
+            &mut self.unreported_usage_calls,
+            &mut self.merged_open_runs,
+            &mut self.evicted_runs,
+            &mut self.dropped_events,
+            &mut self.lost_events,
+            &mut self.rejected_events,
+            &mut self.handler_errors,
+        ]
+    }
 }
 
 #[derive(Debug, Default)]
@@ -666,16 +650,13 @@ impl LatencyStats {
         }
     }
 
-    fn merge(&mut self, other: &DurationState) -> Result<(), String> {
+    /// Adds `other`, which `DurationState::check` accepted.
+    fn merge(&mut self, other: &DurationState) {
         if other.count == 0 {
-            return Ok(());
-        }
-        let bucket_total = other.buckets.iter().fold(0u64, |total, (_, count)| total.saturating_add(*count));
-        if bucket_total != other.count {
-            return Err(format!("a snapshot's histogram holds {bucket_total} latencies but its count is {}", other.count));
+            return;
         }
         for &(index, count) in &other.buckets {
-            self.histogram.add_bucket(index, count)?;
+            self.histogram.add_bucket(index, count);
         }
         if self.count == 0 || other.min_ms < self.min_ms {
             self.min_ms = other.min_ms;
@@ -685,6 +666,22 @@ impl LatencyStats {
         }
         self.count = self.count.saturating_add(other.count);
         self.sum_us = self.sum_us.saturating_add(other.sum_us);
+    }
+}
+
+impl DurationState {
+    /// Refuses buckets past this histogram layout, or that do not add up to the count.
+    fn check(&self) -> Result<(), String> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        if let Some(&(index, _)) = self.buckets.iter().find(|(index, _)| !Histogram::has_bucket(*index)) {
+            return Err(format!("histogram bucket {index} is past the last bucket of this layout"));
+        }
+        let bucket_total = self.buckets.iter().fold(0u64, |total, (_, count)| total.saturating_add(*count));
+        if bucket_total != self.count {
+            return Err(format!("a snapshot's histogram holds {bucket_total} latencies but its count is {}", self.count));
+        }
         Ok(())
     }
 }
