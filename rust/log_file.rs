@@ -229,12 +229,29 @@ impl Output {
     }
 }
 
+/// At most this many bytes go to one write(2), cut after a whole line (a longer line goes whole). A writer
+/// that falls behind takes batches of up to `max_pending_bytes`, and on the virtual machine measured, 2 MiB
+/// writes went at 0.4 GB/s where 256 KiB writes went at 5 GB/s (larger writes get huge page-cache folios).
+const MAX_WRITE_BYTES: usize = 256 * 1024;
+
+/// The start of `rest` that the next write(2) is given: whole lines, at most `MAX_WRITE_BYTES` unless one
+/// line is longer.
+fn next_piece(rest: &[u8]) -> &[u8] {
+    if rest.len() <= MAX_WRITE_BYTES {
+        return rest;
+    }
+    let end = memchr::memrchr(b'\n', &rest[..MAX_WRITE_BYTES])
+        .or_else(|| memchr::memchr(b'\n', &rest[MAX_WRITE_BYTES..]).map(|newline| MAX_WRITE_BYTES + newline))
+        .map_or(rest.len(), |newline| newline + 1);
+    &rest[..end]
+}
+
 /// Writes `batch` at the end of a regular file of `size_before` bytes; if the write fails part-way, cuts
 /// the file back to the last whole line written. The error carries how many lines did not make it.
 fn write_or_roll_back(file: &File, batch: &[u8], size_before: u64) -> Result<(), (io::Error, u64)> {
     let mut written = 0;
     while written < batch.len() {
-        match (&*file).write(&batch[written..]) {
+        match (&*file).write(next_piece(&batch[written..])) {
             Ok(0) => return Err(roll_back(file, batch, size_before, written, io::ErrorKind::WriteZero.into())),
             Ok(count) => written += count,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -260,7 +277,7 @@ fn roll_back(file: &File, batch: &[u8], size_before: u64, written: usize, error:
 fn write_stream(file: &File, batch: &[u8]) -> Result<(), (io::Error, u64)> {
     let mut written = 0;
     while written < batch.len() {
-        match (&*file).write(&batch[written..]) {
+        match (&*file).write(next_piece(&batch[written..])) {
             Ok(0) => return Err((io::ErrorKind::WriteZero.into(), unwritten_lines(batch, written))),
             Ok(count) => written += count,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -278,6 +295,21 @@ fn unwritten_lines(batch: &[u8], written: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_are_cut_after_whole_lines() {
+        let line = |length: usize| [vec![b'x'; length - 1], vec![b'\n']].concat();
+        let short = line(1000);
+        let many: Vec<u8> = short.repeat(MAX_WRITE_BYTES / 1000 + 5);
+        assert_eq!(next_piece(&many).len(), (MAX_WRITE_BYTES / 1000) * 1000);
+        assert_eq!(next_piece(&many[..5000]).len(), 5000, "a batch within the limit goes whole");
+        let long = [line(MAX_WRITE_BYTES + 10), short.clone()].concat();
+        assert_eq!(next_piece(&long).len(), MAX_WRITE_BYTES + 10, "a longer line goes whole, and alone");
+        let torn = [short.clone(), vec![b'y'; MAX_WRITE_BYTES]].concat();
+        assert_eq!(next_piece(&torn).len(), 1000);
+        let no_newline = vec![b'z'; MAX_WRITE_BYTES + 1];
+        assert_eq!(next_piece(&no_newline).len(), MAX_WRITE_BYTES + 1);
+    }
 
     #[test]
     fn a_failed_write_is_cut_back_to_the_last_whole_line() {
