@@ -3,9 +3,7 @@
 //! a prepared list: native sinks record it in Rust, hooks get one vectorcall each.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -24,7 +22,10 @@ const MODEL_POSITION: usize = 2;
 
 /// How to call one Python hook, from `rlm_toolkit.callbacks._registration.HookPlan`.
 struct Hook {
-    method: Py<PyAny>,
+    /// The hook's function, called with `receiver` first when the hook is a bound method (which spares
+    /// CPython unpacking the method on each call), else the hook itself.
+    function: Py<PyAny>,
+    receiver: Option<Py<PyAny>>,
     positional: usize,
     /// The keyword slots passed only when their value is not None (`HookPlan.passed_when_given`).
     passed_when_given: Vec<usize>,
@@ -76,8 +77,15 @@ impl Hook {
                 Arguments::new(py, &positional_slots, &passed)
             })
             .collect::<PyResult<_>>()?;
+        let method = plan.getattr(intern!(py, "method"))?;
+        let (function, receiver) = if method.is_instance(&py.import(intern!(py, "types"))?.getattr(intern!(py, "MethodType"))?)? {
+            (method.getattr(intern!(py, "__func__"))?.unbind(), Some(method.getattr(intern!(py, "__self__"))?.unbind()))
+        } else {
+            (method.unbind(), None)
+        };
         Ok(Hook {
-            method: plan.getattr(intern!(py, "method"))?.unbind(),
+            function,
+            receiver,
             positional: positional_slots.len(),
             passed_when_given: when_given.iter().map(|&position| keywords[position].0).collect(),
             variants,
@@ -101,13 +109,14 @@ impl Hook {
 
     /// One vectorcall: the positional slots, then the keyword slots, then extras when the hook takes them.
     fn call<'py>(&self, py: Python<'py>, slots: &[&Bound<'py, PyAny>], extra: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
-        let method = self.method.bind(py);
+        let function = self.function.bind(py);
+        let receiver = self.receiver.as_ref().map(|receiver| receiver.bind(py));
         let positional = self.positional;
         let arguments = self.arguments(slots);
         let fixed = arguments.slots.iter().map(|&slot| slots[slot]);
         let keyword_names = arguments.keyword_names.as_ref().map(|names| names.bind(py));
         let Some(extra) = extra.filter(|extra| self.takes_extra && !extra.is_empty()) else {
-            return vectorcall(method, fixed, positional, keyword_names);
+            return vectorcall(function, receiver, fixed, positional, keyword_names);
         };
         let mut names: Vec<Bound<'py, PyAny>> = match keyword_names {
             Some(fixed_names) => fixed_names.iter().collect(),
@@ -120,7 +129,7 @@ impl Hook {
         }
         let names = PyTuple::new(py, names)?;
         let values: Vec<&Bound<'py, PyAny>> = fixed.chain(&extra_values).collect();
-        vectorcall(method, values.into_iter(), positional, Some(&names))
+        vectorcall(function, receiver, values.into_iter(), positional, Some(&names))
     }
 }
 
@@ -130,6 +139,7 @@ struct EventTable {
     hooks: Vec<Hook>,
 }
 
+#[pyclass(frozen, name = "Registry", module = "rlm_toolkit._core")]
 pub struct Registry {
     events: Vec<EventTable>,
     error_counters: Vec<Sink>,
@@ -166,13 +176,20 @@ impl Registry {
 }
 
 pub struct Dispatcher {
-    pub registry: ArcSwap<Registry>,
+    /// A one-item list holding the current `Registry`. A fire takes a strong reference to the item (under
+    /// the GIL a plain reference-count increment, where an `ArcSwap` load cost two atomic operations), so
+    /// `set_registration` can replace it while fires are under way: each ends with the registry it began with.
+    registry: Py<PyList>,
     pub report_failure: Py<PyAny>,
     pub run_async: Py<PyAny>,
     pub handler_errors: AtomicU64,
 }
 
 impl Dispatcher {
+    fn registry<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Registry>> {
+        Ok(self.registry.bind(py).get_item(0)?.cast_into::<Registry>()?)
+    }
+
     pub fn fire<'py>(
         &self,
         py: Python<'py>,
@@ -181,12 +198,13 @@ impl Dispatcher {
         context: EventContext<'_, 'py>,
         timestamp: Option<f64>,
     ) -> PyResult<()> {
-        let registry = self.registry.load();
+        let registry = self.registry(py)?;
+        let registry = registry.get();
         let table = &registry.events[kind.index()];
         if !table.sinks.is_empty() {
             let event = EventValues::new(kind, args, context, timestamp.unwrap_or_else(now));
             for sink in &table.sinks {
-                self.record(py, sink, &event, &registry)?;
+                self.record(py, sink, &event, registry)?;
             }
         }
         if table.hooks.is_empty() {
@@ -223,7 +241,7 @@ impl Dispatcher {
                 Ok(_) => {}
                 Err(error) if hook.raise_error || !error.is_instance_of::<PyException>(py) => return Err(error),
                 Err(error) => {
-                    self.hook_failed(py, &registry, hook.label.bind(py), kind.spec().name, error.into_value(py).into_bound(py).into_any())?
+                    self.hook_failed(py, registry, hook.label.bind(py), kind.spec().name, error.into_value(py).into_bound(py).into_any())?
                 }
             }
         }
@@ -292,7 +310,7 @@ impl Dispatcher {
 
     /// Counts an event refused at the call (a bad timestamp) in the registered metrics.
     pub fn event_rejected(&self, py: Python<'_>) -> PyResult<()> {
-        self.registry.load().count(py, Counter::Rejected)
+        self.registry(py)?.get().count(py, Counter::Rejected)
     }
 
     pub fn hook_failed(
@@ -318,26 +336,20 @@ pub struct PyDispatcher {
 #[pymethods]
 impl PyDispatcher {
     #[new]
-    fn new(report_failure: Py<PyAny>, run_async: Py<PyAny>) -> Self {
-        PyDispatcher {
-            inner: Dispatcher {
-                registry: ArcSwap::from_pointee(Registry::empty()),
-                report_failure,
-                run_async,
-                handler_errors: AtomicU64::new(0),
-            },
-        }
+    fn new(py: Python<'_>, report_failure: Py<PyAny>, run_async: Py<PyAny>) -> PyResult<Self> {
+        let registry = PyList::new(py, [Bound::new(py, Registry::empty())?])?.unbind();
+        Ok(PyDispatcher { inner: Dispatcher { registry, report_failure, run_async, handler_errors: AtomicU64::new(0) } })
     }
 
     fn set_registration(&self, registrations: &Bound<'_, PyList>, error_counters: &Bound<'_, PyList>) -> PyResult<()> {
-        self.inner.registry.store(Arc::new(Registry::from_python(registrations, error_counters)?));
-        Ok(())
+        let py = registrations.py();
+        self.inner.registry.bind(py).set_item(0, Bound::new(py, Registry::from_python(registrations, error_counters)?)?)
     }
 
     /// Counts and reports a hook failure met outside the dispatcher (an async hook).
     fn hook_failed(&self, py: Python<'_>, label: &Bound<'_, PyString>, event: &str, error: Bound<'_, PyAny>) -> PyResult<()> {
-        let registry = self.inner.registry.load();
-        self.inner.hook_failed(py, &registry, label, event, error)
+        let registry = self.inner.registry(py)?;
+        self.inner.hook_failed(py, registry.get(), label, event, error)
     }
 
     #[getter]

@@ -282,16 +282,20 @@ unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
 
 const INLINE_ARGS: usize = 8;
 
-/// Calls `callable` with the vectorcall convention: `values` yields `positional` positional values, then
-/// one per name of `kwnames`. No argument tuple or keyword dict is built.
+/// Calls `callable` with the vectorcall convention: `receiver` first when given, then `values`, which
+/// yields `positional` positional values, then one per name of `kwnames`. No argument tuple or keyword dict
+/// is built.
 pub fn vectorcall<'a, 'py: 'a>(
     callable: &Bound<'py, PyAny>,
+    receiver: Option<&Bound<'py, PyAny>>,
     values: impl ExactSizeIterator<Item = &'a Bound<'py, PyAny>>,
     positional: usize,
     kwnames: Option<&Bound<'py, PyTuple>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let count = values.len();
-    assert_eq!(count, positional + kwnames.map_or(0, |names| names.len()), "one value per positional argument and keyword name");
+    let given = values.len();
+    assert_eq!(given, positional + kwnames.map_or(0, |names| names.len()), "one value per positional argument and keyword name");
+    let first = usize::from(receiver.is_some());
+    let count = first + given;
     let mut inline = [std::ptr::null_mut(); INLINE_ARGS + 1];
     let mut spilled = Vec::new();
     // Slot 0 stays free so the callee may use it (PY_VECTORCALL_ARGUMENTS_OFFSET): a bound method puts
@@ -302,14 +306,22 @@ pub fn vectorcall<'a, 'py: 'a>(
         spilled.resize(count + 1, std::ptr::null_mut());
         &mut spilled[..]
     };
-    for (target, value) in argv[1..].iter_mut().zip(values) {
+    if let Some(receiver) = receiver {
+        argv[1] = receiver.as_ptr();
+    }
+    for (target, value) in argv[1 + first..].iter_mut().zip(values) {
         *target = value.as_ptr();
     }
     let kwnames = kwnames.map_or(std::ptr::null_mut(), |names| names.as_ptr());
-    // SAFETY: argv[1..] holds `positional` positional and len(kwnames) keyword values (checked above),
-    // borrowed from the caller's `values` for the call; slot 0 is scratch, as the offset flag promises.
+    // SAFETY: argv[1..] holds `first + positional` positional and len(kwnames) keyword values (checked
+    // above), borrowed from the caller for the call; slot 0 is scratch, as the offset flag promises.
     let result = unsafe {
-        ffi::PyObject_Vectorcall(callable.as_ptr(), argv.as_ptr().add(1), positional | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames)
+        ffi::PyObject_Vectorcall(
+            callable.as_ptr(),
+            argv.as_ptr().add(1),
+            (first + positional) | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+            kwnames,
+        )
     };
     // SAFETY: PyObject_Vectorcall returns a new reference, or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
