@@ -4,16 +4,24 @@ While a tool runs, the id of its tool call is the *current parent*: a run starte
 ``RLM``, or any code that fires events) takes it as its ``parent_run_id``. Context variables follow asyncio
 tasks on their own; for threads, start the thread's work with ``contextvars.copy_context().run`` (or use
 ``asyncio.to_thread``, which does so).
+
+Two more things callbacks may need that no event carries (neither reaches the JSONL records): the endpoint of
+the LLM call whose ``on_llm_start`` is firing (``current_endpoint``), and the news that a run or batch ended
+without ``on_run_end`` (cancelled, its stream closed early, or failed): ``watch_unfinished_runs``.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Protocol
 
 _current_parent_run_id: ContextVar[str | None] = ContextVar("rlm_toolkit_current_parent_run_id", default=None)
+_current_endpoint: ContextVar[str | None] = ContextVar("rlm_toolkit_current_endpoint", default=None)
 
 
 def new_run_id() -> str:
@@ -34,3 +42,47 @@ def parent_run(run_id: str) -> Iterator[None]:
         yield
     finally:
         _current_parent_run_id.reset(token)
+
+
+def current_endpoint() -> str | None:
+    """The base URL (password redacted) of the LLM call whose ``on_llm_start`` is being fired, else None.
+
+    Hooks run synchronously in the thread or task that fires the event, so a hook of ``on_llm_start``
+    reads the endpoint of its own call."""
+    return _current_endpoint.get()
+
+
+@contextmanager
+def calling_endpoint(url: str) -> Iterator[None]:
+    """Make ``url`` the ``current_endpoint`` for the code inside the ``with`` block."""
+    token = _current_endpoint.set(url)
+    try:
+        yield
+    finally:
+        _current_endpoint.reset(token)
+
+
+class UnfinishedRunWatcher(Protocol):
+    def run_left_unfinished(self, run_id: str, reason: BaseException) -> None:
+        """The run (or batch) ``run_id`` stopped without ``on_run_end`` because of ``reason``."""
+
+
+_unfinished_run_watchers: weakref.WeakSet[UnfinishedRunWatcher] = weakref.WeakSet()
+
+
+def watch_unfinished_runs(watcher: UnfinishedRunWatcher) -> None:
+    """Tell ``watcher`` (held weakly, for as long as it lives) of every run that stops without ``on_run_end``."""
+    _unfinished_run_watchers.add(watcher)
+
+
+def run_left_unfinished(run_id: str, reason: BaseException) -> None:
+    """Report that run ``run_id`` stopped without ``on_run_end``. ``reason``: the exception that stopped it; for
+    a run closed from outside (``GeneratorExit``), the exception that made its driver close it, if any (an
+    ``asyncio.CancelledError`` for a cancelled task)."""
+    if isinstance(reason, GeneratorExit) and reason.__context__ is not None:
+        reason = reason.__context__
+    for watcher in list(_unfinished_run_watchers):
+        try:
+            watcher.run_left_unfinished(run_id, reason)
+        except Exception:  # the run's own exception is the one to propagate
+            logging.getLogger("rlm_toolkit").exception("%r failed to handle an unfinished run", watcher)
