@@ -297,7 +297,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
             opened = self._new_span(parent_run_id, f"execute_tool {tool_name}", self._internal_kind,
                                     _tool_attributes(str(tool_name), run_id), "execute_tool", {})
         if opened is not None:
-            self._end_failed(opened, _qualified_type_name(error), redact(str(error)) if self.capture_content else None)
+            self._end_failed(opened, _qualified_type_name(error), self._error_description(error))
 
     def run_left_unfinished(self, run_id: str, reason: BaseException) -> None:
         """End the span of run ``run_id`` and those of its open descendants, which will see no end event."""
@@ -307,11 +307,8 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
                 if opened.parent_run_id in unfinished:
                     unfinished.add(open_id)
             ended = [self._open.pop(open_id) for open_id in reversed(list(self._open)) if open_id in unfinished]
-        description = "the run stopped before its end"
-        if self.capture_content:
-            description += f": {redact(str(reason))}"
         for opened in ended:  # children first
-            self._end_failed(opened, _qualified_type_name(reason), description)
+            self._end_failed(opened, _qualified_type_name(reason), self._error_description(reason))
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -353,6 +350,11 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
             self._duration.record(time.monotonic() - opened.started,
                                   {**opened.metric_attributes, ERROR_TYPE: error_type})
         opened.span.end()
+
+    def _error_description(self, error: BaseException) -> str | None:
+        """The status description of a span that failed with ``error``: its message, which may quote the
+        conversation, only when content is captured."""
+        return (redact(str(error)) or None) if self.capture_content else None
 
     def _add_event(self, run_id: str | None, name: str, attributes: dict[str, AttributeValue]) -> None:
         with self._lock:
