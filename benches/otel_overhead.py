@@ -29,6 +29,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from rlm_toolkit._context import calling_endpoint
 from rlm_toolkit.callbacks import CallbackManager, OpenTelemetryCallback
@@ -88,8 +89,9 @@ def sdk_by_hand(calls: int) -> Callable[[], None]:
     def work() -> None:
         for index in range(calls):
             started = time.monotonic()
-            metric_attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
-                                 "gen_ai.request.model": MODEL, "server.address": "127.0.0.1", "server.port": 8000}
+            metric_attributes: dict[str, AttributeValue] = {
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": MODEL,
+                "server.address": "127.0.0.1", "server.port": 8000}
             span = tracer.start_span(f"chat {MODEL}", None, SpanKind.CLIENT,
                                      {**metric_attributes, "rlm_toolkit.run_id": f"call-{index}"})
             metric_attributes["gen_ai.response.model"] = MODEL

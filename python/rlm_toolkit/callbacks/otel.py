@@ -13,7 +13,8 @@ fires as its parent, so an application span around ``rlm.run`` holds the run. A 
 with status ERROR and ``error.type`` (the exception's qualified type name); so does a run that stops without
 ``on_run_end`` (cancelled, its stream closed early), with its open descendants. At most ``max_open_spans`` spans
 are open at a time: past that, the oldest is ended with ``error.type="span_evicted"``, so events that never end
-a span (a batch job that fires ``on_llm_start`` only) cannot grow memory without bound.
+a span (a batch job that fires ``on_llm_start`` only) cannot grow memory without bound; a span whose ``run_id``
+starts another span is ended the same way. An event without a ``run_id`` makes no span.
 
 Prompts, answers, tool arguments and results, memory text and error messages are left out unless
 ``capture_content=True`` or ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` is ``true``; captured, they
@@ -52,7 +53,8 @@ if TYPE_CHECKING:
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 PROVIDER = "openai"
 EVICTED = "span_evicted"
-"""The ``error.type`` of a span ended because more than ``max_open_spans`` were open."""
+"""The ``error.type`` of a span the callback ended itself: more than ``max_open_spans`` were open, or another
+span started with its ``run_id``."""
 
 OPERATION = "gen_ai.operation.name"
 PROVIDER_NAME = "gen_ai.provider.name"
@@ -317,14 +319,16 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
                metric_attributes: dict[str, AttributeValue] | None = None) -> None:
         opened = self._new_span(parent_run_id, name, kind, attributes, operation, metric_attributes or {})
         with self._lock:
+            replaced = self._open.pop(run_id, None)
             self._open[run_id] = opened
             evicted = []
             while len(self._open) > self.max_open_spans:
-                oldest = next(iter(self._open))
-                evicted.append(self._open.pop(oldest))
-        for opened in evicted:
+                evicted.append(self._open.pop(next(iter(self._open))))
+        if replaced is not None:
+            self._end_failed(replaced, EVICTED, "ended by OpenTelemetryCallback: a new span started with its run_id")
+        for oldest in evicted:
             self._end_failed(
-                opened, EVICTED,
+                oldest, EVICTED,
                 f"ended by OpenTelemetryCallback: more than max_open_spans={self.max_open_spans} spans were open",
             )
 
@@ -361,7 +365,6 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
             opened = None if run_id is None else self._open.get(run_id)
         if opened is not None:
             opened.span.add_event(name, attributes)
-
 
 
 def _tool_attributes(tool_name: str, run_id: str) -> dict[str, AttributeValue]:
