@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
@@ -198,6 +199,36 @@ def test_a_nested_run_in_a_tool_is_a_child_of_the_tool_span(backend: str, server
     assert outer_run.name == "invoke_agent" and outer_run.parent is None
     assert [span.name for span in telemetry.spans() if parent_id(span) == span_id(inner_run[0])] == ["chat gpt-4o"]
     assert len(spans) == 6 and telemetry.open_spans.open == {}
+
+
+@pytest.mark.parametrize("driver", ["run", "arun"])
+def test_spans_a_tools_code_starts_are_children_of_the_tool_span(backend: str, server: LocalServer,
+                                                                  telemetry: Telemetry, driver: str) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("tool code")
+
+    def lookup(query: str) -> str:
+        """Look something up."""
+        with tracer.start_as_current_span("lookup request"):
+            return "found"
+
+    async def alookup(query: str) -> str:
+        """Look something up."""
+        with tracer.start_as_current_span("lookup request"):
+            await asyncio.sleep(0)
+            return "found"
+
+    tool = lookup if driver == "run" else alookup
+    server.queue_reply(tool_calls=[{"name": tool.__name__, "arguments": {"query": "q"}}])
+    rlm = make_rlm(server, telemetry.callback(), tools=[tool])
+    if driver == "run":
+        rlm.run("go")
+    else:
+        asyncio.run(rlm.arun("go"))
+    [request] = telemetry.named("lookup request")
+    [tool_span] = telemetry.named(f"execute_tool {tool.__name__}")
+    assert parent_id(request) == span_id(tool_span)
+    assert trace.get_current_span().get_span_context().is_valid is False  # the tool's context did not leak
+    assert len(telemetry.spans()) == 5 and telemetry.open_spans.open == {}
 
 
 def test_a_batch_is_the_parent_of_its_runs_in_tasks_and_in_a_worker_thread(backend: str, server: LocalServer,

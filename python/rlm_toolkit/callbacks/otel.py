@@ -4,7 +4,8 @@ Spans follow the run tree (``run_id`` -> ``parent_run_id``), whatever thread or 
 
 - a run: ``invoke_agent`` (INTERNAL); a batch: ``invoke_workflow batch`` (INTERNAL), parent of its runs' spans;
 - an LLM call: ``chat {model}`` (CLIENT), with its retries as ``rlm_toolkit.retry`` span events;
-- a tool call: ``execute_tool {tool_name}`` (INTERNAL), parent of the spans of a run started inside the tool;
+- a tool call: ``execute_tool {tool_name}`` (INTERNAL), the current span while the tool's code runs: the parent
+  of the spans of a run started inside the tool, and of those the tool's own code starts;
 - memory recall and store: the span events ``rlm_toolkit.memory.recall`` and ``rlm_toolkit.memory.store`` on
   their run's span.
 
@@ -33,13 +34,14 @@ import json
 import os
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .._context import current_endpoint, watch_unfinished_runs
+from .._context import current_endpoint, watch_runs
 from ..errors import CallbackConfigError, MissingExtraError, NotPicklableError
 from ..secrets import redact
 from ._pickling import PickledByConfiguration
@@ -145,6 +147,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
             explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
         )
         self._set_span_in_context = trace.set_span_in_context
+        self._use_span = trace.use_span
         self._client_kind: SpanKind = trace.SpanKind.CLIENT
         self._internal_kind: SpanKind = trace.SpanKind.INTERNAL
         self._status = trace.Status
@@ -152,7 +155,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         self._open: dict[str, _OpenSpan] = {}
         """Open spans by run id, oldest first."""
         self._lock = threading.Lock()
-        watch_unfinished_runs(self)
+        watch_runs(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._providers_given:
@@ -300,6 +303,14 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
                                     _tool_attributes(str(tool_name), run_id), "execute_tool", {})
         if opened is not None:
             self._end_failed(opened, _qualified_type_name(error), self._error_description(error))
+
+    def context_of_run(self, run_id: str) -> AbstractContextManager[object] | None:
+        """The span of ``run_id`` as the current OpenTelemetry span (a tool's code runs inside it), if open."""
+        with self._lock:
+            opened = self._open.get(run_id)
+        if opened is None:
+            return None
+        return self._use_span(opened.span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
 
     def run_left_unfinished(self, run_id: str, reason: BaseException) -> None:
         """End the span of run ``run_id`` and those of its open descendants, which will see no end event."""
