@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -581,6 +582,34 @@ def test_pickled_without_providers_it_travels_as_its_options(monkeypatch: pytest
     copy = pickle.loads(pickle.dumps(callback))
     assert type(copy) is OpenTelemetryCallback
     assert (copy.capture_content, copy.max_open_spans) == (True, 5)
+
+
+def test_unpickled_in_another_process_it_uses_that_processes_global_providers(tmp_path: Path) -> None:
+    (tmp_path / "callback.pickle").write_bytes(pickle.dumps(OpenTelemetryCallback(capture_content=True)))
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import pickle, sys\n"
+        "from pathlib import Path\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "from rlm_toolkit.callbacks import CallbackManager\n"
+        "callback = pickle.loads(Path(sys.argv[1]).read_bytes())\n"  # before the provider is set: proxies
+        "exporter = InMemorySpanExporter()\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(exporter))\n"
+        "trace.set_tracer_provider(provider)\n"
+        "manager = CallbackManager([callback])\n"
+        "manager.on_llm_start('in the worker', run_id='call-1', model='m')\n"
+        "manager.on_llm_end('answer', run_id='call-1', model='m')\n"
+        "[span] = exporter.get_finished_spans()\n"
+        "print(span.name, span.attributes['gen_ai.input.messages'])\n"
+    )
+    child = subprocess.run([sys.executable, str(script), str(tmp_path / "callback.pickle")], capture_output=True,
+                           text=True, timeout=60, check=True)
+    assert child.stdout == (
+        'chat m [{"role": "user", "parts": [{"type": "text", "content": "in the worker"}]}]\n')
 
 
 def test_pickled_with_providers_it_refuses(telemetry: Telemetry) -> None:

@@ -17,6 +17,12 @@ are open at a time: past that, the oldest is ended with ``error.type="span_evict
 a span (a batch job that fires ``on_llm_start`` only) cannot grow memory without bound; a span whose ``run_id``
 starts another span is ended the same way. An event without a ``run_id`` makes no span.
 
+Every span has ``rlm_toolkit.run_id`` (its event's, as the JSONL log writes it); a run's span also has the run's
+``rlm_toolkit.tags`` and, as ``rlm_toolkit.metadata.<key>``, its metadata values that are str, bool, int or
+float. An LLM span has ``server.address``/``server.port`` (from the RLM's base URL), the response's model, finish
+reason and token usage (``gen_ai.usage.cache_read.input_tokens`` and ``gen_ai.usage.reasoning.output_tokens``
+when the server reported more than 0), and for a streamed call ``gen_ai.response.time_to_first_chunk`` (s).
+
 Prompts, answers, tool arguments and results, memory text and error messages are left out unless
 ``capture_content=True`` or ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` is ``true``; captured, they
 are redacted (``rlm_toolkit.secrets.redact``) like the JSONL log's. An LLM span's ``gen_ai.input.messages`` holds
