@@ -254,6 +254,19 @@ def test_a_batch_is_the_parent_of_its_runs_in_tasks_and_in_a_worker_thread(backe
     assert len(telemetry.spans()) == 2 + 5 * 2 and telemetry.open_spans.open == {}
 
 
+def test_runs_in_many_threads_sharing_one_callback_each_get_their_own_tree(backend: str, server: LocalServer,
+                                                                          telemetry: Telemetry) -> None:
+    rlm = make_rlm(server, telemetry.callback())
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(rlm.run, [f"prompt {index}" for index in range(24)]))
+    runs = {span.attributes[RUN_ID]: span for span in telemetry.named("invoke_agent") if span.attributes is not None}
+    assert sorted(runs) == sorted(result.run_id for result in results)
+    for run in runs.values():
+        assert parent_id(run) is None
+        assert [span.name for span in telemetry.spans() if parent_id(span) == span_id(run)] == ["chat gpt-4o"]
+    assert len(telemetry.spans()) == 48 and telemetry.open_spans.open == {}
+
+
 # -- errors and retries -----------------------------------------------------------------------------
 
 
@@ -470,10 +483,17 @@ def test_a_call_without_reported_usage_records_no_tokens(server: LocalServer, te
 # -- no span left open ------------------------------------------------------------------------------
 
 
+async def requests_received(server: LocalServer, count: int) -> None:
+    """Wait (up to 10 s) until the server holds ``count`` requests: their calls have started."""
+    async with asyncio.timeout(10):
+        while len(server.requests) < count:
+            await asyncio.sleep(0.01)
+
+
 async def test_a_cancelled_arun_ends_its_spans(backend: str, server: LocalServer, telemetry: Telemetry) -> None:
     server.hang_next(5)
     task = asyncio.create_task(make_rlm(server, telemetry.callback()).arun("to be cancelled"))
-    await asyncio.sleep(0.2)
+    await requests_received(server, 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -491,7 +511,7 @@ async def test_a_cancelled_abatch_ends_the_batch_and_its_runs(backend: str, serv
                                                               telemetry: Telemetry) -> None:
     server.hang_next(5, count=3)
     task = asyncio.create_task(make_rlm(server, telemetry.callback()).abatch(["a", "b", "c"]))
-    await asyncio.sleep(0.3)
+    await requests_received(server, 3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
