@@ -10,12 +10,12 @@ from pathlib import Path
 import rlm_toolkit
 
 
-def test_the_callbacks_import_loads_no_client_or_server_library() -> None:
+def test_the_callbacks_import_loads_no_client_server_or_telemetry_library() -> None:
     child = subprocess.run([sys.executable, "-X", "importtime", "-c", "import rlm_toolkit.callbacks"],
                            capture_output=True, text=True, timeout=60, check=True)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in child.stderr.splitlines() if "|" in line}
     assert "rlm_toolkit" in imported
-    assert {"openai", "aiohttp", "httpx", "httpx2"} & imported == set()
+    assert {"openai", "aiohttp", "httpx", "httpx2", "opentelemetry"} & imported == set()
 
 
 def test_rlm_is_still_importable_from_the_package() -> None:

@@ -21,7 +21,7 @@ import openai
 
 from ._chat_attempt import _ChatAttempt
 from ._client import _attempt_async, _attempt_sync, _describe_failure, _is_retryable, _OpenAIConnection
-from ._context import current_parent_run_id, new_run_id
+from ._context import calling_endpoint, current_parent_run_id, new_run_id, run_left_unfinished
 from ._tool_calls import _ToolInvocation
 from ._run_options import RunCallbacks
 from .errors import LLMCallError, MalformedResponseError, MissingExtraError, ToolRoundsExceededError
@@ -190,6 +190,14 @@ _RunSteps = Generator[_Effect, Any, RunResult]
 
 
 def _run_steps(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: bool) -> _RunSteps:
+    try:
+        return (yield from _run_logic(settings, prompt, run, stream=stream))
+    except BaseException as error:  # failed, or closed by its driver (cancelled, a stream left unread)
+        run_left_unfinished(run.run_id, error)
+        raise
+
+
+def _run_logic(settings: _RunSettings, prompt: str, run: _RunScope, *, stream: bool) -> _RunSteps:
     callbacks = settings.callbacks
     # One list and one dict per run, given to every event of the run.
     context = {"tags": list(settings.tags), "metadata": dict(settings.metadata)}
@@ -278,7 +286,8 @@ def _chat(
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
     fire_token = partial(callbacks.on_llm_new_token, **ids)
-    callbacks.on_llm_start(prompt, **ids)
+    with calling_endpoint(settings.endpoint):
+        callbacks.on_llm_start(prompt, **ids)
     attempt_number = 1
     while True:
         attempt = _ChatAttempt(params, stream, fire_token)

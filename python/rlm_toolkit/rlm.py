@@ -56,6 +56,7 @@ from typing import Any, cast
 import openai
 
 from ._client import _delay_before_retry, _OpenAIConnection
+from ._context import run_left_unfinished
 from ._run_steps import (
     RunResult,
     RunRow,
@@ -383,6 +384,9 @@ class RLM(PickledByConfiguration):
             options.callbacks.on_run_start("", kind="batch", **batch_ids)
             await asyncio.gather(*(work_through_prompts() for _ in range(min(max_concurrency, len(prompt_list)))))
             options.callbacks.on_run_end("", kind="batch", **batch_ids)
+        except BaseException as error:  # cancelled: the items' runs are told on their own
+            run_left_unfinished(batch.run_id, error)
+            raise
         finally:
             if progress_bar is not None:
                 progress_bar.close()

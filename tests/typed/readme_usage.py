@@ -81,3 +81,21 @@ async def async_runs() -> None:
         print(token, end="")
     print(result.answer)
     await rlm.aclose()
+
+
+def export_to_opentelemetry() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    from rlm_toolkit.callbacks import OpenTelemetryCallback
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    meter_provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(ConsoleMetricExporter())])
+    rlm = RLM.from_openai("gpt-4o", callbacks=[OpenTelemetryCallback(tracer_provider, meter_provider)])
+    print(rlm.run("Hello!").answer)
+    print(OpenTelemetryCallback(capture_content=True, max_open_spans=1_000).capture_content)
+    tracer_provider.shutdown()
+    meter_provider.shutdown()

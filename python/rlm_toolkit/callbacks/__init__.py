@@ -8,6 +8,7 @@ from .console import ConsoleCallback
 from .manager import CallbackManager
 from .metrics_types import MetricsReport, ModelMetricsReport
 from .native import FileLogCallback, MetricsCallback
+from .otel import OpenTelemetryCallback
 from .snapshot import MetricsSnapshot
 from .streaming import StreamingCallback
 from .upstream import FileCallback, LLMEvent, LoggingCallback
@@ -25,5 +26,6 @@ __all__ = [
     "MetricsReport",
     "MetricsSnapshot",
     "ModelMetricsReport",
+    "OpenTelemetryCallback",
     "StreamingCallback",
 ]
