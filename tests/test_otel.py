@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +29,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from rlm_toolkit import RLM, LLMCallError, MissingExtraError, NotPicklableError, ToolRoundsExceededError
+from rlm_toolkit import (RLM, LLMCallError, LLMResponse, MissingExtraError, NotPicklableError, ToolRoundsExceededError,
+                         Usage)
 from rlm_toolkit.callbacks import BaseCallback, CallbackManager, OpenTelemetryCallback
 from rlm_toolkit.callbacks.otel import SECONDS_BUCKETS, TOKEN_BUCKETS
 from rlm_toolkit.memory import BufferMemory
@@ -655,20 +656,37 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_spans_and_metrics_reach_an_otlp_http_receiver(server: LocalServer) -> None:
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
+@contextmanager
+def otlp_receiver() -> Iterator[tuple[str, dict[str, list[bytes]]]]:
+    """A small OTLP/HTTP receiver on 127.0.0.1: its endpoint, and the bodies posted to it by path."""
     bodies: dict[str, list[bytes]] = {}
     handler = type("Handler", (Receiver,), {"bodies": bodies})
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
     try:
+        yield f"http://127.0.0.1:{receiver.server_address[1]}", bodies
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def received_spans(bodies: dict[str, list[bytes]]) -> list[Any]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    traces = ExportTraceServiceRequest()
+    for body in bodies.get("/v1/traces", []):
+        traces.MergeFromString(body)
+    return [span for resource in traces.resource_spans for scope in resource.scope_spans for span in scope.spans]
+
+
+def test_spans_and_metrics_reach_an_otlp_http_receiver(server: LocalServer) -> None:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    with otlp_receiver() as (endpoint, bodies):
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces",
                                                                                timeout=5)))
@@ -680,14 +698,8 @@ def test_spans_and_metrics_reach_an_otlp_http_receiver(server: LocalServer) -> N
         assert tracer_provider.force_flush(10_000)
         tracer_provider.shutdown()
         meter_provider.shutdown()
-    finally:
-        receiver.shutdown()
-        receiver.server_close()
 
-    traces = ExportTraceServiceRequest()
-    for body in bodies["/v1/traces"]:
-        traces.MergeFromString(body)
-    spans = [span for resource in traces.resource_spans for scope in resource.scope_spans for span in scope.spans]
+    spans = received_spans(bodies)
     assert sorted(span.name for span in spans) == ["chat gpt-4o", "invoke_agent"]
     chat = next(span for span in spans if span.name == "chat gpt-4o")
     run = next(span for span in spans if span.name == "invoke_agent")
@@ -710,3 +722,38 @@ def test_spans_and_metrics_reach_an_otlp_http_receiver(server: LocalServer) -> N
                        if attribute.key == "gen_ai.token.type"]
         sums[token_types[0]] = point.sum
     assert sums == {"input": 12, "output": 3}
+
+
+def test_lone_surrogates_from_a_server_do_not_fail_the_export_of_a_batch(backend: str) -> None:
+    """A tool name, a model or an answer a server sent with a lone surrogate reaches the receiver escaped; one
+    such string would otherwise fail the encoding of every span in its batch."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    with otlp_receiver() as (endpoint, bodies):
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces",
+                                                                               timeout=5)))
+        manager = CallbackManager([OpenTelemetryCallback(tracer_provider, capture_content=True)],
+                                  backend=backend)  # type: ignore[arg-type]
+        manager.on_run_start("plain", run_id="run", kind="run", metadata={"key\udc80": "value\ud800"})
+        manager.on_llm_start("prompt \ud83d", run_id="call", parent_run_id="run", model="gpt\udfff")
+        manager.on_llm_end(LLMResponse("answer \udca9", "gpt\udfff", Usage.of(1, 2), "stop\ud800"),
+                           run_id="call", parent_run_id="run", model="gpt\udfff")
+        manager.on_tool_start("look\udcffup", {"city": "Paris\ud800"}, run_id="tool", parent_run_id="run")
+        manager.on_error(ValueError("bad \udc00 input"), run_id="tool", parent_run_id="run", tool_name="look\udcffup")
+        manager.on_run_end("done", run_id="run", kind="run")
+        assert tracer_provider.force_flush(10_000)
+        tracer_provider.shutdown()
+
+    spans = {span.name: span for span in received_spans(bodies)}
+    assert sorted(spans) == ["chat gpt\\udfff", "execute_tool look\\udcffup", "invoke_agent"]
+    chat = {attribute.key: attribute.value for attribute in spans["chat gpt\\udfff"].attributes}
+    assert chat["gen_ai.request.model"].string_value == "gpt\\udfff"
+    assert chat["gen_ai.response.finish_reasons"].array_value.values[0].string_value == "stop\\ud800"
+    # JSON text: the escape is JSON's own, so the message decodes to the prompt as it was
+    assert json.loads(chat["gen_ai.input.messages"].string_value)[0]["parts"][0]["content"] == "prompt \ud83d"
+    run = {attribute.key: attribute.value for attribute in spans["invoke_agent"].attributes}
+    assert run["rlm_toolkit.metadata.key\\udc80"].string_value == "value\\ud800"
+    tool = spans["execute_tool look\\udcffup"]
+    assert tool.status.message == "bad \\udc00 input"

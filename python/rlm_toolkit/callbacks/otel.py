@@ -203,7 +203,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         if opened is None:
             return
         if self.capture_content and kind != "batch":
-            opened.span.set_attribute(OUTPUT_MESSAGES, _text_messages("assistant", answer, "stop"))
+            _set_attribute(opened.span, OUTPUT_MESSAGES, _text_messages("assistant", answer, "stop"))
         opened.span.end()
 
     def on_llm_start(self, prompt: str, *, run_id: str | None = None, parent_run_id: str | None = None,
@@ -231,11 +231,11 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         span, metric_attributes = opened.span, opened.metric_attributes
         response_model = getattr(response, "model", None)
         if isinstance(response_model, str):
-            metric_attributes[RESPONSE_MODEL] = response_model
-            span.set_attribute(RESPONSE_MODEL, response_model)
+            metric_attributes[RESPONSE_MODEL] = _valid_text(response_model)
+            _set_attribute(span, RESPONSE_MODEL, response_model)
         finish_reason = getattr(response, "finish_reason", None)
         if isinstance(finish_reason, str):
-            span.set_attribute(FINISH_REASONS, [finish_reason])
+            _set_attribute(span, FINISH_REASONS, [finish_reason])
         usage = getattr(response, "usage", None)
         if usage is not None:
             span.set_attribute(INPUT_TOKENS, usage.prompt_tokens)
@@ -250,7 +250,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
             span.set_attribute(TIME_TO_FIRST_CHUNK, ttft_ms / 1000)
             self._time_to_first_chunk.record(ttft_ms / 1000, metric_attributes)
         if self.capture_content:
-            span.set_attribute(OUTPUT_MESSAGES, _answer_messages(response))
+            _set_attribute(span, OUTPUT_MESSAGES, _answer_messages(response))
         self._duration.record(time.monotonic() - opened.started, metric_attributes)
         span.end()
 
@@ -269,7 +269,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         if opened is None:
             return
         if self.capture_content:
-            opened.span.set_attribute(TOOL_RESULT, redact(str(tool_output)))
+            _set_attribute(opened.span, TOOL_RESULT, redact(str(tool_output)))
         opened.span.end()
 
     def on_memory_recall(self, query: str, results: list[Any], *, parent_run_id: str | None = None,
@@ -361,12 +361,12 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         with self._lock:
             parent = None if parent_run_id is None else self._open.get(parent_run_id)
         context = None if parent is None else self._set_span_in_context(parent.span)
-        span = self._tracer.start_span(name, context, kind, attributes)
-        return _OpenSpan(span, parent_run_id, operation, time.monotonic(), metric_attributes)
+        span = self._tracer.start_span(_valid_text(name), context, kind, _valid_attributes(attributes))
+        return _OpenSpan(span, parent_run_id, operation, time.monotonic(), _valid_attributes(metric_attributes))
 
     def _end_failed(self, opened: _OpenSpan, error_type: str, description: str | None) -> None:
-        opened.span.set_attribute(ERROR_TYPE, error_type)
-        opened.span.set_status(self._status(self._error_code, description))
+        _set_attribute(opened.span, ERROR_TYPE, error_type)
+        opened.span.set_status(self._status(self._error_code, None if description is None else _valid_text(description)))
         if opened.operation == "chat":
             self._duration.record(time.monotonic() - opened.started,
                                   {**opened.metric_attributes, ERROR_TYPE: error_type})
@@ -381,7 +381,36 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         with self._lock:
             opened = None if run_id is None else self._open.get(run_id)
         if opened is not None:
-            opened.span.add_event(name, attributes)
+            opened.span.add_event(name, _valid_attributes(attributes))
+
+
+def _valid_text(text: str) -> str:
+    """``text`` as OTLP can carry it. Protobuf strings must be valid UTF-8, and one string that is not fails the
+    export of its whole batch of spans; a lone surrogate (which a server's JSON can send, in a tool name or an
+    answer) is written as its ``\\udXXX`` escape instead."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _valid_value(value: AttributeValue) -> AttributeValue:
+    if isinstance(value, str):
+        return _valid_text(value)
+    if isinstance(value, (list, tuple)) and any(isinstance(item, str) for item in value):
+        return [_valid_text(item) if isinstance(item, str) else item for item in value]
+    return value
+
+
+def _valid_attributes(attributes: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
+    return {_valid_text(key): _valid_value(value) for key, value in attributes.items()}
+
+
+def _set_attribute(span: Span, key: str, value: AttributeValue) -> None:
+    span.set_attribute(key, _valid_value(value))
 
 
 def _tool_attributes(tool_name: str, run_id: str) -> dict[str, AttributeValue]:
