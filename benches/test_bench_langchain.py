@@ -5,8 +5,11 @@ the run manager's ``on_llm_new_token`` and ``on_llm_end``), as a LangChain app d
 hooks do nothing gives the cost of that dispatch alone, so ``handler cost = row - no-op``.
 
 Two cases: ``langchain-call`` (a chat model's start and end: a system and a 200-character user message, a
-300-character answer with usage) and ``langchain-stream`` (the same call streamed in 20 tokens of 15 characters). The log's close
-is timed in each batch."""
+300-character answer with usage) and ``langchain-stream`` (the same call streamed in 20 tokens of 15
+characters). The log's close is timed in each batch.
+
+    pytest benches/test_bench_langchain.py -m target -s     # the interleaved figures and the targets
+"""
 
 from __future__ import annotations
 
@@ -22,10 +25,17 @@ pytest.importorskip("langchain_core", reason="langchain-core is not installed (p
 
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.callbacks import CallbackManager as LCManager  # noqa: E402
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, get_buffer_string  # noqa: E402
+from langchain_core.messages import (  # noqa: E402
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    get_buffer_string,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResult  # noqa: E402
 
 from rlm_toolkit import bench  # noqa: E402
+from rlm_toolkit._backend import BackendName  # noqa: E402
 from rlm_toolkit.bench.base import WRITE_BUFFER, Case, Contender, count_lines, expect, remove, temp_path  # noqa: E402
 from rlm_toolkit.bench.pair import pair_payload  # noqa: E402
 from rlm_toolkit.bench.runner import measure_case  # noqa: E402
@@ -147,11 +157,11 @@ def _contenders(cfg: bench.Config, streamed: bool) -> list[Contender]:
     events_per_op = 2 + (STREAM_TOKENS if streamed else 0)
     tokens_per_op = STREAM_TOKENS if streamed else 0
 
-    def ours(backend: str) -> Contender:
+    def ours(backend: BackendName) -> Contender:
         def setup(n: int) -> Any:
             path = temp_path(cfg, f"langchain-{backend}")
-            metrics, log = MetricsCallback(backend=backend), FileLogCallback(path, backend=backend)  # type: ignore[arg-type]
-            handler = LangChainHandler([metrics, log], backend=backend)  # type: ignore[arg-type]
+            metrics, log = MetricsCallback(backend=backend), FileLogCallback(path, backend=backend)
+            handler = LangChainHandler([metrics, log], backend=backend)
             return {"ids": [uuid.uuid4() for _ in range(n)], "path": path, "metrics": metrics, "log": log,
                     "manager": LCManager(handlers=[handler], metadata=METADATA)}
 

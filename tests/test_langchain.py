@@ -38,11 +38,11 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableLambda, RunnableParallel
 from langchain_core.tools import tool
 
 from rlm_toolkit.callbacks import BaseCallback, CallbackManager, FileLogCallback, MetricsCallback
-from rlm_toolkit.errors import CallbackConfigError
+from rlm_toolkit.errors import CallbackConfigError, LLMCallError
 from rlm_toolkit.integrations.langchain import LangChainHandler
 from rlm_toolkit.types import LLMResponse, Usage
 
@@ -77,8 +77,9 @@ class StreamingChat(BaseChatModel):
         return "streaming-test-chat"
 
     def _last_chunk(self) -> ChatGenerationChunk:
-        return ChatGenerationChunk(message=AIMessageChunk(
-            "", usage_metadata=USAGE, response_metadata={"model_name": PRICED, "finish_reason": "stop"}))  # type: ignore[arg-type]
+        metadata = {"model_name": PRICED, "finish_reason": "stop"}
+        return ChatGenerationChunk(message=AIMessageChunk("", usage_metadata=USAGE,  # type: ignore[arg-type]
+                                                          response_metadata=metadata))
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
@@ -539,6 +540,24 @@ def test_a_failing_step_of_a_chain_is_reported_once_by_the_step(backend: str) ->
         (("missing",), second)]
 
 
+def test_parallel_steps_failing_together_are_two_errors(backend: str) -> None:
+    events = Events()
+    handler = LangChainHandler(events)
+
+    def fail_now(_: Any) -> str:
+        raise KeyError("now")
+
+    def fail_later(_: Any) -> str:
+        time.sleep(0.05)
+        raise ValueError("later")
+
+    with pytest.raises(KeyError):
+        RunnableParallel(a=fail_now, b=fail_later).invoke(1, config={"callbacks": [handler]})
+
+    assert sorted(type(error).__name__ for _, error, _ in events.named("error")) == ["KeyError", "ValueError"]
+    assert handler._failed_inside == {} and handler._runs == {}
+
+
 def test_a_chain_that_recovers_from_a_failing_step_forgets_that_failure(backend: str) -> None:
     events = Events()
     handler = LangChainHandler(events)
@@ -666,6 +685,18 @@ class LangChainRecorder(BaseCallbackHandler):
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self.calls.append(("llm_error", type(error).__name__, run_id))
 
+    def on_tool_error(self, error: BaseException, *, name: str | None = None, **kwargs: Any) -> None:
+        self.calls.append(("tool_error", type(error).__name__, name))
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self.calls.append(("chain_error", type(error).__name__, run_id))
+
+    def on_retriever_start(self, serialized: Any, query: str, **kwargs: Any) -> None:
+        self.calls.append(("retriever_start", query))
+
+    def on_retriever_end(self, documents: Any, **kwargs: Any) -> None:
+        self.calls.append(("retriever_end", [document.page_content for document in documents]))
+
 
 def test_a_langchain_handler_sees_an_rlm_run_with_a_tool(server: Any, backend: str) -> None:
     from rlm_toolkit import RLM
@@ -757,3 +788,48 @@ def test_a_handler_without_on_chat_model_start_gets_on_llm_start_and_async_handl
         LangChainCallback(AsyncCallbackHandler())
     with pytest.raises(CallbackConfigError):
         LangChainCallback(MetricsCallback())  # type: ignore[arg-type]
+
+
+def test_tool_errors_run_errors_and_recalled_memory_reach_their_langchain_hooks(server: Any, backend: str) -> None:
+    from rlm_toolkit import RLM
+    from rlm_toolkit.errors import ToolRoundsExceededError
+    from rlm_toolkit.integrations.langchain import LangChainCallback
+    from rlm_toolkit.memory import BufferMemory
+
+    def get_weather(city: str) -> str:
+        """The weather."""
+        raise OSError(f"no station in {city}")
+
+    recorder, memory = LangChainRecorder(), BufferMemory()
+    memory.store("user", "my city is Oslo")
+    rlm = RLM.from_openai(PRICED, [LangChainCallback(recorder)], base_url=server.base_url, api_key=server.api_key,
+                          tools=[get_weather], max_tool_rounds=1, memory=memory)
+    for _ in range(2):
+        server.queue_reply(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    with pytest.raises(ToolRoundsExceededError):
+        rlm.run("weather?")
+
+    chain_run = recorder.calls[0][3]
+    assert [call for call in recorder.calls if call[0].endswith(("_error", "retriever_start", "retriever_end"))] == [
+        ("retriever_start", "weather?"),
+        ("retriever_end", [json.dumps({"role": "user", "content": "my city is Oslo"})]),
+        ("tool_error", "OSError", "get_weather"),
+        ("chain_error", "ToolRoundsExceededError", chain_run),
+    ]
+
+
+def test_a_handlers_ignore_flags_are_honoured() -> None:
+    from rlm_toolkit.integrations.langchain import LangChainCallback
+
+    class NoLLM(LangChainRecorder):
+        ignore_llm = True
+        ignore_chain = True
+
+    recorder = NoLLM()
+    manager = CallbackManager([LangChainCallback(recorder)])
+    manager.on_run_start("p", run_id="r")
+    manager.on_llm_start("p", run_id="a")
+    manager.on_llm_end(LLMResponse("x"), run_id="a")
+    manager.on_error(LLMCallError("down"), run_id="a")
+    manager.on_tool_start("t", {}, run_id="b")
+    assert [call[0] for call in recorder.calls] == ["tool_start"]

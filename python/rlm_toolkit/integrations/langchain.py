@@ -35,14 +35,20 @@ which is used as it is). Each LangChain run becomes events of ours:
   reported fires nothing more, so one failure counts once in ``MetricsCallback``'s ``errors``, as in an RLM run.
 
 Every event has LangChain's ``run_id`` and ``parent_run_id`` (as str), and the ``tags`` and ``metadata`` of its
-run's start (metadata without the keys LangChain adds for its tracing: ``ls_...`` and ``lc_versions``); ``model=`` on the LLM events.
+run's start (metadata without the keys LangChain adds for its tracing: ``ls_...`` and ``lc_versions``);
+``model=`` on the LLM events.
 
 Our callbacks' failures follow our rules (logged on the ``rlm_toolkit`` logger, counted in ``handler_errors``
-and in ``MetricsCallback``'s metrics) and never reach the LangChain app. The handler sets ``run_inline = True``:
+and in ``MetricsCallback``'s metrics) and never reach the LangChain app: the exception of a callback of ours
+with ``raise_error = True`` reaches LangChain's callback manager, which logs it as a warning and carries on
+(``LangChainHandler.raise_error`` is False). The handler sets ``run_inline = True``:
 LangChain calls it on the event loop in ``ainvoke``/``astream``, in the order of the events, instead of
 on executor threads; async hooks of ours are then scheduled on that loop, and ``await handler.wait_pending()``
 awaits them. One handler may serve concurrent runs (threads or tasks): its own state is one entry per open
 run, each touched by that run's events only.
+
+The other way, ``LangChainCallback(handler)`` is one of our callbacks that hands our events to a LangChain
+handler, so a handler written for LangChain sees an ``RLM``'s runs (see its docstring for the mapping).
 
 Needs langchain-core: ``pip install 'rlm_toolkit[langchain]'``.
 """
@@ -50,6 +56,7 @@ Needs langchain-core: ``pip install 'rlm_toolkit[langchain]'``.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -63,7 +70,14 @@ from ..types import LLMResponse, Usage
 try:
     from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
     from langchain_core.documents import Document
-    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage, get_buffer_string
+    from langchain_core.messages import (
+        AIMessage,
+        BaseMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        get_buffer_string,
+    )
     from langchain_core.outputs import ChatGeneration, LLMResult
     from langchain_core.prompt_values import PromptValue
 except ImportError:
@@ -259,9 +273,10 @@ class LangChainHandler(BaseCallbackHandler):
         self._runs: dict[UUID, _Run] = {}
         """The open runs. Each entry is added by its run's start and removed by its end or error (one dict
         operation each, atomic), so concurrent runs need no lock."""
-        self._failed_inside: dict[UUID, BaseException] = {}
-        """Open run -> the exception a run inside it reported, so that its own error with that same exception
-        fires nothing more."""
+        self._failed_inside: dict[UUID, list[BaseException]] = {}
+        """Open run -> the exceptions the runs inside it reported, so that its own error with one of them fires
+        nothing more. Parallel steps of one run may fail at once: ``_failures_lock`` guards it."""
+        self._failures_lock = threading.Lock()
 
     async def wait_pending(self) -> None:
         """Await the async hooks that events fired inside a running event loop scheduled there."""
@@ -289,11 +304,13 @@ class LangChainHandler(BaseCallbackHandler):
 
     def _failed(self, run: _Run, error: BaseException, run_id: UUID, parent_run_id: UUID | None,
                 **extra: Any) -> None:
-        if self._failed_inside.pop(run_id, None) is not error:
+        with self._failures_lock:
+            reported = self._failed_inside.pop(run_id, ())
+            if parent_run_id is not None and parent_run_id in self._runs:
+                self._failed_inside.setdefault(parent_run_id, []).append(error)
+        if not any(inner is error for inner in reported):
             self._fire_error(error, run_id=run.run_id, parent_run_id=run.parent_run_id, tags=run.tags,
                              metadata=run.metadata, **extra)
-        if parent_run_id is not None and parent_run_id in self._runs:
-            self._failed_inside[parent_run_id] = error
 
     # -- LLM calls --------------------------------------------------------------------------------------------
 
@@ -354,7 +371,8 @@ class LangChainHandler(BaseCallbackHandler):
 
     def on_tool_end(self, output: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         run = self._closed_run(run_id, parent_run_id, kwargs.get("tags"))
-        self._failed_inside.pop(run_id, None)
+        with self._failures_lock:
+            self._failed_inside.pop(run_id, None)
         tool_output = output.content if isinstance(output, ToolMessage) else output
         self._fire_tool_end(run.name or "", tool_output, run_id=run.run_id, parent_run_id=run.parent_run_id,
                             tags=run.tags, metadata=run.metadata)
@@ -394,7 +412,8 @@ class LangChainHandler(BaseCallbackHandler):
     def on_chain_end(self, outputs: dict[str, Any], *, run_id: UUID, parent_run_id: UUID | None = None,
                      **kwargs: Any) -> None:
         run = self._closed_run(run_id, parent_run_id, kwargs.get("tags"))
-        self._failed_inside.pop(run_id, None)
+        with self._failures_lock:
+            self._failed_inside.pop(run_id, None)
         self._fire_run_end(_text_of(outputs), kind="run", run_id=run.run_id, parent_run_id=run.parent_run_id,
                            tags=run.tags, metadata=run.metadata)
 
