@@ -18,7 +18,7 @@ from uuid import UUID
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, BaseLLM
 from langchain_core.language_models.fake_chat_models import (
     FakeListChatModel,
     FakeMessagesListChatModel,
@@ -35,11 +35,12 @@ from langchain_core.messages import (
     get_buffer_string,
 )
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, LLMResult
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 from langchain_core.tools import tool
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_none
 
 from rlm_toolkit.callbacks import BaseCallback, CallbackManager, FileLogCallback, MetricsCallback
 from rlm_toolkit.errors import CallbackConfigError, LLMCallError
@@ -828,8 +829,89 @@ def test_a_handlers_ignore_flags_are_honoured() -> None:
     recorder = NoLLM()
     manager = CallbackManager([LangChainCallback(recorder)])
     manager.on_run_start("p", run_id="r")
-    manager.on_llm_start("p", run_id="a")
-    manager.on_llm_end(LLMResponse("x"), run_id="a")
+    manager.on_llm_start("p", run_id="a", model="m")
+    manager.on_llm_new_token("x", run_id="a", model="m")
+    manager.on_llm_end(LLMResponse("x"), run_id="a", model="m")
     manager.on_error(LLMCallError("down"), run_id="a")
     manager.on_tool_start("t", {}, run_id="b")
     assert [call[0] for call in recorder.calls] == ["tool_start"]
+    assert manager.handler_errors == 0
+    everything = LangChainRecorder()
+    CallbackManager([LangChainCallback(everything)]).on_run_start("", run_id="batch", kind="batch")
+    assert [call[:2] for call in everything.calls] == [("chain_start", "RLM.batch")]
+
+
+# -- text-completion LLMs and retries ------------------------------------------------------------------------
+
+
+class CompletionLLM(BaseLLM):
+    """A text-completion LLM that reports its usage in ``llm_output``, as OpenAI's completions LLM does, and
+    retries ``failures`` connection errors with tenacity, firing ``on_retry`` as LangChain's integrations do."""
+
+    failures: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "completion-test-llm"
+
+    def _generate(self, prompts: list[str], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> LLMResult:
+        attempts: list[int] = []
+
+        def call() -> str:
+            attempts.append(1)
+            if len(attempts) <= self.failures:
+                raise ConnectionError(f"attempt {len(attempts)} failed")
+            return "Rome."
+
+        retrying = Retrying(stop=stop_after_attempt(3), wait=wait_none(), reraise=True,
+                            retry=retry_if_exception_type(ConnectionError), before_sleep=run_manager.on_retry)
+        text = retrying(call)
+        return LLMResult(generations=[[Generation(text=text, generation_info={"finish_reason": "stop"})]],
+                         llm_output={"model_name": PRICED,
+                                     "token_usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})
+
+
+def test_a_completion_llm_gives_its_prompt_usage_and_retries(backend: str) -> None:
+    events, metrics = Events(), MetricsCallback()
+    retries: list[tuple[int, int, str]] = []
+
+    class Retries(BaseCallback):
+        def on_retry(self, attempt: int, max_attempts: int, error: BaseException, **kwargs: Any) -> None:
+            retries.append((attempt, max_attempts, str(error)))
+
+    answer = CompletionLLM(failures=2).invoke("Capital of Italy?", config={"callbacks": [
+        LangChainHandler([events, metrics, Retries()])]})
+
+    assert answer == "Rome."
+    assert [prompt for _, prompt, _ in events.named("llm_start")] == ["Capital of Italy?"]
+    [(_, response, _)] = events.named("llm_end")
+    assert response == LLMResponse("Rome.", PRICED, Usage(7, 2, 9), "stop")
+    assert retries == [(1, 3, "attempt 1 failed"), (2, 3, "attempt 2 failed")]
+    figures = metrics.get_metrics()
+    assert (figures["retries"], figures["completed_calls"], figures["total_tokens"]) == (2, 1, 9)
+
+
+def test_our_llm_end_reaches_langchain_with_usage_in_both_places_or_none() -> None:
+    from rlm_toolkit.integrations.langchain import LangChainCallback
+
+    results: list[LLMResult] = []
+
+    class Results(BaseCallbackHandler):
+        def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+            results.append(response)
+
+    manager = CallbackManager([LangChainCallback(Results())])
+    manager.on_llm_end(LLMResponse("hi", "gpt-4o", Usage(3, 2, 5, 1, 0), "stop"), run_id="a", model="gpt-4o-mini")
+    manager.on_llm_end(LLMResponse("hi", usage=None), run_id="b", model="gpt-4o-mini")
+
+    known, unknown = results
+    assert known.llm_output == {"model_name": "gpt-4o",
+                                "token_usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    message = known.generations[0][0].message  # type: ignore[attr-defined]
+    assert (message.content, message.response_metadata) == ("hi", {"model_name": "gpt-4o", "finish_reason": "stop"})
+    assert message.usage_metadata == {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5,
+                                      "input_token_details": {"cache_read": 1},
+                                      "output_token_details": {"reasoning": 0}}
+    assert unknown.llm_output == {"model_name": "gpt-4o-mini"}
+    assert unknown.generations[0][0].message.usage_metadata is None  # type: ignore[attr-defined]

@@ -21,9 +21,13 @@ which is used as it is). Each LangChain run becomes events of ours:
   ``finish_reason`` (else ``stop_reason``, else the generation's ``finish_reason``); ``tool_calls`` the
   message's ``tool_calls`` as LangChain gives them; ``usage`` from the message's ``usage_metadata``
   (``input_tokens``, ``output_tokens``, ``total_tokens``, ``input_token_details.cache_read`` as
-  ``cached_tokens``, ``output_token_details.reasoning`` as ``reasoning_tokens``), or None when the model
-  reported none: that call's tokens and cost are unknown, not 0. A streamed call also gives ``ttft_ms=``: the
-  milliseconds from its start to its first token with text or a tool-call chunk.
+  ``cached_tokens``, ``output_token_details.reasoning`` as ``reasoning_tokens``), else from the result's
+  OpenAI-style ``llm_output["token_usage"]`` (where text-completion LLMs report it, with their ``model_name``),
+  or None when the model reported none: that call's tokens and cost are unknown, not 0. A streamed call also
+  gives ``ttft_ms=``: the milliseconds from its start to its first token with text or a tool-call chunk.
+- retry (fired by the retry decorators of LangChain's model integrations) -> ``on_retry(attempt,
+  max_attempts, error)``: tenacity's ``attempt_number`` (the attempt that just failed), the
+  ``stop_after_attempt`` limit (0 when the stop rule has none), the attempt's exception.
 - tool start/end -> ``on_tool_start(tool_name, tool_input)`` (the tool's parsed ``inputs``, else its input
   text) / ``on_tool_end(tool_name, tool_output)`` (a ``ToolMessage``'s content, else the output as returned).
 - retriever end -> ``on_memory_recall(query, results)``: the query of its start, the documents' ``page_content``.
@@ -59,7 +63,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from .. import _backend
@@ -84,6 +88,9 @@ except ImportError:
     raise MissingExtraError(
         "rlm_toolkit.integrations.langchain needs langchain-core: pip install 'rlm_toolkit[langchain]'"
     ) from None
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 __all__ = ["LangChainCallback", "LangChainHandler"]
 
@@ -200,6 +207,15 @@ def _usage_of(usage_metadata: object) -> Usage | None:
     )
 
 
+def _token_usage_of(llm_output: dict[str, Any] | None) -> Usage | None:
+    """The usage of an OpenAI-style ``llm_output["token_usage"]`` (text-completion LLMs give it there)."""
+    token_usage = llm_output.get("token_usage") if llm_output else None
+    if not isinstance(token_usage, dict):
+        return None
+    return Usage(_count(token_usage, "prompt_tokens"), _count(token_usage, "completion_tokens"),
+                 _count(token_usage, "total_tokens"))
+
+
 def _first_str(mapping: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = mapping.get(key)
@@ -224,7 +240,9 @@ def _response_of(result: LLMResult) -> LLMResponse:
         usage = _usage_of(getattr(message, "usage_metadata", None))
         tool_calls: Iterable[Any] = getattr(message, "tool_calls", None) or ()
     else:
-        metadata, usage, tool_calls = info or {}, None, ()
+        metadata, usage, tool_calls = result.llm_output or {}, None, ()
+    if usage is None:
+        usage = _token_usage_of(result.llm_output)
     return LLMResponse(
         generation.text,
         model=_first_str(metadata, _MODEL_KEYS) if metadata else None,
@@ -268,6 +286,7 @@ class LangChainHandler(BaseCallbackHandler):
         self._fire_tool_end = manager.on_tool_end
         self._fire_memory_recall = manager.on_memory_recall
         self._fire_error = manager.on_error
+        self._fire_retry = manager.on_retry
         self._fire_run_start = manager.on_run_start
         self._fire_run_end = manager.on_run_end
         self._runs: dict[UUID, _Run] = {}
@@ -357,6 +376,21 @@ class LangChainHandler(BaseCallbackHandler):
                      tags: list[str] | None = None, **kwargs: Any) -> None:
         run = self._closed_run(run_id, parent_run_id, tags)
         self._failed(run, error, run_id, parent_run_id, model=run.model)
+
+    def on_retry(self, retry_state: RetryCallState, *, run_id: UUID, parent_run_id: UUID | None = None,
+                 **kwargs: Any) -> None:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        if error is None:  # a retry on a result: no error to report
+            return
+        run = self._runs.get(run_id)
+        if run is None:
+            run = _Run(str(run_id), None if parent_run_id is None else str(parent_run_id), kwargs.get("tags"), None)
+        stop = getattr(retry_state.retry_object, "stop", None)
+        max_attempts = getattr(stop, "max_attempt_number", 0)
+        self._fire_retry(retry_state.attempt_number, max_attempts if type(max_attempts) is int else 0, error,
+                         run_id=run.run_id, parent_run_id=run.parent_run_id, model=run.model, tags=run.tags,
+                         metadata=run.metadata)
 
     # -- tools and retrievers ---------------------------------------------------------------------------------
 
@@ -458,7 +492,11 @@ def _llm_result(response: object, model: str | None) -> LLMResult:
                                                        ("finish_reason", finish_reason)) if value is not None}
     message = AIMessage(content if isinstance(content, str) else str(content), response_metadata=response_metadata,
                         usage_metadata=_usage_metadata(usage) if isinstance(usage, Usage) else None)
-    return LLMResult(generations=[[ChatGeneration(message=message)]], llm_output={"model_name": response_model})
+    llm_output: dict[str, Any] = {"model_name": response_model}
+    if isinstance(usage, Usage):
+        llm_output["token_usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                                     "total_tokens": usage.total_tokens}
+    return LLMResult(generations=[[ChatGeneration(message=message)]], llm_output=llm_output)
 
 
 class LangChainCallback(BaseCallback):
