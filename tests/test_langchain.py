@@ -915,3 +915,18 @@ def test_our_llm_end_reaches_langchain_with_usage_in_both_places_or_none() -> No
                                       "output_token_details": {"reasoning": 0}}
     assert unknown.llm_output == {"model_name": "gpt-4o-mini"}
     assert unknown.generations[0][0].message.usage_metadata is None  # type: ignore[attr-defined]
+
+
+def test_the_console_shows_a_langchain_call(backend: str) -> None:
+    import io
+
+    from rlm_toolkit.callbacks import ConsoleCallback
+
+    out = io.StringIO()
+    answer = AIMessage("Paris.", usage_metadata={"input_tokens": 5, "output_tokens": 2, "total_tokens": 7})
+    PricedFakeChat(messages=iter([answer])).invoke("Capital?", config={"callbacks": [
+        LangChainHandler(ConsoleCallback(stream=out))]})
+
+    start, end = out.getvalue().splitlines()
+    assert start.endswith('] llm start      gpt-4o-mini  "Human: Capital?"')
+    assert 'tokens: 7 (5 prompt + 2 completion)' in end and end.endswith('-> "Paris."')
