@@ -930,3 +930,25 @@ def test_the_console_shows_a_langchain_call(backend: str) -> None:
     start, end = out.getvalue().splitlines()
     assert start.endswith('] llm start      gpt-4o-mini  "Human: Capital?"')
     assert 'tokens: 7 (5 prompt + 2 completion)' in end and end.endswith('-> "Paris."')
+
+
+def test_content_block_tokens_give_their_text_and_a_tool_call_chunk_starts_the_ttft() -> None:
+    from langchain_core.messages import ToolCallChunk
+
+    events = Events()
+    handler = LangChainHandler(events)
+    blocks, tools = UUID(int=10), UUID(int=11)
+    for run_id in (blocks, tools):
+        handler.on_chat_model_start({}, [[HumanMessage("hi")]], run_id=run_id)
+    handler.on_llm_new_token([{"type": "text", "text": "Hel"}, {"type": "image", "url": "x"}, "lo"], run_id=blocks)
+    call = ToolCallChunk(name="lookup", args="{", id="1", index=0)
+    handler.on_llm_new_token("", chunk=ChatGenerationChunk(message=AIMessageChunk("", tool_call_chunks=[call])),
+                             run_id=tools)
+    result = LLMResult(generations=[[ChatGeneration(message=AIMessage("Hello"))]])
+    for run_id in (blocks, tools):
+        handler.on_llm_end(result, run_id=run_id)
+
+    assert [(token, keywords["run_id"]) for _, token, keywords in events.named("llm_new_token")] == [
+        ("Hello", str(blocks))]
+    ttfts = [keywords["ttft_ms"] for _, _, keywords in events.named("llm_end")]
+    assert len(ttfts) == 2 and all(ttft is not None and ttft >= 0 for ttft in ttfts)
