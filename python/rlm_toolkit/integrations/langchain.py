@@ -265,6 +265,8 @@ class LangChainHandler(BaseCallbackHandler):
 
     run_inline = True
     raise_error = False
+    manager: CallbackManager
+    """The manager the events are fired into; its ``handler_errors`` counts our callbacks' failures."""
 
     def __init__(self, callbacks: BaseCallback | Iterable[Any] | None, *,
                  backend: _backend.BackendName | None = None) -> None:
