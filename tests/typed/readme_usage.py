@@ -99,3 +99,22 @@ def export_to_opentelemetry() -> None:
     print(OpenTelemetryCallback(capture_content=True, max_open_spans=1_000).capture_content)
     tracer_provider.shutdown()
     meter_provider.shutdown()
+
+
+def langchain_app() -> None:
+    from langchain_core.callbacks import StdOutCallbackHandler
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from rlm_toolkit.integrations.langchain import LangChainCallback, LangChainHandler
+
+    model = GenericFakeChatModel(messages=iter([AIMessage("Paris.")]))
+    chain = ChatPromptTemplate.from_messages([("human", "Capital of {country}?")]) | model | StrOutputParser()
+    metrics = MetricsCallback()
+    handler = LangChainHandler([metrics, FileLogCallback("langchain.jsonl")])
+    answer: str = chain.invoke({"country": "France"}, config={"callbacks": [handler], "tags": ["geo"]})
+    print(answer, metrics.get_metrics()["p50_latency_ms"], handler.manager.handler_errors)
+    rlm = RLM.from_openai("gpt-4o-mini", callbacks=[LangChainCallback(StdOutCallbackHandler())])
+    print(rlm.run("Hello").answer)
