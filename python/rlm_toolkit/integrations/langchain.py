@@ -59,23 +59,21 @@ Needs langchain-core: ``pip install 'rlm_toolkit[langchain]'``.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 from .. import _backend
 from ..callbacks import BaseCallback, CallbackManager
-from ..errors import CallbackConfigError, LLMCallError, MissingExtraError
+from ..errors import CallbackConfigError, MissingExtraError
 from ..types import LLMResponse, Usage
 
 try:
-    from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+    from langchain_core.callbacks import BaseCallbackHandler
     from langchain_core.documents import Document
     from langchain_core.messages import (
-        AIMessage,
         BaseMessage,
         HumanMessage,
         SystemMessage,
@@ -83,11 +81,13 @@ try:
         get_buffer_string,
     )
     from langchain_core.outputs import ChatGeneration, LLMResult
-    from langchain_core.prompt_values import PromptValue
 except ImportError:
     raise MissingExtraError(
         "rlm_toolkit.integrations.langchain needs langchain-core: pip install 'rlm_toolkit[langchain]'"
     ) from None
+
+from ._langchain_callback import LangChainCallback
+from ._langchain_text import content_text, text_of
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -159,33 +159,6 @@ def _message_line(message: BaseMessage) -> str:
 def _prompt_of(messages: list[BaseMessage]) -> str:
     """The messages as ``get_buffer_string`` writes them."""
     return "\n".join([_message_line(message) for message in messages])
-
-
-def _content_text(content: object) -> str:
-    """The text of a message's content or a token: a str, or the text of the text blocks of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            block if isinstance(block, str) else str(block.get("text", ""))
-            for block in content
-            if isinstance(block, str) or (isinstance(block, dict) and block.get("type") == "text")
-        )
-    return ""
-
-
-def _text_of(value: object) -> str:
-    """A chain's input or output as the text of its event."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, BaseMessage):
-        return _content_text(value.content)
-    if isinstance(value, PromptValue):
-        return value.to_string()
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):  # circular, or keys JSON cannot hold
-        return str(value)
 
 
 def _count(details: dict[str, Any], key: str) -> int:
@@ -360,7 +333,7 @@ class LangChainHandler(BaseCallbackHandler):
         run = self._runs.get(run_id)
         if run is None:
             return
-        text = token if isinstance(token, str) else _content_text(token)
+        text = token if isinstance(token, str) else content_text(token)
         if run.first_token is None and (text or _has_tool_call_chunks(chunk)):
             run.first_token = time.perf_counter()
         if text:
@@ -442,7 +415,7 @@ class LangChainHandler(BaseCallbackHandler):
                        metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
         name = _str_or_none(kwargs.get("name")) or _str_or_none((serialized or {}).get("name"))
         run = self._opened(run_id, parent_run_id, tags, metadata, name=name)
-        self._fire_run_start(_text_of(inputs), kind="run", name=name, run_id=run.run_id,
+        self._fire_run_start(text_of(inputs), kind="run", name=name, run_id=run.run_id,
                              parent_run_id=run.parent_run_id, tags=run.tags, metadata=run.metadata)
 
     def on_chain_end(self, outputs: dict[str, Any], *, run_id: UUID, parent_run_id: UUID | None = None,
@@ -450,165 +423,10 @@ class LangChainHandler(BaseCallbackHandler):
         run = self._closed_run(run_id, parent_run_id, kwargs.get("tags"))
         with self._failures_lock:
             self._failed_inside.pop(run_id, None)
-        self._fire_run_end(_text_of(outputs), kind="run", run_id=run.run_id, parent_run_id=run.parent_run_id,
+        self._fire_run_end(text_of(outputs), kind="run", run_id=run.run_id, parent_run_id=run.parent_run_id,
                            tags=run.tags, metadata=run.metadata)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
                        **kwargs: Any) -> None:
         run = self._closed_run(run_id, parent_run_id, kwargs.get("tags"))
         self._failed(run, error, run_id, parent_run_id)
-
-
-# -- the other way: a LangChain handler as one of our callbacks ----------------------------------------------
-
-
-def _uuid(run_id: object) -> UUID:
-    """Our run id as LangChain's UUID: the UUID it spells (the RLM's ids do), else a UUID made from its text
-    (``uuid5``), the same for the same id."""
-    if isinstance(run_id, UUID):
-        return run_id
-    text = "" if run_id is None else str(run_id)
-    try:
-        return UUID(text)
-    except ValueError:
-        return uuid5(NAMESPACE_URL, text)
-
-
-def _uuid_or_none(run_id: object) -> UUID | None:
-    return None if run_id is None else _uuid(run_id)
-
-
-def _usage_metadata(usage: Usage) -> dict[str, Any]:
-    return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens, "input_token_details": {"cache_read": usage.cached_tokens},
-            "output_token_details": {"reasoning": usage.reasoning_tokens}}
-
-
-def _llm_result(response: object, model: str | None) -> LLMResult:
-    """An ``LLMResult`` holding ``response`` (an ``LLMResponse``, or any text) as an ``AIMessage``."""
-    content = getattr(response, "content", response)
-    usage = getattr(response, "usage", None)
-    response_model = getattr(response, "model", None) or model
-    finish_reason = getattr(response, "finish_reason", None)
-    response_metadata = {key: value for key, value in (("model_name", response_model),
-                                                       ("finish_reason", finish_reason)) if value is not None}
-    message = AIMessage(content if isinstance(content, str) else str(content), response_metadata=response_metadata,
-                        usage_metadata=_usage_metadata(usage) if isinstance(usage, Usage) else None)
-    llm_output: dict[str, Any] = {"model_name": response_model}
-    if isinstance(usage, Usage):
-        llm_output["token_usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                                     "total_tokens": usage.total_tokens}
-    return LLMResult(generations=[[ChatGeneration(message=message)]], llm_output=llm_output)
-
-
-class LangChainCallback(BaseCallback):
-    """One of our callbacks that hands our events to a LangChain callback handler (a sync
-    ``BaseCallbackHandler``), so a handler written for LangChain sees an ``RLM``'s runs:
-
-    - ``on_run_start``/``on_run_end`` -> ``on_chain_start({"name": "RLM"}, {"input": prompt})`` /
-      ``on_chain_end({"output": answer})``;
-    - ``on_llm_start`` -> ``on_chat_model_start`` with the prompt as one ``HumanMessage`` (``on_llm_start`` with
-      ``[prompt]`` for a handler without it, as LangChain does), ``ls_model_name`` in the metadata;
-      ``on_llm_new_token`` -> ``on_llm_new_token``; ``on_llm_end`` -> ``on_llm_end`` with an ``LLMResult``
-      whose ``AIMessage`` has the answer, ``usage_metadata`` (None for unreported usage) and
-      ``response_metadata`` (``model_name``, ``finish_reason``);
-    - ``on_tool_start``/``on_tool_end`` -> ``on_tool_start({"name": tool_name}, input as text, inputs=...)`` /
-      ``on_tool_end(output)``; ``on_memory_recall`` -> ``on_retriever_start`` then ``on_retriever_end`` with
-      the results as ``Document``s;
-    - ``on_error`` -> ``on_tool_error`` (it has ``tool_name=``), ``on_llm_error`` (an ``LLMCallError``) or
-      ``on_chain_error``. ``on_retry`` and ``on_memory_store`` have no LangChain counterpart and are not passed.
-
-    Run ids become ``UUID``s (an RLM's ids are UUIDs as text). The handler's ``ignore_llm``,
-    ``ignore_chat_model``, ``ignore_chain`` and ``ignore_retriever`` are honoured; its exceptions are our
-    callback's, isolated and counted like any hook's."""
-
-    def __init__(self, handler: BaseCallbackHandler) -> None:
-        if not isinstance(handler, BaseCallbackHandler) or isinstance(handler, AsyncCallbackHandler):
-            raise CallbackConfigError(
-                f"LangChainCallback takes a langchain_core.callbacks.BaseCallbackHandler with sync hooks, not "
-                f"{type(handler).__name__}; for an AsyncCallbackHandler, write its hooks as an "
-                "rlm_toolkit.callbacks.AsyncBaseCallback"
-            )
-        self.handler = handler
-
-    def on_run_start(self, prompt: str, *, run_id: Any = None, parent_run_id: Any = None,
-                     tags: list[str] | None = None, metadata: dict[str, Any] | None = None, kind: str | None = None,
-                     **kwargs: Any) -> None:
-        if not self.handler.ignore_chain:
-            name = "RLM.batch" if kind == "batch" else "RLM"
-            self.handler.on_chain_start({"name": name}, {"input": prompt}, run_id=_uuid(run_id),
-                                        parent_run_id=_uuid_or_none(parent_run_id), tags=tags, metadata=metadata,
-                                        name=name)
-
-    def on_run_end(self, answer: str, *, run_id: Any = None, parent_run_id: Any = None,
-                   tags: list[str] | None = None, **kwargs: Any) -> None:
-        if not self.handler.ignore_chain:
-            self.handler.on_chain_end({"output": answer}, run_id=_uuid(run_id),
-                                      parent_run_id=_uuid_or_none(parent_run_id), tags=tags)
-
-    def on_llm_start(self, prompt: str, *, run_id: Any = None, parent_run_id: Any = None, model: str | None = None,
-                     tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if self.handler.ignore_llm:
-            return
-        serialized = {"name": model or "", "kwargs": {"model": model}}
-        ids = _uuid(run_id), _uuid_or_none(parent_run_id)
-        metadata = {**(metadata or {}), "ls_model_name": model} if model else metadata
-        if not self.handler.ignore_chat_model:
-            try:
-                self.handler.on_chat_model_start(serialized, [[HumanMessage(prompt)]], run_id=ids[0],
-                                                 parent_run_id=ids[1], tags=tags, metadata=metadata,
-                                                 invocation_params={"model": model})
-                return
-            except NotImplementedError:  # LangChain's way of saying "only on_llm_start"
-                pass
-        self.handler.on_llm_start(serialized, [prompt], run_id=ids[0], parent_run_id=ids[1], tags=tags,
-                                  metadata=metadata, invocation_params={"model": model})
-
-    def on_llm_new_token(self, token: str, *, run_id: Any = None, parent_run_id: Any = None,
-                         tags: list[str] | None = None, **kwargs: Any) -> None:
-        if not self.handler.ignore_llm:
-            self.handler.on_llm_new_token(token, run_id=_uuid(run_id), parent_run_id=_uuid_or_none(parent_run_id),
-                                          tags=tags)
-
-    def on_llm_end(self, response: Any, *, run_id: Any = None, parent_run_id: Any = None, model: str | None = None,
-                   tags: list[str] | None = None, **kwargs: Any) -> None:
-        if not self.handler.ignore_llm:
-            self.handler.on_llm_end(_llm_result(response, model), run_id=_uuid(run_id),
-                                    parent_run_id=_uuid_or_none(parent_run_id), tags=tags)
-
-    def on_tool_start(self, tool_name: str, tool_input: Any, *, run_id: Any = None, parent_run_id: Any = None,
-                      tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
-                      **kwargs: Any) -> None:
-        if not self.handler.ignore_agent:
-            self.handler.on_tool_start({"name": tool_name}, _text_of(tool_input), run_id=_uuid(run_id),
-                                       parent_run_id=_uuid_or_none(parent_run_id), tags=tags, metadata=metadata,
-                                       inputs=tool_input if isinstance(tool_input, dict) else None)
-
-    def on_tool_end(self, tool_name: str, tool_output: Any, *, run_id: Any = None, parent_run_id: Any = None,
-                    tags: list[str] | None = None, **kwargs: Any) -> None:
-        if not self.handler.ignore_agent:
-            self.handler.on_tool_end(tool_output, run_id=_uuid(run_id), parent_run_id=_uuid_or_none(parent_run_id),
-                                     tags=tags, name=tool_name)
-
-    def on_memory_recall(self, query: str, results: list[Any], *, run_id: Any = None, parent_run_id: Any = None,
-                         tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
-                         **kwargs: Any) -> None:
-        if self.handler.ignore_retriever:
-            return
-        uid, parent = _uuid(run_id), _uuid_or_none(parent_run_id)
-        self.handler.on_retriever_start({"name": "memory"}, query, run_id=uid, parent_run_id=parent, tags=tags,
-                                        metadata=metadata)
-        documents = [Document(page_content=_text_of(result)) for result in results]
-        self.handler.on_retriever_end(documents, run_id=uid, parent_run_id=parent, tags=tags)
-
-    def on_error(self, error: BaseException, *, run_id: Any = None, parent_run_id: Any = None,
-                 tags: list[str] | None = None, tool_name: str | None = None, **kwargs: Any) -> None:
-        uid, parent = _uuid(run_id), _uuid_or_none(parent_run_id)
-        if tool_name is not None:
-            if not self.handler.ignore_agent:
-                self.handler.on_tool_error(error, run_id=uid, parent_run_id=parent, tags=tags, name=tool_name)
-        elif isinstance(error, LLMCallError):
-            if not self.handler.ignore_llm:
-                self.handler.on_llm_error(error, run_id=uid, parent_run_id=parent, tags=tags)
-        elif not self.handler.ignore_chain:
-            self.handler.on_chain_error(error, run_id=uid, parent_run_id=parent, tags=tags)
