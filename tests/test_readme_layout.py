@@ -24,8 +24,9 @@ def test_every_source_file_has_a_place_in_the_layout() -> None:
 
 
 def test_every_file_the_layout_names_exists() -> None:
-    roots = [ROOT, ROOT / "rust", ROOT / "python" / "rlm_toolkit", ROOT / "python" / "rlm_toolkit" / "callbacks",
-             ROOT / "python" / "rlm_toolkit" / "server", ROOT / "python" / "rlm_toolkit" / "bench", ROOT / "benches"]
+    package = ROOT / "python" / "rlm_toolkit"
+    subpackages = [path for path in package.iterdir() if (path / "__init__.py").exists()]
+    roots = [ROOT, ROOT / "rust", ROOT / "benches", package, *subpackages]
     file_like = {name for name in NAMED if re.search(r"\.(rs|py|pyi|toml|md)$|/$", name) and "<" not in name}
     missing = {name for name in file_like if not any((root / name).exists() for root in roots)}
     assert missing == set(), f"the README's Layout section names files that do not exist: {sorted(missing)}"
