@@ -736,12 +736,13 @@ def test_lone_surrogates_from_a_server_do_not_fail_the_export_of_a_batch(backend
                                                                                timeout=5)))
         manager = CallbackManager([OpenTelemetryCallback(tracer_provider, capture_content=True)],
                                   backend=backend)  # type: ignore[arg-type]
-        manager.on_run_start("plain", run_id="run", kind="run", metadata={"key\udc80": "value\ud800"})
+        manager.on_run_start("plain", run_id="run", kind="run", tags=["tag\ud800"], metadata={"key\udc80": "value\ud800"})
         manager.on_llm_start("prompt \ud83d", run_id="call", parent_run_id="run", model="gpt\udfff")
         manager.on_llm_end(LLMResponse("answer \udca9", "gpt\udfff", Usage.of(1, 2), "stop\ud800"),
                            run_id="call", parent_run_id="run", model="gpt\udfff")
-        manager.on_tool_start("look\udcffup", {"city": "Paris\ud800"}, run_id="tool", parent_run_id="run")
-        manager.on_error(ValueError("bad \udc00 input"), run_id="tool", parent_run_id="run", tool_name="look\udcffup")
+        manager.on_tool_start("look\udcffup", {"city": "Paris\ud800"}, run_id="tool\udfff", parent_run_id="run")
+        manager.on_error(ValueError("bad \udc00 input"), run_id="tool\udfff", parent_run_id="run",
+                         tool_name="look\udcffup")
         manager.on_run_end("done", run_id="run", kind="run")
         assert tracer_provider.force_flush(10_000)
         tracer_provider.shutdown()
@@ -755,5 +756,9 @@ def test_lone_surrogates_from_a_server_do_not_fail_the_export_of_a_batch(backend
     assert json.loads(chat["gen_ai.input.messages"].string_value)[0]["parts"][0]["content"] == "prompt \ud83d"
     run = {attribute.key: attribute.value for attribute in spans["invoke_agent"].attributes}
     assert run["rlm_toolkit.metadata.key\\udc80"].string_value == "value\\ud800"
+    assert [tag.string_value for tag in run["rlm_toolkit.tags"].array_value.values] == ["tag\\ud800"]
     tool = spans["execute_tool look\\udcffup"]
     assert tool.status.message == "bad \\udc00 input"
+    assert {attribute.key: attribute.value.string_value for attribute in tool.attributes}["rlm_toolkit.run_id"] \
+        == "tool\\udfff"
+    assert tool.parent_span_id == spans["invoke_agent"].span_id

@@ -179,7 +179,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
                      kind: str | None = None, **kwargs: Any) -> None:
         if run_id is None:
             return
-        attributes: dict[str, AttributeValue] = {RUN_ID: run_id}
+        attributes: dict[str, AttributeValue] = {RUN_ID: _valid_text(run_id)}
         if kind == "batch":
             operation, name = "invoke_workflow", "invoke_workflow batch"
             attributes[WORKFLOW_NAME] = "batch"
@@ -190,12 +190,12 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
                 attributes[INPUT_MESSAGES] = _text_messages("user", prompt)
         attributes[OPERATION] = operation
         if model is not None:
-            attributes[REQUEST_MODEL] = model
+            attributes[REQUEST_MODEL] = _valid_text(model)
         if tags:
-            attributes[TAGS] = list(tags)
+            attributes[TAGS] = [_valid_text(tag) if isinstance(tag, str) else tag for tag in tags]
         for key, value in (metadata or {}).items():
             if isinstance(value, (str, bool, int, float)):
-                attributes[METADATA_PREFIX + str(key)] = value
+                attributes[_valid_text(METADATA_PREFIX + str(key))] = _valid_text(value) if isinstance(value, str) else value
         self._start(run_id, parent_run_id, name, self._internal_kind, attributes, operation)
 
     def on_run_end(self, answer: str, *, run_id: str | None = None, kind: str | None = None, **kwargs: Any) -> None:
@@ -203,7 +203,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         if opened is None:
             return
         if self.capture_content and kind != "batch":
-            _set_attribute(opened.span, OUTPUT_MESSAGES, _text_messages("assistant", answer, "stop"))
+            opened.span.set_attribute(OUTPUT_MESSAGES, _text_messages("assistant", answer, "stop"))
         opened.span.end()
 
     def on_llm_start(self, prompt: str, *, run_id: str | None = None, parent_run_id: str | None = None,
@@ -211,13 +211,14 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         if run_id is None:
             return
         attributes: dict[str, AttributeValue] = {OPERATION: "chat", PROVIDER_NAME: PROVIDER}
+        model = None if model is None else _valid_text(model)
         if model is not None:
             attributes[REQUEST_MODEL] = model
         endpoint = current_endpoint()
         if endpoint is not None:
             attributes.update(_server_attributes(endpoint))
         metric_attributes = dict(attributes)
-        attributes[RUN_ID] = run_id
+        attributes[RUN_ID] = _valid_text(run_id)
         if self.capture_content:
             attributes[INPUT_MESSAGES] = _text_messages("user", prompt)
         self._start(run_id, parent_run_id, f"chat {model}" if model else "chat", self._client_kind, attributes,
@@ -231,11 +232,12 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         span, metric_attributes = opened.span, opened.metric_attributes
         response_model = getattr(response, "model", None)
         if isinstance(response_model, str):
-            metric_attributes[RESPONSE_MODEL] = _valid_text(response_model)
-            _set_attribute(span, RESPONSE_MODEL, response_model)
+            response_model = _valid_text(response_model)
+            metric_attributes[RESPONSE_MODEL] = response_model
+            span.set_attribute(RESPONSE_MODEL, response_model)
         finish_reason = getattr(response, "finish_reason", None)
         if isinstance(finish_reason, str):
-            _set_attribute(span, FINISH_REASONS, [finish_reason])
+            span.set_attribute(FINISH_REASONS, [_valid_text(finish_reason)])
         usage = getattr(response, "usage", None)
         if usage is not None:
             span.set_attribute(INPUT_TOKENS, usage.prompt_tokens)
@@ -250,7 +252,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
             span.set_attribute(TIME_TO_FIRST_CHUNK, ttft_ms / 1000)
             self._time_to_first_chunk.record(ttft_ms / 1000, metric_attributes)
         if self.capture_content:
-            _set_attribute(span, OUTPUT_MESSAGES, _answer_messages(response))
+            span.set_attribute(OUTPUT_MESSAGES, _answer_messages(response))
         self._duration.record(time.monotonic() - opened.started, metric_attributes)
         span.end()
 
@@ -258,6 +260,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
                       parent_run_id: str | None = None, **kwargs: Any) -> None:
         if run_id is None:
             return
+        tool_name = _valid_text(tool_name)
         attributes = _tool_attributes(tool_name, run_id)
         if self.capture_content:
             attributes[TOOL_ARGUMENTS] = _json_text(tool_input)
@@ -269,14 +272,14 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         if opened is None:
             return
         if self.capture_content:
-            _set_attribute(opened.span, TOOL_RESULT, redact(str(tool_output)))
+            opened.span.set_attribute(TOOL_RESULT, _content_text(str(tool_output)))
         opened.span.end()
 
     def on_memory_recall(self, query: str, results: list[Any], *, parent_run_id: str | None = None,
                          **kwargs: Any) -> None:
         attributes: dict[str, AttributeValue] = {"rlm_toolkit.memory.message_count": len(results)}
         if self.capture_content:
-            attributes["rlm_toolkit.memory.query"] = redact(query)
+            attributes["rlm_toolkit.memory.query"] = _content_text(query)
             attributes["rlm_toolkit.memory.messages"] = _json_text(results)
         self._add_event(parent_run_id, "rlm_toolkit.memory.recall", attributes)
 
@@ -284,9 +287,9 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
                         **kwargs: Any) -> None:
         attributes: dict[str, AttributeValue] = {}
         if role is not None:
-            attributes["rlm_toolkit.memory.role"] = str(role)
+            attributes["rlm_toolkit.memory.role"] = _valid_text(str(role))
         if self.capture_content:
-            attributes["rlm_toolkit.memory.content"] = redact(content)
+            attributes["rlm_toolkit.memory.content"] = _content_text(content)
         self._add_event(parent_run_id, "rlm_toolkit.memory.store", attributes)
 
     def on_retry(self, attempt: int, max_attempts: int, error: BaseException, *, run_id: str | None = None,
@@ -297,7 +300,7 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
             ERROR_TYPE: _qualified_type_name(error),
         }
         if self.capture_content:
-            attributes["exception.message"] = redact(str(error))
+            attributes["exception.message"] = _content_text(str(error))
         self._add_event(run_id, "rlm_toolkit.retry", attributes)
 
     def on_error(self, error: BaseException, *, run_id: str | None = None, parent_run_id: str | None = None,
@@ -305,8 +308,9 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         opened = self._pop(run_id)
         if opened is None and run_id is not None and tool_name is not None:
             # a tool call refused before it ran (unknown tool, bad arguments) has no on_tool_start
+            tool_name = _valid_text(str(tool_name))
             opened = self._new_span(parent_run_id, f"execute_tool {tool_name}", self._internal_kind,
-                                    _tool_attributes(str(tool_name), run_id), "execute_tool", {})
+                                    _tool_attributes(tool_name, run_id), "execute_tool", {})
         if opened is not None:
             self._end_failed(opened, _qualified_type_name(error), self._error_description(error))
 
@@ -361,12 +365,12 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
         with self._lock:
             parent = None if parent_run_id is None else self._open.get(parent_run_id)
         context = None if parent is None else self._set_span_in_context(parent.span)
-        span = self._tracer.start_span(_valid_text(name), context, kind, _valid_attributes(attributes))
-        return _OpenSpan(span, parent_run_id, operation, time.monotonic(), _valid_attributes(metric_attributes))
+        span = self._tracer.start_span(name, context, kind, attributes)
+        return _OpenSpan(span, parent_run_id, operation, time.monotonic(), metric_attributes)
 
     def _end_failed(self, opened: _OpenSpan, error_type: str, description: str | None) -> None:
-        _set_attribute(opened.span, ERROR_TYPE, error_type)
-        opened.span.set_status(self._status(self._error_code, None if description is None else _valid_text(description)))
+        opened.span.set_attribute(ERROR_TYPE, error_type)
+        opened.span.set_status(self._status(self._error_code, description))
         if opened.operation == "chat":
             self._duration.record(time.monotonic() - opened.started,
                                   {**opened.metric_attributes, ERROR_TYPE: error_type})
@@ -375,13 +379,13 @@ class OpenTelemetryCallback(PickledByConfiguration, BaseCallback):
     def _error_description(self, error: BaseException) -> str | None:
         """The status description of a span that failed with ``error``: its message, which may quote the
         conversation, only when content is captured."""
-        return (redact(str(error)) or None) if self.capture_content else None
+        return (_content_text(str(error)) or None) if self.capture_content else None
 
     def _add_event(self, run_id: str | None, name: str, attributes: dict[str, AttributeValue]) -> None:
         with self._lock:
             opened = None if run_id is None else self._open.get(run_id)
         if opened is not None:
-            opened.span.add_event(name, _valid_attributes(attributes))
+            opened.span.add_event(name, attributes)
 
 
 def _valid_text(text: str) -> str:
@@ -397,24 +401,13 @@ def _valid_text(text: str) -> str:
     return text
 
 
-def _valid_value(value: AttributeValue) -> AttributeValue:
-    if isinstance(value, str):
-        return _valid_text(value)
-    if isinstance(value, (list, tuple)) and any(isinstance(item, str) for item in value):
-        return [_valid_text(item) if isinstance(item, str) else item for item in value]
-    return value
-
-
-def _valid_attributes(attributes: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
-    return {_valid_text(key): _valid_value(value) for key, value in attributes.items()}
-
-
-def _set_attribute(span: Span, key: str, value: AttributeValue) -> None:
-    span.set_attribute(key, _valid_value(value))
+def _content_text(text: str) -> str:
+    """Conversation text as a span holds it: redacted, and valid UTF-8."""
+    return _valid_text(redact(text))
 
 
 def _tool_attributes(tool_name: str, run_id: str) -> dict[str, AttributeValue]:
-    return {OPERATION: "execute_tool", TOOL_NAME: tool_name, TOOL_TYPE: "function", RUN_ID: run_id}
+    return {OPERATION: "execute_tool", TOOL_NAME: tool_name, TOOL_TYPE: "function", RUN_ID: _valid_text(run_id)}
 
 
 def _capture_content_from_environment() -> bool:
@@ -433,12 +426,12 @@ def _server_attributes(endpoint: str) -> dict[str, AttributeValue]:
         return {}
     if port is None:
         port = 443 if parts.scheme == "https" else 80
-    return {SERVER_ADDRESS: parts.hostname, SERVER_PORT: port}
+    return {SERVER_ADDRESS: _valid_text(parts.hostname), SERVER_PORT: port}
 
 
 def _qualified_type_name(error: BaseException) -> str:
     cls = type(error)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return _valid_text(cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}")
 
 
 def _text_messages(role: str, text: str, finish_reason: str | None = None) -> str:
@@ -446,7 +439,7 @@ def _text_messages(role: str, text: str, finish_reason: str | None = None) -> st
     message: dict[str, Any] = {"role": role, "parts": [{"type": "text", "content": redact(text)}]}
     if finish_reason is not None:
         message["finish_reason"] = finish_reason
-    return json.dumps([message], ensure_ascii=False)
+    return _valid_text(json.dumps([message], ensure_ascii=False))
 
 
 def _answer_messages(response: Any) -> str:
@@ -459,9 +452,10 @@ def _answer_messages(response: Any) -> str:
         parts.append({"type": "tool_call", "id": call.get("id") if isinstance(call, dict) else None,
                       "name": function.get("name"), "arguments": redact(str(function.get("arguments", "")))})
     finish_reason = getattr(response, "finish_reason", None) or "stop"
-    return json.dumps([{"role": "assistant", "parts": parts, "finish_reason": finish_reason}], ensure_ascii=False)
+    return _valid_text(json.dumps([{"role": "assistant", "parts": parts, "finish_reason": finish_reason}],
+                                  ensure_ascii=False))
 
 
 def _json_text(value: Any) -> str:
     """``value`` as compact JSON (``str()`` for what JSON cannot hold), redacted."""
-    return redact(json.dumps(value, ensure_ascii=False, default=str))
+    return _content_text(json.dumps(value, ensure_ascii=False, default=str))
