@@ -16,8 +16,10 @@ _MODULES: dict[str, str] = {"rust": "rlm_toolkit._core", "python": "rlm_toolkit.
 
 def resolve(name: str | None = None) -> BackendName:
     chosen = name or os.environ.get(BACKEND_ENV) or "rust"
-    if chosen == "rust" or chosen == "python":
-        return chosen
+    if chosen == "rust":
+        return "rust"
+    if chosen == "python":
+        return "python"
     raise BackendError(f"unknown callbacks backend {chosen!r}; use 'rust' or 'python' (argument or ${BACKEND_ENV})")
 
 

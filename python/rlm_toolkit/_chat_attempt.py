@@ -32,7 +32,7 @@ class _ChatAttempt:
     a ``_MalformedAnswerError``.
     """
 
-    def __init__(self, params: dict[str, Any], stream: bool, fire_token: Callable[[str], None]) -> None:
+    def __init__(self, params: dict[str, Any], stream: bool, fire_token: Callable[[str], object]) -> None:
         self.params = params
         self.stream = stream
         self.tokens_delivered = False

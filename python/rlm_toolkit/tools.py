@@ -120,13 +120,16 @@ class Tool:
 
     def parse_arguments(self, raw: str | None) -> dict[str, Any]:
         """The model's JSON arguments as keyword arguments for ``fn``; raises ``ToolCallError`` if they do not fit."""
-        try:
-            arguments = json.loads(raw) if raw and raw.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ToolCallError(
-                f"arguments for tool {self.name!r} are not valid JSON ({exc.msg} at position {exc.pos}): "
-                f"{raw[:200]!r}; send a JSON object matching the tool's parameters"
-            ) from exc
+        if raw is None or not raw.strip():
+            arguments: object = {}
+        else:
+            try:
+                arguments = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ToolCallError(
+                    f"arguments for tool {self.name!r} are not valid JSON ({exc.msg} at position {exc.pos}): "
+                    f"{raw[:200]!r}; send a JSON object matching the tool's parameters"
+                ) from exc
         if not isinstance(arguments, dict):
             raise ToolCallError(
                 f"arguments for tool {self.name!r} must be a JSON object, got {type(arguments).__name__}"

@@ -31,7 +31,8 @@ class Dispatcher:
         self._error_counters = list(error_counters)
 
     def event_method(self, event: str) -> Callable[..., None]:
-        return getattr(self, "on_" + event)
+        method: Callable[..., None] = getattr(self, "on_" + event)
+        return method
 
     def hook_failed(self, label: str, event: str, error: BaseException) -> None:
         self.handler_errors += 1

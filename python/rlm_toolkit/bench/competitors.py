@@ -168,6 +168,8 @@ def langchain_pair(cfg: Config, prompt: str, response: LLMResponse) -> Contender
 
     serialized = {"name": MODEL}
     usage = response.usage
+    if usage is None:
+        raise ValueError("langchain_pair needs a response that reports its token usage")
     result = LLMResult(
         generations=[[Generation(text=response.content)]],
         llm_output={"model_name": MODEL, "token_usage": {"prompt_tokens": usage.prompt_tokens,
@@ -211,15 +213,18 @@ def langchain_tokens(tokens: Callable[[int], list[str]], check: Callable[[Any], 
     from langchain_core.callbacks import BaseCallbackHandler
     from langchain_core.callbacks import CallbackManager as LCManager
 
+    # langchain-core's hook takes a token or a list of content blocks; only plain tokens are fired here.
+    LCToken = str | list[str | dict[str, Any]]
+
     class LCTokens(BaseCallbackHandler):
-        def __init__(self, sink: Callable[[str], None]) -> None:
+        def __init__(self, sink: Callable[[LCToken], None]) -> None:
             self.sink = sink
 
-        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        def on_llm_new_token(self, token: LCToken, **kwargs: Any) -> None:
             self.sink(token)
 
     def setup(n: int) -> Any:
-        sink: list[str] = []
+        sink: list[LCToken] = []
         manager = LCManager(handlers=[LCTokens(sink.append)])
         run_manager = manager.on_llm_start({"name": MODEL}, [PROMPT_SHORT], run_id=uuid.uuid4())[0]
         return {"tokens": tokens(n), "sink": sink, "run_manager": run_manager}

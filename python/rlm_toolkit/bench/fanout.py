@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from .._backend import BackendName
 from ..callbacks import BaseCallback, CallbackManager
 from .base import MODEL, PROMPT_SHORT, Contender, expect_handler_calls
 from .competitors import blinker_fanout, langchain_fanout, pluggy_fanout
@@ -43,7 +44,7 @@ def fanout_contenders(size: int, *, overriders: int | None = None) -> list[Conte
         handlers = [PageHandler() for _ in range(active)] + [BaseCallback() for _ in range(size - active)]
         return {"n": n, "active": active, "handlers": handlers}
 
-    def ours(backend: str) -> Contender:
+    def ours(backend: BackendName) -> Contender:
         def setup(n: int) -> Any:
             state = handlers_state(n)
             state["manager"] = CallbackManager(state["handlers"], backend=backend)

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from .._backend import BackendName
 from ..callbacks import CallbackManager, FileLogCallback, MetricsCallback
 from ..types import LLMResponse, Usage
 from .base import (
@@ -117,7 +118,7 @@ def pair_contenders(cfg: Config) -> list[Contender]:
     model = MODEL
     ids = _cached_ids()
 
-    def ours(backend: str) -> Contender:
+    def ours(backend: BackendName) -> Contender:
         def setup(n: int) -> Any:
             path = temp_path(cfg, f"pair-{backend}")
             metrics = MetricsCallback(backend=backend)
@@ -178,7 +179,7 @@ def metrics_contenders() -> list[Contender]:
     model = MODEL
     ids = _cached_ids()
 
-    def ours(backend: str) -> Contender:
+    def ours(backend: BackendName) -> Contender:
         def setup(n: int) -> Any:
             metrics = MetricsCallback(backend=backend)
             return {"ids": ids(n), "metrics": metrics, "manager": CallbackManager([metrics], backend=backend)}
@@ -202,7 +203,7 @@ def jsonl_contenders(cfg: Config) -> list[Contender]:
     ids = _cached_ids()
     log_bytes = _log_bytes(cfg, ids)
 
-    def ours(backend: str) -> Contender:
+    def ours(backend: BackendName) -> Contender:
         def setup(n: int) -> Any:
             path = temp_path(cfg, f"jsonl-{backend}")
             log = FileLogCallback(path, backend=backend)

@@ -114,11 +114,11 @@ def write_chart(rows: list[Row], path: str) -> str | None:
     fig, axes = plt.subplots(len(cases), 1, figsize=(10, 0.45 * sum(heights) + 1.1 * len(cases)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for axis, case in zip(axes[:, 0], cases):
-        measured = [r for r in rows if r.case == case and r.ns_per_event]
-        labels = [r.impl if len(r.impl) <= 60 else r.impl[:57] + "..." for r in measured]
-        values = [r.ns_per_event for r in measured]
+        measured = [(r, ns) for r in rows if r.case == case and (ns := r.ns_per_event)]
+        labels = [r.impl if len(r.impl) <= 60 else r.impl[:57] + "..." for r, _ in measured]
+        values = [ns for _, ns in measured]
         colours = ["#d9534f" if r.reference else ("#5bc0de" if r.key.startswith("python") else "#999999")
-                   for r in measured]
+                   for r, _ in measured]
         axis.barh(range(len(measured)), values, color=colours)
         axis.set_yticks(range(len(measured)), labels, fontsize=8)
         axis.invert_yaxis()

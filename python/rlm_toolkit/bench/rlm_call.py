@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._backend import BackendName
 from ..callbacks import BaseCallback, CallbackManager, ConsoleCallback, FileLogCallback, MetricsCallback
 from .base import MODEL, Config, Row, count_lines, expect, fill_ratios, progress_line, remove, temp_path
 
@@ -40,7 +41,7 @@ class _CustomCallback(BaseCallback):
         self.calls += 1
 
 
-def _four_callbacks(log: FileLogCallback, backend: str) -> list[Any]:
+def _four_callbacks(log: FileLogCallback, backend: BackendName) -> list[Any]:
     return [MetricsCallback(backend=backend), log, ConsoleCallback(stream=io.StringIO()), _CustomCallback()]
 
 

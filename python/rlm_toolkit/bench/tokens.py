@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from .._backend import BackendName
 from ..callbacks import CallbackManager, StreamingCallback
 from .base import MODEL, Contender, expect
 from .competitors import langchain_tokens
@@ -24,7 +25,7 @@ def token_contenders() -> list[Contender]:
     def check(state: Any) -> None:
         expect(len(state["sink"]), len(state["tokens"]), "tokens delivered")
 
-    def ours(backend: str) -> Contender:
+    def ours(backend: BackendName) -> Contender:
         def setup(n: int) -> Any:
             sink: list[str] = []
             return {"tokens": tokens(n), "sink": sink,

@@ -138,7 +138,7 @@ class AsyncHookRunner:
             stop_parents_loop.detach()
         self._background_lock = threading.Lock()
         self._background_loop: asyncio.AbstractEventLoop | None = None
-        self._stop_background_loop: weakref.finalize | None = None
+        self._stop_background_loop: weakref.finalize[[asyncio.AbstractEventLoop], AsyncHookRunner] | None = None
 
     def _loop_for_sync_callers(self) -> asyncio.AbstractEventLoop:
         with self._background_lock:

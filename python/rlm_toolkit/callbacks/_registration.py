@@ -72,7 +72,7 @@ def _base_function(name: str) -> Any:
 
 
 def _overridden_hook(callback: Any, hook: str) -> Callable[..., Any] | None:
-    method = getattr(callback, hook, None)
+    method: object = getattr(callback, hook, None)
     if method is None or not callable(method):
         return None
     if getattr(method, "__func__", None) is _base_function(hook):

@@ -6,8 +6,8 @@ import logging
 import math
 import numbers
 import traceback
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from .. import _backend
 from ..errors import CallbackConfigError, LLMCallError
@@ -15,13 +15,25 @@ from ..events import EVENTS
 from ..secrets import redact
 from ._async import AsyncHookRunner
 from ._pickling import PickledByConfiguration
-from ._registration import HOOK_NAMES, register
+from ._registration import HOOK_NAMES, HookPlan, register
 from .base import BaseCallback
 from .native import MetricsCallback
 
 _TOKEN_EVENT_INDEX = [spec.name for spec in EVENTS].index("llm_new_token")
 
 logger = logging.getLogger("rlm_toolkit")
+
+
+class _Dispatcher(Protocol):
+    """What the ``Dispatcher`` of either backend (``_core`` or ``_reference``) provides."""
+
+    def set_registration(
+        self, registrations: list[tuple[list[Any], list[HookPlan]]], error_counters: list[Any]
+    ) -> None: ...
+    def hook_failed(self, label: str, event: str, error: BaseException) -> None: ...
+    def event_method(self, event: str) -> Callable[..., None]: ...
+    @property
+    def handler_errors(self) -> int: ...
 
 
 def _report_hook_failure(label: str, event: str, error: BaseException) -> None:
@@ -41,7 +53,9 @@ def _report_hook_failure(label: str, event: str, error: BaseException) -> None:
 def _checked_async_timeout(async_timeout: object) -> float | None:
     if async_timeout is None:
         return None
-    if isinstance(async_timeout, numbers.Real) and not isinstance(async_timeout, bool) and 0 < async_timeout < math.inf:
+    # Compared with the operators that numbers.Real declares (< and <=); NaN fails the first.
+    if (isinstance(async_timeout, numbers.Real) and not isinstance(async_timeout, bool)
+            and async_timeout < math.inf and not async_timeout <= 0):
         return float(async_timeout)
     raise CallbackConfigError(
         f"async_timeout must be None (no timeout) or a finite number of seconds above 0, got {async_timeout!r}"
@@ -110,7 +124,7 @@ class CallbackManager(PickledByConfiguration, BaseCallback):
         self._keep_argument("backend", self.backend)
         self._callbacks: list[Any] = _callback_list(callbacks)
         self._async_hooks = AsyncHookRunner(self._async_hook_failed, _checked_async_timeout(async_timeout))
-        self._dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
+        self._dispatcher: _Dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
         for spec in EVENTS:
             setattr(self, spec.hook, self._dispatcher.event_method(spec.name))
         self._apply(self._callbacks)
