@@ -52,8 +52,8 @@ def providers() -> tuple[TracerProvider, MeterProvider]:
     return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 
-def through_manager(calls: int) -> Callable[[], None]:
-    manager = CallbackManager([OpenTelemetryCallback(*providers())])
+def fired_through(manager: CallbackManager, calls: int) -> Callable[[], None]:
+    """``calls`` LLM calls fired through ``manager``, with the context keywords an RLM run passes."""
     context = {"parent_run_id": "run-1", "model": MODEL, "tags": [], "metadata": {}}
 
     def work() -> None:
@@ -63,6 +63,10 @@ def through_manager(calls: int) -> Callable[[], None]:
             manager.on_llm_end(RESPONSE, run_id=run_id, ttft_ms=None, **context)
 
     return work
+
+
+def through_manager(calls: int) -> Callable[[], None]:
+    return fired_through(CallbackManager([OpenTelemetryCallback(*providers())]), calls)
 
 
 def hooks_directly(calls: int) -> Callable[[], None]:
@@ -108,16 +112,7 @@ def sdk_by_hand(calls: int) -> Callable[[], None]:
 
 
 def manager_alone(calls: int) -> Callable[[], None]:
-    manager = CallbackManager([])
-    context = {"parent_run_id": "run-1", "model": MODEL, "tags": [], "metadata": {}}
-
-    def work() -> None:
-        for index in range(calls):
-            run_id = f"call-{index}"
-            manager.on_llm_start("prompt", run_id=run_id, **context)
-            manager.on_llm_end(RESPONSE, run_id=run_id, ttft_ms=None, **context)
-
-    return work
+    return fired_through(CallbackManager([]), calls)
 
 
 WAYS: dict[str, Callable[[int], Callable[[], None]]] = {

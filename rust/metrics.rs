@@ -195,9 +195,11 @@ pub struct DurationState {
     pub buckets: Vec<(usize, u64)>,
 }
 
+/// One model's figures: what the aggregator keeps per model and what a snapshot's state holds of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelState {
     pub name: String,
+    /// Resolved once: prices never change for the life of the aggregator.
     pub price: Option<Price>,
     pub calls: u64,
     pub completed_calls: u64,
@@ -207,6 +209,7 @@ pub struct ModelState {
     pub total_tokens: u64,
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    /// False once a completed call had no price or did not report its usage.
     pub cost_known: bool,
     pub priced: PricedTokens,
     pub latency_count: u64,
@@ -453,7 +456,7 @@ impl Metrics {
             lost_events: counters.lost_events,
             rejected_events: counters.rejected_events,
             handler_errors: counters.handler_errors,
-            by_model: self.models.entries.iter().map(ModelStats::snapshot).collect(),
+            by_model: self.models.entries.iter().map(ModelState::snapshot).collect(),
         }
     }
 
@@ -461,12 +464,7 @@ impl Metrics {
         let mut counters: [u64; COUNTER_NAMES.len()] = self.counters.clone().slots().map(|counter| *counter);
         // Open runs travel as a count: this aggregator's own, and those of the snapshots merged in.
         counters[OPEN_RUNS_SLOT] = (self.open_runs.len() as u64).saturating_add(self.counters.merged_open_runs);
-        MetricsState {
-            counters,
-            latency: self.latency.state(),
-            ttft: self.ttft.state(),
-            models: self.models.entries.iter().map(ModelStats::state).collect(),
-        }
+        MetricsState { counters, latency: self.latency.state(), ttft: self.ttft.state(), models: self.models.entries.to_vec() }
     }
 
     /// Adds `state` in, as if this aggregator had seen its events too. Checked in full before anything
@@ -496,7 +494,7 @@ impl Metrics {
         for model in &state.models {
             let index = match self.models.index_by_name.get(&model.name) {
                 Some(&index) => index,
-                None => self.models.push(ModelStats::new(&model.name, model.price)),
+                None => self.models.push(ModelState::new(&model.name, model.price)),
             };
             self.models.entries[index].merge(model)?;
         }
@@ -709,29 +707,9 @@ impl PricedTokens {
     }
 }
 
-#[derive(Debug)]
-struct ModelStats {
-    name: String,
-    /// Resolved once: prices never change for the life of the aggregator.
-    price: Option<Price>,
-    calls: u64,
-    completed_calls: u64,
-    errors: u64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-    cached_tokens: u64,
-    reasoning_tokens: u64,
-    /// False once a completed call had no price or did not report its usage.
-    cost_known: bool,
-    priced: PricedTokens,
-    latency_count: u64,
-    latency_sum_us: u128,
-}
-
-impl ModelStats {
-    fn new(name: &str, price: Option<Price>) -> ModelStats {
-        ModelStats {
+impl ModelState {
+    fn new(name: &str, price: Option<Price>) -> ModelState {
+        ModelState {
             name: name.to_owned(),
             price,
             calls: 0,
@@ -770,25 +748,6 @@ impl ModelStats {
         (self.name.clone(), snapshot)
     }
 
-    fn state(&self) -> ModelState {
-        ModelState {
-            name: self.name.clone(),
-            price: self.price,
-            calls: self.calls,
-            completed_calls: self.completed_calls,
-            errors: self.errors,
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.completion_tokens,
-            total_tokens: self.total_tokens,
-            cached_tokens: self.cached_tokens,
-            reasoning_tokens: self.reasoning_tokens,
-            cost_known: self.cost_known,
-            priced: self.priced,
-            latency_count: self.latency_count,
-            latency_sum_us: self.latency_sum_us,
-        }
-    }
-
     fn merge(&mut self, other: &ModelState) -> Result<(), String> {
         if other.price != self.price {
             return Err(price_conflict(&self.name, self.price, other.price));
@@ -812,7 +771,7 @@ impl ModelStats {
 /// Per-model stats in first-seen order.
 #[derive(Debug, Default)]
 struct ModelTable {
-    entries: Vec<ModelStats>,
+    entries: Vec<ModelState>,
     index_by_name: HashMap<String, usize>,
 }
 
@@ -831,11 +790,11 @@ impl ModelTable {
     fn index(&mut self, name: &str, prices: &Prices) -> usize {
         match self.index_by_name.get(name) {
             Some(&index) => index,
-            None => self.push(ModelStats::new(name, prices.lookup(name))),
+            None => self.push(ModelState::new(name, prices.lookup(name))),
         }
     }
 
-    fn push(&mut self, stats: ModelStats) -> usize {
+    fn push(&mut self, stats: ModelState) -> usize {
         let index = self.entries.len();
         self.index_by_name.insert(stats.name.clone(), index);
         self.entries.push(stats);
@@ -845,7 +804,7 @@ impl ModelTable {
     /// The cost of every priced call, summed over the models in name order: the same figure however the
     /// calls were split between snapshots.
     fn total_cost_usd(&self) -> f64 {
-        let mut models: Vec<&ModelStats> = self.entries.iter().filter(|stats| stats.price.is_some()).collect();
+        let mut models: Vec<&ModelState> = self.entries.iter().filter(|stats| stats.price.is_some()).collect();
         models.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         models.iter().fold(0.0, |total, stats| total + stats.priced_cost())
     }

@@ -6,8 +6,8 @@ import logging
 import math
 import numbers
 import traceback
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import _backend
 from ..errors import CallbackConfigError, LLMCallError
@@ -15,25 +15,20 @@ from ..events import EVENTS
 from ..secrets import redact
 from ._async import AsyncHookRunner
 from ._pickling import PickledByConfiguration
-from ._registration import HOOK_NAMES, HookPlan, register
+from ._registration import HOOK_NAMES, register
 from .base import BaseCallback
 from .native import MetricsCallback
+
+if TYPE_CHECKING:
+    from .. import _core
+    from .._reference import dispatch as _reference_dispatch
+
+    _Dispatcher: TypeAlias = _core.Dispatcher | _reference_dispatch.Dispatcher
+    """The ``Dispatcher`` of either backend."""
 
 _TOKEN_EVENT_INDEX = [spec.name for spec in EVENTS].index("llm_new_token")
 
 logger = logging.getLogger("rlm_toolkit")
-
-
-class _Dispatcher(Protocol):
-    """What the ``Dispatcher`` of either backend (``_core`` or ``_reference``) provides."""
-
-    def set_registration(
-        self, registrations: list[tuple[list[Any], list[HookPlan]]], error_counters: list[Any]
-    ) -> None: ...
-    def hook_failed(self, label: str, event: str, error: BaseException) -> None: ...
-    def event_method(self, event: str) -> Callable[..., None]: ...
-    @property
-    def handler_errors(self) -> int: ...
 
 
 def _report_hook_failure(label: str, event: str, error: BaseException) -> None:
