@@ -185,6 +185,10 @@ impl Encoder<'_> {
     }
 
     pub fn push_value(&self, out: &mut Vec<u8>, value: &Bound<'_, PyAny>, max_chars: usize, depth: usize) {
+        // The value nearly every field holds, tested first: an exact str is its own text.
+        if let Ok(text) = value.cast_exact::<PyString>() {
+            return self.push_pystr(out, text, max_chars);
+        }
         if value.is_none() {
             out.extend_from_slice(b"null");
         } else if let Ok(flag) = value.cast::<PyBool>() {

@@ -137,11 +137,58 @@ fn scan_scalar<P: PatternStarts>(bytes: &[u8], from: usize) -> TextScan {
 /// One pass over `bytes` for both questions of `TextScan`.
 pub fn scan_text<P: PatternStarts>(bytes: &[u8]) -> TextScan {
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 33 && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { scan_text_avx2::<P>(bytes) };
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above); each function gets the lengths it takes.
+        return unsafe {
+            if bytes.len() >= 33 {
+                scan_text_avx2::<P>(bytes)
+            } else {
+                scan_short_text_avx2::<P>(bytes)
+            }
+        };
     }
     scan_scalar::<P>(bytes, 0)
+}
+
+/// The masks of one 32-byte chunk (`next`: the chunk one byte further on), as vectors: the bytes JSON
+/// escapes, and the bytes where a pair of `P` starts. A macro, not a function: inlined, the vector
+/// constants stay in registers across a loop.
+#[cfg(target_arch = "x86_64")]
+macro_rules! classify_chunk {
+    ($patterns:ty, $chunk:expr, $next:expr) => {{
+        let (chunk, next) = ($chunk, $next);
+        let last_control = _mm256_set1_epi8(0x1f);
+        let is_control = _mm256_cmpeq_epi8(_mm256_max_epu8(chunk, last_control), last_control);
+        let quote = _mm256_cmpeq_epi8(chunk, _mm256_set1_epi8(b'"' as i8));
+        let backslash = _mm256_cmpeq_epi8(chunk, _mm256_set1_epi8(b'\\' as i8));
+        let is_special = _mm256_or_si256(_mm256_or_si256(quote, backslash), is_control);
+        let lower_case_bit = _mm256_set1_epi8(0x20);
+        let (chunk_lower, next_lower) = (_mm256_or_si256(chunk, lower_case_bit), _mm256_or_si256(next, lower_case_bit));
+        let mut pairs_found = _mm256_setzero_si256();
+        for pair in 0..<$patterns>::PAIRS.len() {
+            // A constant per pair: the compiler keeps only one side of each choice.
+            let (chunk, next) = if <$patterns>::FOLD_CASE[pair] { (chunk_lower, next_lower) } else { (chunk, next) };
+            let [first, second] = <$patterns>::PAIRS[pair];
+            let found = _mm256_and_si256(
+                _mm256_cmpeq_epi8(chunk, _mm256_set1_epi8(first as i8)),
+                _mm256_cmpeq_epi8(next, _mm256_set1_epi8(second as i8)),
+            );
+            pairs_found = _mm256_or_si256(pairs_found, found);
+        }
+        (is_special, pairs_found)
+    }};
+}
+
+/// Whether a pattern starts at one of `candidates` (bit `i`: index `at + i` of `bytes`).
+#[inline(always)]
+fn pattern_at_candidates<P: PatternStarts>(bytes: &[u8], at: usize, mut candidates: u32) -> bool {
+    while candidates != 0 {
+        if P::starts_at(bytes, at + candidates.trailing_zeros() as usize) {
+            return true;
+        }
+        candidates &= candidates - 1;
+    }
+    false
 }
 
 /// # Safety
@@ -150,12 +197,6 @@ pub fn scan_text<P: PatternStarts>(bytes: &[u8]) -> TextScan {
 #[target_feature(enable = "avx2")]
 unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
     use std::arch::x86_64::*;
-    let quote = _mm256_set1_epi8(b'"' as i8);
-    let backslash = _mm256_set1_epi8(b'\\' as i8);
-    let last_control = _mm256_set1_epi8(0x1f);
-    let firsts = P::PAIRS.map(|pair| _mm256_set1_epi8(pair[0] as i8));
-    let seconds = P::PAIRS.map(|pair| _mm256_set1_epi8(pair[1] as i8));
-    let lower_case_bit = _mm256_set1_epi8(0x20);
     let mut specials = _mm256_setzero_si256();
     let mut may_hold_token = false;
     // Each chunk is compared with the chunk one byte further on too (hence 33 bytes): only the rare places
@@ -172,24 +213,10 @@ unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
                     _mm256_loadu_si256(bytes.as_ptr().add(at + 1) as *const __m256i),
                 )
             };
-            let is_control = _mm256_cmpeq_epi8(_mm256_max_epu8(chunk, last_control), last_control);
-            let is_special =
-                _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(chunk, quote), _mm256_cmpeq_epi8(chunk, backslash)), is_control);
+            let (is_special, pairs_found) = classify_chunk!(P, chunk, next);
             specials = _mm256_or_si256(specials, is_special);
             if !may_hold_token {
-                let (chunk_lower, next_lower) = (_mm256_or_si256(chunk, lower_case_bit), _mm256_or_si256(next, lower_case_bit));
-                let mut pairs_found = _mm256_setzero_si256();
-                for pair in 0..P::PAIRS.len() {
-                    // A constant per pair: the compiler keeps only one side of each choice.
-                    let (chunk, next) = if P::FOLD_CASE[pair] { (chunk_lower, next_lower) } else { (chunk, next) };
-                    let found = _mm256_and_si256(_mm256_cmpeq_epi8(chunk, firsts[pair]), _mm256_cmpeq_epi8(next, seconds[pair]));
-                    pairs_found = _mm256_or_si256(pairs_found, found);
-                }
-                let mut candidates = _mm256_movemask_epi8(pairs_found) as u32;
-                while candidates != 0 && !may_hold_token {
-                    may_hold_token = P::starts_at(bytes, at + candidates.trailing_zeros() as usize);
-                    candidates &= candidates - 1;
-                }
+                may_hold_token = pattern_at_candidates::<P>(bytes, at, _mm256_movemask_epi8(pairs_found) as u32);
             }
         }};
     }
@@ -204,6 +231,29 @@ unsafe fn scan_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
     // The last byte is in no chunk (each needs the byte after it) and starts no pattern, which all need more.
     let last_escapes = needs_escape(bytes[bytes.len() - 1]);
     TextScan { needs_escape: _mm256_movemask_epi8(specials) != 0 || last_escapes, may_hold_token }
+}
+
+/// A text of at most 32 bytes (a model name, a run id) as one chunk: copied into a buffer padded with
+/// spaces, and only the masks' bits of the text's own bytes looked at.
+///
+/// # Safety
+/// The CPU must support AVX2, and `bytes` must hold at most 32 bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_short_text_avx2<P: PatternStarts>(bytes: &[u8]) -> TextScan {
+    use std::arch::x86_64::*;
+    let mut padded = [b' '; 33];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `padded` holds 33 bytes, so both unaligned loads read 32 bytes within it.
+    let (chunk, next) =
+        unsafe { (_mm256_loadu_si256(padded.as_ptr() as *const __m256i), _mm256_loadu_si256(padded.as_ptr().add(1) as *const __m256i)) };
+    let (is_special, pairs_found) = classify_chunk!(P, chunk, next);
+    let in_text = if bytes.len() == 32 { u32::MAX } else { (1u32 << bytes.len()) - 1 };
+    let candidates = _mm256_movemask_epi8(pairs_found) as u32 & in_text;
+    TextScan {
+        needs_escape: _mm256_movemask_epi8(is_special) as u32 & in_text != 0,
+        may_hold_token: pattern_at_candidates::<P>(bytes, 0, candidates),
+    }
 }
 
 #[cfg(test)]

@@ -47,9 +47,16 @@ pub fn push_iso_utc(out: &mut Vec<u8>, epoch_seconds: f64) {
         prefix.copy_from_slice(&text);
         LAST_SECOND.set((seconds_total, prefix));
     }
-    out.extend_from_slice(&prefix);
-    push_digits(out, micros, 6);
-    out.extend_from_slice(b"Z\"");
+    // One fixed-size copy: the compiler writes it without a call.
+    let mut text = [b'0'; 29];
+    text[..21].copy_from_slice(&prefix);
+    let mut rest = micros;
+    for digit in text[21..27].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    text[27..].copy_from_slice(b"Z\"");
+    out.extend_from_slice(&text);
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (H. Hinnant).
