@@ -122,6 +122,8 @@ fn generate(events: &[Event]) -> String {
 }
 
 fn main() {
+    #[cfg(feature = "python")]
+    pyo3_build_config::use_pyo3_cfgs();
     println!("cargo::rerun-if-changed={CATALOGUE}");
     let text = std::fs::read_to_string(CATALOGUE).unwrap_or_else(|error| panic!("cannot read {CATALOGUE}: {error}"));
     let generated = generate(&read_events(&text));

@@ -5,7 +5,7 @@
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::{PyDict, PyString, PyType};
 
 /// Reads the `__slots__` fields of instances of one class at their offsets: a load each, where a
 /// `getattr` walks the type's attribute lookup and the descriptor protocol.
@@ -70,4 +70,26 @@ pub fn instance_dict<'py>(object: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDic
         Ok(dict) => dict.cast_into::<PyDict>().ok(),
         Err(_) => None,
     }
+}
+
+/// The text of a str of ASCII characters only, read in place: a flag test where `PyUnicode_AsUTF8AndSize`
+/// is a call. None for any other str (and on Pythons whose str layout this does not read).
+#[cfg(not(Py_3_14))]
+pub fn ascii_text<'a>(text: &'a Bound<'_, PyString>) -> Option<&'a str> {
+    let object = text.as_ptr();
+    // SAFETY: `object` is a live str, borrowed for 'a with the GIL held. A compact ASCII str holds its
+    // `PyUnicode_GET_LENGTH` characters as that many bytes below 0x80 (so valid UTF-8) right after its
+    // header, and a str never changes while it lives.
+    unsafe {
+        if ffi::PyUnicode_IS_COMPACT_ASCII(object) == 0 {
+            return None;
+        }
+        let bytes = std::slice::from_raw_parts(ffi::PyUnicode_DATA(object).cast::<u8>(), ffi::PyUnicode_GET_LENGTH(object) as usize);
+        Some(std::str::from_utf8_unchecked(bytes))
+    }
+}
+
+#[cfg(Py_3_14)]
+pub fn ascii_text<'a>(_text: &'a Bound<'_, PyString>) -> Option<&'a str> {
+    None
 }
