@@ -288,8 +288,9 @@ impl JsonlWriter {
         if finished {
             let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
             if let Some(thread) = thread {
+                let panicked = thread.join().is_err();
                 let mut state = self.shared.lock();
-                if thread.join().is_err() {
+                if panicked {
                     state.first_error.get_or_insert_with(|| "the JSONL writer thread panicked".into());
                 }
                 // Closed, the writer takes no more lines: its buffers can serve the next one.
