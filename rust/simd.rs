@@ -1,5 +1,6 @@
-//! All SIMD of the crate: the scans behind JSON escaping and secret redaction. Each vector path is chosen
-//! by runtime CPU detection; every other CPU takes the scalar loop, which gives the same answers.
+//! All SIMD of the crate, and its other CPU-specific instructions: the scans behind JSON escaping and
+//! secret redaction, and the time-stamp counter the event clock reads. Each vector path is chosen by
+//! runtime CPU detection; every other CPU takes the scalar loop, which gives the same answers.
 
 /// The patterns a text scan looks for besides escapes: byte pairs one of which begins every pattern
 /// (lower-case letters in a pair with `FOLD_CASE` match either case; so every pattern is at least two bytes
@@ -8,6 +9,14 @@ pub trait PatternStarts {
     const PAIRS: [[u8; 2]; 3];
     const FOLD_CASE: [bool; 3];
     fn starts_at(bytes: &[u8], at: usize) -> bool;
+}
+
+/// The CPU's time-stamp counter (`rdtsc`).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn time_stamp_counter() -> u64 {
+    // SAFETY: `rdtsc` reads the time-stamp counter, which every x86_64 CPU has; it touches no memory.
+    unsafe { std::arch::x86_64::_rdtsc() }
 }
 
 /// What one pass over a text found: whether it needs JSON escaping, and whether a pattern of `P` starts in it.

@@ -491,6 +491,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), lines);
+        // The batch with the last line may have been a full one: the poll after it finds nothing.
+        while writer.shared.lock().writer_polls && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(!writer.shared.lock().writer_polls, "a poll that finds less than a buffer puts the writer back to sleep");
         drop(writer);
         let _ = std::fs::remove_file(&path);
