@@ -511,6 +511,29 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_opened_after_another_closed_writes_only_its_own_lines() {
+        // The second writer may take the first one's buffers: they must come empty.
+        let (first, second) = (temp_path("kept-first"), temp_path("kept-second"));
+        let writer = JsonlWriter::open(&first, config(true, 1 << 20)).unwrap();
+        for index in 0..5000 {
+            writer.append(format!("{{\"first\":{index}}}\n").as_bytes()).unwrap();
+        }
+        writer.close().unwrap();
+        let writer = JsonlWriter::open(&second, config(true, 1 << 20)).unwrap();
+        let mut expected = String::new();
+        for index in 0..100 {
+            let line = format!("{{\"second\":{index}}}\n");
+            writer.append(line.as_bytes()).unwrap();
+            expected.push_str(&line);
+            // Each flush swaps the buffers, so both are filled.
+            writer.flush().unwrap();
+        }
+        writer.close().unwrap();
+        assert_eq!(std::fs::read_to_string(&first).unwrap().lines().count(), 5000);
+        assert_eq!(std::fs::read_to_string(&second).unwrap(), expected);
+    }
+
+    #[test]
     fn drop_policy_counts_lines_it_drops() {
         let path = temp_path("drop");
         let writer = JsonlWriter::open(&path, config(false, 16)).unwrap();

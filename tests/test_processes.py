@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,50 @@ def test_forked_workers_keep_every_event(backend: str, tmp_path: Path, how: str,
     assert run_ids(tmp_path / "log.jsonl") == expected([f"task{task}" for task in range(tasks)], events) + expected(
         ["parent"], 2
     )
+
+
+# The event clock in forked children: each child's records carry on from the parent's last timestamp, and no
+# process's timestamps ever run backwards (the Rust clock follows the CPU's counter from shared anchors).
+FORKED_CLOCK = """
+log = FileLogCallback(PATH.replace(".jsonl", "-{pid}.jsonl"))
+manager = CallbackManager([log])
+for index in range(20_000):
+    manager.on_llm_start("p", run_id=f"parent-{index}")
+log.flush()
+children = []
+for child in range(3):
+    pid = os.fork()
+    if pid == 0:
+        manager = CallbackManager([FileLogCallback(PATH.replace(".jsonl", "-{pid}.jsonl"))])
+        for index in range(50_000):
+            manager.on_llm_start("p", run_id=f"child{child}-{index}")
+        manager.callbacks[0].close()
+        os._exit(0)
+    children.append(pid)
+assert all(os.waitpid(pid, 0)[1] == 0 for pid in children)
+for index in range(20_000):
+    manager.on_llm_start("p", run_id=f"after-{index}")
+log.close()
+print(time.time())
+"""
+
+
+def test_forked_children_keep_the_clock_running_forwards(backend: str, tmp_path: Path) -> None:
+    started = time.time()
+    result = run_script(tmp_path, FORKED_CLOCK, backend)
+    assert result.returncode == 0, result.stderr
+    finished = float(result.stdout)
+    logs = sorted(tmp_path.glob("log-*.jsonl"))
+    assert len(logs) == 4
+    stamps = {path: [datetime.fromisoformat(json.loads(line)["ts"].replace("Z", "+00:00")).timestamp()
+                     for line in path.read_text().splitlines()] for path in logs}
+    parent = next(path for path in logs if len(stamps[path]) == 40_000)
+    before_fork = stamps[parent][19_999]
+    for path, times in stamps.items():
+        assert all(later >= earlier for earlier, later in zip(times, times[1:])), f"{path.name} ran backwards"
+        assert started - 1 <= times[0] and times[-1] <= finished + 1
+        if path != parent:
+            assert len(times) == 50_000 and times[0] >= before_fork
 
 
 # A spawned worker starts a fresh interpreter: the task opens its own log on the shared file.
