@@ -30,15 +30,14 @@ fn monotonic_now() -> f64 {
 /// where the kernel itself keeps time with the counter (its clock source is `tsc`, which it picks only for
 /// a counter that runs at a constant rate and agrees across CPUs).
 ///
-/// The time is a line through an anchor (a counter value, the time it stood for, and the seconds per
-/// tick), good up to `steer_at`, `STEER_INTERVAL` on. A reader whose counter is past it steers: it
-/// compares the counter with the monotonic clock and publishes a new anchor at the counter's value then,
-/// standing for the monotonic clock's reading (never for less than the old line reached at `steer_at`),
-/// with the rate of the last two comparisons. Readers past `steer_at` wait for the new anchor, so no time
-/// read on the old line is later than one read on the new: the clock never runs backwards, and stays
-/// within one interval's rate error of the monotonic clock. Anchors are published into a ring of slots, never into the
-/// one being read, and each slot's `generation` (odd while written) tells a reader that the slot it read
-/// was rewritten meanwhile.
+/// The time is a line through an anchor (a counter value, the time it stood for, and the seconds per tick),
+/// good up to `steer_at`, `STEER_INTERVAL` on. A reader whose counter is past it steers: it compares the
+/// counter with the monotonic clock and publishes a new anchor at the counter's value then, standing for the
+/// monotonic clock's reading (never for less than the old line reached at `steer_at`), with the rate of the
+/// last two comparisons. Readers past `steer_at` wait for the new anchor, so no time read on the old line is
+/// later than one read on the new: the clock never runs backwards, and stays within one interval's rate error
+/// of the monotonic clock. Anchors are published into a ring of slots, never into the one being read, and
+/// each slot's `generation` (odd while written) tells a reader that the slot it read was rewritten meanwhile.
 #[cfg(target_arch = "x86_64")]
 mod counter {
     use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
