@@ -72,24 +72,23 @@ pub fn instance_dict<'py>(object: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDic
     }
 }
 
-/// The text of a str of ASCII characters only, read in place: a flag test where `PyUnicode_AsUTF8AndSize`
-/// is a call. None for any other str (and on Pythons whose str layout this does not read).
-#[cfg(not(Py_3_14))]
-pub fn ascii_text<'a>(text: &'a Bound<'_, PyString>) -> Option<&'a str> {
-    let object = text.as_ptr();
-    // SAFETY: `object` is a live str, borrowed for 'a with the GIL held. A compact ASCII str holds its
-    // `PyUnicode_GET_LENGTH` characters as that many bytes below 0x80 (so valid UTF-8) right after its
-    // header, and a str never changes while it lives.
-    unsafe {
-        if ffi::PyUnicode_IS_COMPACT_ASCII(object) == 0 {
-            return None;
+/// The str's UTF-8 text, as `PyString::to_str` gives it (an error for a str with lone surrogates). A str of
+/// ASCII characters only is read in place: a flag test where `PyUnicode_AsUTF8AndSize` is a call.
+pub fn str_text<'a>(text: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+    #[cfg(not(Py_3_14))]
+    {
+        let object = text.as_ptr();
+        // SAFETY: `object` is a live str, borrowed for 'a with the GIL held. A compact ASCII str holds its
+        // `PyUnicode_GET_LENGTH` characters as that many bytes below 0x80 (so valid UTF-8) right after its
+        // header, and a str never changes while it lives.
+        unsafe {
+            if ffi::PyUnicode_IS_COMPACT_ASCII(object) != 0 {
+                let bytes =
+                    std::slice::from_raw_parts(ffi::PyUnicode_DATA(object).cast::<u8>(), ffi::PyUnicode_GET_LENGTH(object) as usize);
+                return Ok(std::str::from_utf8_unchecked(bytes));
+            }
         }
-        let bytes = std::slice::from_raw_parts(ffi::PyUnicode_DATA(object).cast::<u8>(), ffi::PyUnicode_GET_LENGTH(object) as usize);
-        Some(std::str::from_utf8_unchecked(bytes))
     }
-}
-
-#[cfg(Py_3_14)]
-pub fn ascii_text<'a>(_text: &'a Bound<'_, PyString>) -> Option<&'a str> {
-    None
+    // Other strs, and Pythons whose str layout the read above does not know.
+    text.to_str()
 }

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
 
 use crate::escape::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_string};
-use crate::pyfields::ascii_text;
+use crate::pyfields::str_text;
 use crate::redact::{redact_after_scan, scan_text};
 
 pub const MAX_DEPTH: usize = 64;
@@ -29,10 +29,7 @@ pub struct Encoder<'s> {
 
 impl Encoder<'_> {
     fn push_pystr(&self, out: &mut Vec<u8>, text: &Bound<'_, PyString>, max_chars: usize) {
-        if let Some(ascii) = ascii_text(text) {
-            return self.push_text(out, ascii, max_chars);
-        }
-        match text.to_str() {
+        match str_text(text) {
             Ok(utf8) => self.push_text(out, utf8, max_chars),
             Err(_) => match redact_surrogate_text(text, self.secrets) {
                 Ok(Some(redacted)) => push_surrogate_text_capped(out, &redacted, max_chars),

@@ -18,7 +18,7 @@ use crate::errors::{InvalidEventError, LogClosedError, LogFileError, NotAJsonlLo
 use crate::events::EventKind;
 use crate::json_check::is_json_object;
 use crate::metrics::{DurationState, Metrics, MetricsState, ModelState, Price, PricedTokens, Prices, Snapshot, COUNTER_NAMES};
-use crate::pyfields::ascii_text;
+use crate::pyfields::str_text;
 use crate::record::{checked_timestamp, push_record, with_event, EventValues, RecordOptions};
 use crate::replay::replay_file;
 use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
@@ -32,12 +32,12 @@ impl MetricsSink {
 
     pub fn record(&self, event: &EventValues<'_, '_>) {
         let run_key = run_key(event.context.run_id);
-        let model = event.context.model.and_then(|name| ascii_text(name).or_else(|| name.to_str().ok()));
+        let model = event.context.model.and_then(|name| str_text(name).ok());
         match event.kind {
             EventKind::LlmStart => self.lock().llm_start(&run_key, model, event.ts),
             EventKind::LlmEnd => {
                 let usage = event.usage();
-                let model = event.response_model().and_then(|name| ascii_text(name).or_else(|| name.to_str().ok()));
+                let model = event.response_model().and_then(|name| str_text(name).ok());
                 let ttft_ms = event.keyword("ttft_ms").and_then(milliseconds);
                 self.lock().llm_end(&run_key, model, usage, ttft_ms, event.ts);
             }
@@ -66,10 +66,7 @@ fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> Cow<'a, str> {
     match run_id {
         None => Cow::Borrowed(""),
         Some(run_id) => match run_id.cast::<PyString>() {
-            Ok(text) => match ascii_text(text) {
-                Some(ascii) => Cow::Borrowed(ascii),
-                None => text.to_str().map(Cow::Borrowed).unwrap_or_else(|_| Cow::Owned(text.to_string_lossy().into_owned())),
-            },
+            Ok(text) => str_text(text).map(Cow::Borrowed).unwrap_or_else(|_| Cow::Owned(text.to_string_lossy().into_owned())),
             Err(_) => Cow::Owned(run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()),
         },
     }

@@ -220,14 +220,18 @@ mod counter {
         release_steering();
     }
 
+    /// Whether the kernel's clock source is the time-stamp counter.
+    pub fn kernel_uses_tsc() -> bool {
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .is_ok_and(|source| source.trim() == "tsc")
+    }
+
     /// Decides whether to use the counter and calibrates its rate, meanwhile answering None.
     #[cold]
     fn start() -> Option<f64> {
         match MODE.load(Ordering::Acquire) {
             UNDECIDED => {
-                let kernel_uses_tsc = std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-                    .is_ok_and(|source| source.trim() == "tsc");
-                if !kernel_uses_tsc {
+                if !kernel_uses_tsc() {
                     MODE.store(UNUSED, Ordering::Release);
                 } else if take_steering() {
                     // The first comparison, with a rate guess that only bounds how long it may take.
@@ -411,8 +415,6 @@ mod tests {
 
     #[test]
     fn the_clock_never_runs_backwards_and_keeps_to_the_monotonic_clock() {
-        let kernel_uses_tsc = std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-            .is_ok_and(|source| source.trim() == "tsc");
         let threads: Vec<_> = (0..3)
             .map(|_| {
                 std::thread::spawn(|| {
@@ -438,7 +440,7 @@ mod tests {
             assert!(largest_gap < 20e-6, "the counter's time strayed {largest_gap} s from the monotonic clock");
         }
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(counter::steered(), kernel_uses_tsc);
+        assert_eq!(counter::steered(), counter::kernel_uses_tsc());
     }
 
     #[test]
