@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyNone, PyString, PyTuple};
 
 use crate::errors::LogClosedError;
 use crate::events::{EventKind, EVENT_COUNT, MAX_ARGS, MAX_KEYWORDS};
@@ -16,9 +16,6 @@ use crate::record::{event_kind, EventContext, EventValues};
 use crate::sinks::{count_on, sink_of, Counter, JsonlSink, Sink};
 use crate::time::now;
 use crate::writer::WriteError;
-
-/// Where `model` is among the context keywords of `_registration.slot_names` (left out for events without it).
-const MODEL_POSITION: usize = 2;
 
 /// How to call one Python hook, from `rlm_toolkit.callbacks._registration.HookPlan`.
 struct Hook {
@@ -212,41 +209,47 @@ impl Dispatcher {
         }
         // The hooks' slots, in the order of `_registration.slot_names`: the arguments, the context keywords
         // (`model` only for LLM events), then the event's own keywords.
-        let none = py.None().into_bound(py);
+        let none = PyNone::get(py);
+        let none = none.as_any();
         let spec = kind.spec();
         let mut slots: [&Bound<'py, PyAny>; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS] =
-            [&none; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS];
-        slots[..args.len()].iter_mut().zip(args).for_each(|(slot, arg)| *slot = arg);
-        let mut count = args.len();
-        let context_values = [context.run_id, context.parent_run_id, context.model.map(Bound::as_any), context.tags, context.metadata];
-        for (position, value) in context_values.into_iter().enumerate() {
-            if position != MODEL_POSITION || spec.has_model {
-                slots[count] = value.unwrap_or(&none);
-                count += 1;
-            }
-        }
-        for value in &context.keywords[..spec.keywords.len()] {
-            slots[count] = value.unwrap_or(&none);
+            [none; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS];
+        let mut count = 0;
+        for arg in args {
+            slots[count] = arg;
             count += 1;
         }
-        let extra = context.extra;
+        slots[count] = context.run_id.unwrap_or(none);
+        slots[count + 1] = context.parent_run_id.unwrap_or(none);
+        count += 2;
+        if spec.has_model {
+            slots[count] = context.model.map_or(none, Bound::as_any);
+            count += 1;
+        }
+        slots[count] = context.tags.unwrap_or(none);
+        slots[count + 1] = context.metadata.unwrap_or(none);
+        count += 2;
+        for value in &context.keywords[..spec.keywords.len()] {
+            slots[count] = value.unwrap_or(none);
+            count += 1;
+        }
         let slots = &slots[..count];
-        let mut pending: Vec<Bound<'py, PyTuple>> = Vec::new();
+        let mut pending: Option<Vec<Bound<'py, PyTuple>>> = None;
         for hook in &table.hooks {
-            match hook.call(py, slots, extra) {
-                Ok(result) if hook.is_async => pending.push(PyTuple::new(
+            match hook.call(py, slots, context.extra) {
+                Ok(result) if hook.is_async => pending.get_or_insert_with(Vec::new).push(PyTuple::new(
                     py,
                     [result, hook.label.bind(py).clone().into_any(), hook.raise_error.into_pyobject(py)?.to_owned().into_any()],
                 )?),
                 Ok(_) => {}
                 Err(error) if hook.raise_error || !error.is_instance_of::<PyException>(py) => return Err(error),
                 Err(error) => {
-                    self.hook_failed(py, registry, hook.label.bind(py), kind.spec().name, error.into_value(py).into_bound(py).into_any())?
+                    self.hook_failed(py, registry, hook.label.bind(py), spec.name, error.into_value(py).into_bound(py).into_any())?
                 }
             }
         }
-        if !pending.is_empty() {
-            self.run_async.call1(py, (kind.spec().name, PyList::new(py, pending)?))?;
+        if let Some(pending) = pending {
+            self.run_async.call1(py, (spec.name, PyList::new(py, pending)?))?;
         }
         Ok(())
     }

@@ -133,15 +133,23 @@ enum ContextKeyword {
 /// are interned by CPython, so pointer identity settles nearly every name without reading it; comparing
 /// text is the fallback for names built at run time.
 fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) -> PyResult<Result<ContextKeyword, Bound<'py, PyString>>> {
-    let by_identity = [
-        (&names.run_id, ContextKeyword::RunId),
-        (&names.parent_run_id, ContextKeyword::ParentRunId),
-        (&names.model, ContextKeyword::Model),
-        (&names.tags, ContextKeyword::Tags),
-        (&names.metadata, ContextKeyword::Metadata),
-        (&names.timestamp, ContextKeyword::Timestamp),
-    ];
-    if let Some((_, keyword)) = by_identity.into_iter().find(|(interned, _)| interned.as_ptr() == name.as_ptr()) {
+    let pointer = name.as_ptr();
+    let by_identity = if pointer == names.run_id.as_ptr() {
+        Some(ContextKeyword::RunId)
+    } else if pointer == names.model.as_ptr() {
+        Some(ContextKeyword::Model)
+    } else if pointer == names.parent_run_id.as_ptr() {
+        Some(ContextKeyword::ParentRunId)
+    } else if pointer == names.timestamp.as_ptr() {
+        Some(ContextKeyword::Timestamp)
+    } else if pointer == names.tags.as_ptr() {
+        Some(ContextKeyword::Tags)
+    } else if pointer == names.metadata.as_ptr() {
+        Some(ContextKeyword::Metadata)
+    } else {
+        None
+    };
+    if let Some(keyword) = by_identity {
         return Ok(Ok(keyword));
     }
     let name = name.to_owned().cast_into::<PyString>()?;
@@ -156,8 +164,53 @@ fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) ->
     })
 }
 
+/// The common call, sorted without the general bookkeeping of `fire_from_vectorcall`: every argument by
+/// position, and by name only context keywords (no `timestamp`) under the names CPython interned. None
+/// when the call needs the general sort (which also gives any error).
+#[inline(always)]
+fn fire_common_call<'py, T: EventTarget>(
+    py: Python<'py>,
+    target: &T,
+    kind: EventKind,
+    values: &[Bound<'py, PyAny>],
+    positional: usize,
+    kwnames: Option<&Bound<'py, PyTuple>>,
+) -> Option<PyResult<()>> {
+    if positional != kind.spec().args.len() {
+        return None;
+    }
+    let mut context = EventContext::default();
+    if let Some(kwnames) = kwnames {
+        let names = context_names(py);
+        let keyword_values = &values[positional..];
+        for (index, name) in kwnames.as_slice().iter().enumerate() {
+            let passed = &keyword_values[index];
+            let value = if passed.is_none() { None } else { Some(passed) };
+            let name = name.as_ptr();
+            if name == names.run_id.as_ptr() {
+                context.run_id = value;
+            } else if name == names.model.as_ptr() {
+                context.model = match value {
+                    Some(model) => Some(model.cast::<PyString>().ok()?),
+                    None => None,
+                };
+            } else if name == names.parent_run_id.as_ptr() {
+                context.parent_run_id = value;
+            } else if name == names.tags.as_ptr() {
+                context.tags = value;
+            } else if name == names.metadata.as_ptr() {
+                context.metadata = value;
+            } else {
+                return None;
+            }
+        }
+    }
+    Some(target.fire(py, kind, &values[..positional], context, None))
+}
+
 /// The body of every `on_*` builtin: sorts a vectorcall's arguments and fires the event `kind`.
 /// `values` holds the `positional` arguments, then one value per name in `kwnames`.
+#[inline(never)]
 fn fire_from_vectorcall<'py, T: EventTarget>(
     py: Python<'py>,
     target: &T,
@@ -183,9 +236,11 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
     let mut timestamp = None;
     if let Some(kwnames) = kwnames {
         let names = context_names(py);
-        for (name, passed) in kwnames.iter_borrowed().zip(&values[positional..]) {
+        let keyword_values = &values[positional..];
+        for (index, name) in kwnames.as_slice().iter().enumerate() {
+            let passed = &keyword_values[index];
             let value = Some(passed).filter(|value| !value.is_none());
-            match context_keyword(names, name)? {
+            match context_keyword(names, name.as_borrowed())? {
                 Ok(ContextKeyword::RunId) => context.run_id = value,
                 Ok(ContextKeyword::ParentRunId) => context.parent_run_id = value,
                 Ok(ContextKeyword::Tags) => context.tags = value,
@@ -220,8 +275,8 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
     if let Some(missing) = (positional..spec.args.len()).find(|&index| named_args[index].is_none()) {
         return Err(PyTypeError::new_err(format!("on_{hook}() missing required argument {:?}", spec.args[missing])));
     }
-    let timestamp = match checked_timestamp(py, hook, timestamp) {
-        Ok(timestamp) => timestamp,
+    let timestamp = match timestamp.map(|value| checked_timestamp(py, hook, value)).transpose() {
+        Ok(timestamp) => timestamp.flatten(),
         Err(error) => {
             target.rejected(py)?;
             return Err(error);
@@ -258,7 +313,10 @@ unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
                 if positional + keyword_count == 0 { &[] } else { std::slice::from_raw_parts(args.cast(), positional + keyword_count) };
             let kwnames =
                 if kwnames.is_null() { None } else { Some(Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>()) };
-            match fire_from_vectorcall(py, target.get(), EVENTS[KIND].kind, values, positional, kwnames.as_ref()) {
+            let (target, kind, kwnames) = (target.get(), EVENTS[KIND].kind, kwnames.as_ref());
+            let fired = fire_common_call(py, target, kind, values, positional, kwnames)
+                .unwrap_or_else(|| fire_from_vectorcall(py, target, kind, values, positional, kwnames));
+            match fired {
                 Ok(()) => py.None().into_ptr(),
                 Err(error) => {
                     error.restore(py);

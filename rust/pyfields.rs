@@ -5,7 +5,8 @@
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyType};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyInt, PyString, PyType};
 
 /// Reads the `__slots__` fields of instances of one class at their offsets: a load each, where a
 /// `getattr` walks the type's attribute lookup and the descriptor protocol.
@@ -91,4 +92,37 @@ pub fn str_text<'a>(text: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
     }
     // Other strs, and Pythons whose str layout the read above does not know.
     text.to_str()
+}
+
+/// An exact `int` from 0 to below 2**60 read in place: a load or two where `PyLong_AsUnsignedLongLong` is a
+/// call. None for any other value (a negative or larger int, a subclass such as bool), and on Pythons whose
+/// int layout this does not know.
+pub fn small_int(value: &Bound<'_, PyAny>) -> Option<u64> {
+    #[cfg(not(Py_3_12))]
+    {
+        // The layout read below, with CPython's usual 30-bit digits (a build may choose 15).
+        static THIRTY_BIT_DIGITS: PyOnceLock<bool> = PyOnceLock::new();
+        let py = value.py();
+        let thirty_bit_digits = *THIRTY_BIT_DIGITS.get_or_init(py, || {
+            let info = py.import("sys").and_then(|sys| sys.getattr("int_info"));
+            let field = |name: &str| info.as_ref().ok().and_then(|info| info.getattr(name).ok()?.extract::<u32>().ok());
+            field("bits_per_digit") == Some(30) && field("sizeof_digit") == Some(4)
+        });
+        if thirty_bit_digits && value.is_exact_instance_of::<PyInt>() {
+            let object = value.as_ptr();
+            // SAFETY: before 3.12 an int is a PyVarObject whose `ob_size` is its count of digits (negative
+            // for a negative int), the digits (u32, 30 bits used, least significant first) right after that
+            // header; `object` is a live exact int, borrowed with the GIL held, and ints never change.
+            unsafe {
+                let digits = object.cast::<u8>().add(std::mem::size_of::<ffi::PyVarObject>()).cast::<u32>();
+                return match ffi::Py_SIZE(object) {
+                    0 => Some(0),
+                    1 => Some(u64::from(*digits)),
+                    2 => Some(u64::from(*digits) | u64::from(*digits.add(1)) << 30),
+                    _ => None,
+                };
+            }
+        }
+    }
+    None
 }

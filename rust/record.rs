@@ -14,7 +14,7 @@ use crate::errors::InvalidEventError;
 use crate::escape::push_u64;
 use crate::events::{EventKind, EventSpec, EVENTS, MAX_KEYWORDS};
 use crate::metrics::Usage;
-use crate::pyfields::{instance_dict, SlotReader};
+use crate::pyfields::{instance_dict, small_int, SlotReader};
 use crate::pyvalue::Encoder;
 use crate::redact::registered_secrets;
 use crate::time::{now, push_iso_utc};
@@ -124,11 +124,13 @@ fn content_table(py: Python<'_>) -> &'static ContentTable {
 /// Epoch seconds of 10000-01-01T00:00:00Z: event timestamps are in `0 <= ts < END_OF_YEAR_9999`.
 const END_OF_YEAR_9999: f64 = 253_402_300_800.0;
 
-/// The `timestamp` keyword of `on_{event}()` as epoch seconds (None, or Python None, stays None). Raises
-/// TypeError for a value that is not a number and InvalidEventError for a number that is not such a time
-/// (NaN, infinities, negative, year 10000 on). Same rule and messages as `records.checked_timestamp`.
-pub fn checked_timestamp(py: Python<'_>, event: &str, timestamp: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
-    let Some(value) = timestamp.filter(|value| !value.is_none()) else { return Ok(None) };
+/// The `timestamp` keyword of `on_{event}()` as epoch seconds (Python None stays None). Raises TypeError
+/// for a value that is not a number and InvalidEventError for a number that is not such a time (NaN,
+/// infinities, negative, year 10000 on). Same rule and messages as `records.checked_timestamp`.
+pub fn checked_timestamp(py: Python<'_>, event: &str, value: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    if value.is_none() {
+        return Ok(None);
+    }
     let seconds = match value.cast::<PyFloat>() {
         Ok(number) => number.value(),
         Err(_) => match value.extract::<f64>() {
@@ -239,7 +241,7 @@ pub fn with_event<'py>(
 ) -> PyResult<()> {
     let kind = event_kind(event)?;
     let ts = match timestamp.as_ref() {
-        Some(value) => checked_timestamp(value.py(), event, Some(value))?.unwrap_or_else(now),
+        Some(value) => checked_timestamp(value.py(), event, value)?.unwrap_or_else(now),
         None => now(),
     };
     let handled = HandledKeywords::split(kind, extra)?;
@@ -345,9 +347,14 @@ fn known_types(py: Python<'_>) -> Option<&'static KnownTypes> {
 
 /// A token count: an int that fits in u64 (not a bool), else 0.
 fn token_count(count: Option<Bound<'_, PyAny>>) -> u64 {
-    match count {
-        Some(count) if count.is_instance_of::<PyInt>() && !count.is_instance_of::<PyBool>() => count.extract::<u64>().unwrap_or(0),
-        _ => 0,
+    let Some(count) = count else { return 0 };
+    if let Some(small) = small_int(&count) {
+        return small;
+    }
+    if count.is_instance_of::<PyInt>() && !count.is_instance_of::<PyBool>() {
+        count.extract::<u64>().unwrap_or(0)
+    } else {
+        0
     }
 }
 

@@ -453,7 +453,7 @@ impl PyMetricsSink {
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         if let Some(value) = timestamp.as_ref() {
-            if let Err(error) = checked_timestamp(value.py(), event, Some(value)) {
+            if let Err(error) = checked_timestamp(value.py(), event, value) {
                 self.sink.lock().rejected();
                 return Err(error);
             }

@@ -106,7 +106,10 @@ def nested(depth: int, leaf: Any, as_dict: bool) -> Any:
 DEEP = st.builds(nested, st.integers(60, 68), SCALARS, st.booleans())
 PAYLOADS = st.one_of(VALUES, VALUES, DEEP)
 
-TOKEN_COUNTS = st.one_of(st.integers(0, 10**6), st.sampled_from([2**63, 2**64 - 1, 2**64, -1, True, 1.5, "7", None]))
+# Besides small counts: both sides of CPython's 30-bit int digits, which the Rust core reads in place.
+DIGIT_EDGES = [2**30 - 1, 2**30, 2**31 + 5, 2**60 - 1, 2**60, 2**63, 2**64 - 1, 2**64]
+TOKEN_COUNTS = st.one_of(st.integers(0, 10**6), st.integers(0, 2**64 + 1),
+                         st.sampled_from([*DIGIT_EDGES, -1, -(2**30), True, 1.5, "7", None]))
 
 
 class DoubledUsage(Usage):
