@@ -302,18 +302,18 @@ unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
     let outcome = std::panic::catch_unwind(|| {
         // SAFETY: CPython calls this with the interpreter attached, `slf` the `T` this function was bound
         // to in `event_function`, `kwnames` NULL or a tuple of str, and `nargs` + len(kwnames) live,
-        // non-NULL argument pointers in `args`, borrowed for the duration of the call. `Bound` is
-        // `repr(transparent)` over such a pointer, and a shared slice of them never drops one.
+        // non-NULL argument pointers in `args`, borrowed for the duration of the call (so are `slf` and
+        // `kwnames`). `Bound` is `repr(transparent)` over such a pointer, and a shared slice of them never
+        // drops one.
         unsafe {
             let py = Python::assume_attached();
-            let target = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<T>();
+            let target = Borrowed::from_ptr(py, slf).cast_unchecked::<T>();
             let keyword_count = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
             let positional = nargs as usize;
             let values: &[Bound<'_, PyAny>] =
                 if positional + keyword_count == 0 { &[] } else { std::slice::from_raw_parts(args.cast(), positional + keyword_count) };
-            let kwnames =
-                if kwnames.is_null() { None } else { Some(Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>()) };
-            let (target, kind, kwnames) = (target.get(), EVENTS[KIND].kind, kwnames.as_ref());
+            let kwnames = if kwnames.is_null() { None } else { Some(Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>()) };
+            let (target, kind, kwnames) = (target.get(), EVENTS[KIND].kind, kwnames.as_deref());
             let fired = fire_common_call(py, target, kind, values, positional, kwnames)
                 .unwrap_or_else(|| fire_from_vectorcall(py, target, kind, values, positional, kwnames));
             match fired {
