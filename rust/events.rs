@@ -23,9 +23,38 @@ impl EventKind {
         &EVENTS[self as usize]
     }
 
+    /// Where `name` is among this event's own keywords (`EventSpec::keywords`); meant for constants, so a
+    /// name the event does not have fails the build.
+    pub const fn keyword_position(self, name: &str) -> usize {
+        let keywords = self.spec().keywords;
+        let mut index = 0;
+        while index < keywords.len() {
+            if same_text(keywords[index], name) {
+                return index;
+            }
+            index += 1;
+        }
+        panic!("the event has no such keyword");
+    }
+
     pub fn from_name(name: &str) -> Option<EventKind> {
         EVENTS.iter().find(|spec| spec.name == name).map(|spec| spec.kind)
     }
+}
+
+const fn same_text(left: &str, right: &str) -> bool {
+    let (left, right) = (left.as_bytes(), right.as_bytes());
+    if left.len() != right.len() {
+        return false;
+    }
+    let mut index = 0;
+    while index < left.len() {
+        if left[index] != right[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
 }
 
 #[cfg(test)]

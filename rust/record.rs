@@ -283,12 +283,6 @@ impl<'a, 'py> EventValues<'a, 'py> {
         EventValues { kind, args, context, ts, response_dict, response_usage, response_model }
     }
 
-    /// The value of the event keyword `name` (one of its `EventSpec::keywords`), if given.
-    pub fn keyword(&self, name: &str) -> Option<&'a Bound<'py, PyAny>> {
-        let position = self.kind.spec().keywords.iter().position(|keyword| *keyword == name)?;
-        self.context.keywords[position]
-    }
-
     /// The token counts of the `llm_end` response, or None when it carries no usage.
     pub fn usage(&self) -> Option<Usage> {
         *self.response_usage.get_or_init(|| {

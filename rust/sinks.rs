@@ -38,7 +38,7 @@ impl MetricsSink {
             EventKind::LlmEnd => {
                 let usage = event.usage();
                 let model = event.response_model().and_then(|name| str_text(name).ok());
-                let ttft_ms = event.keyword("ttft_ms").and_then(milliseconds);
+                let ttft_ms = event.context.keywords[TTFT_MS].and_then(milliseconds);
                 self.lock().llm_end(&run_key, model, usage, ttft_ms, event.ts);
             }
             EventKind::Error => self.lock().llm_error(&run_key, model, event.ts),
@@ -52,6 +52,9 @@ impl MetricsSink {
         }
     }
 }
+
+/// Where `llm_end`'s `ttft_ms` is among its keywords.
+const TTFT_MS: usize = EventKind::LlmEnd.keyword_position("ttft_ms");
 
 /// A duration keyword's value as milliseconds: an int or float (not a bool), else None.
 fn milliseconds(value: &Bound<'_, PyAny>) -> Option<f64> {
