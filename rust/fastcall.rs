@@ -223,9 +223,9 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
     let hook = spec.name;
     if positional > spec.args.len() {
         return Err(PyTypeError::new_err(format!(
-            "on_{hook}() takes {} positional arguments {:?}, got {positional}",
+            "on_{hook}() takes {} positional arguments {}, got {positional}",
             spec.args.len(),
-            spec.args
+            python_tuple(spec.args)
         )));
     }
     // Arguments passed by name, by position in the event's arguments.
@@ -259,7 +259,7 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
                 Err(name) => match spec.args.iter().position(|arg| name == *arg) {
                     Some(position) if position < positional || named_args[position].is_some() => {
                         return Err(PyTypeError::new_err(format!(
-                            "on_{hook}() got multiple values for argument {:?}",
+                            "on_{hook}() got multiple values for argument '{}'",
                             spec.args[position]
                         )));
                     }
@@ -273,7 +273,7 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
         }
     }
     if let Some(missing) = (positional..spec.args.len()).find(|&index| named_args[index].is_none()) {
-        return Err(PyTypeError::new_err(format!("on_{hook}() missing required argument {:?}", spec.args[missing])));
+        return Err(PyTypeError::new_err(format!("on_{hook}() missing required argument '{}'", spec.args[missing])));
     }
     let timestamp = match timestamp.map(|value| checked_timestamp(py, hook, value)).transpose() {
         Ok(timestamp) => timestamp.flatten(),
@@ -293,6 +293,16 @@ fn fire_from_vectorcall<'py, T: EventTarget>(
     target.fire(py, kind, &event_args, context, timestamp)
 }
 
+/// Argument names as Python shows a tuple of them (`('prompt',)`): the messages read as the reference
+/// backend's. The names are identifiers, so none needs escaping.
+fn python_tuple(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("'{name}'")).collect();
+    match quoted.as_slice() {
+        [one] => format!("({one},)"),
+        _ => format!("({})", quoted.join(", ")),
+    }
+}
+
 unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -300,11 +310,9 @@ unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     let outcome = std::panic::catch_unwind(|| {
-        // SAFETY: CPython calls this with the interpreter attached, `slf` the `T` this function was bound
-        // to in `event_function`, `kwnames` NULL or a tuple of str, and `nargs` + len(kwnames) live,
-        // non-NULL argument pointers in `args`, borrowed for the duration of the call (so are `slf` and
-        // `kwnames`). `Bound` is `repr(transparent)` over such a pointer, and a shared slice of them never
-        // drops one.
+        // SAFETY: CPython calls this attached, with `slf` the `T` bound in `event_function`, `kwnames` NULL
+        // or a tuple of str, and `nargs` + len(kwnames) live, non-NULL pointers in `args`, all borrowed for
+        // the call. `Bound` is `repr(transparent)` over such a pointer; a shared slice never drops one.
         unsafe {
             let py = Python::assume_attached();
             let target = Borrowed::from_ptr(py, slf).cast_unchecked::<T>();

@@ -90,6 +90,27 @@ def test_event_arguments_may_be_given_by_keyword(backend: str) -> None:
         manager.on_llm_start("a", model=3)
 
 
+CALLS_THE_EVENT_CANNOT_TAKE = {
+    "missing argument": lambda manager: manager.on_llm_start(run_id="r"),
+    "one positional argument too many": lambda manager: manager.on_llm_start("a", "b"),
+    "two arguments of two too many": lambda manager: manager.on_tool_start("a", "b", "c"),
+    "an argument by position and by name": lambda manager: manager.on_llm_start("a", prompt="b"),
+    "a model that is not a str": lambda manager: manager.on_llm_start("a", model=3),
+}
+
+
+@pytest.mark.parametrize("call", CALLS_THE_EVENT_CANNOT_TAKE.values(), ids=CALLS_THE_EVENT_CANNOT_TAKE)
+def test_a_call_the_event_cannot_take_raises_the_same_error_in_both_backends(call) -> None:
+    handler = PageStyle()
+    messages = []
+    for backend in ("rust", "python"):
+        with pytest.raises(TypeError) as raised:
+            call(CallbackManager([handler], backend=backend))
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1]
+    assert handler.calls == []
+
+
 def test_signature_the_event_cannot_fill_is_refused_at_registration(backend: str) -> None:
     class TooMany(BaseCallback):
         def on_llm_start(self, prompt: str, history: list[str], budget: int) -> None:

@@ -102,6 +102,9 @@ def _event_method(index: int, spec: EventSpec) -> Callable[..., None]:
              tags: Any = None, metadata: Any = None, timestamp: float | None = None, **extra: Any) -> None:
         if len(args) > arity:
             raise TypeError(f"{spec.hook}() takes {arity} positional arguments {spec.args}, got {len(args)}")
+        for name in spec.args[:len(args)]:
+            if name in extra:
+                raise TypeError(f"{spec.hook}() got multiple values for argument {name!r}")
         for name in spec.args[len(args):]:
             if name not in extra:
                 raise TypeError(f"{spec.hook}() missing required argument {name!r}")
