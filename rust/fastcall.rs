@@ -129,27 +129,31 @@ enum ContextKeyword {
     Timestamp,
 }
 
-/// Which context keyword `name` is, or the name itself when it is none of them. Callers' keyword names
-/// are interned by CPython, so pointer identity settles nearly every name without reading it; comparing
-/// text is the fallback for names built at run time.
-fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) -> PyResult<Result<ContextKeyword, Bound<'py, PyString>>> {
-    let pointer = name.as_ptr();
-    let by_identity = if pointer == names.run_id.as_ptr() {
+/// Which context keyword `name` is by identity with the interned names, or None. Callers' keyword names are
+/// interned by CPython, so this settles nearly every name without reading it.
+#[inline(always)]
+fn interned_context_keyword(names: &ContextNames, name: *mut ffi::PyObject) -> Option<ContextKeyword> {
+    if name == names.run_id.as_ptr() {
         Some(ContextKeyword::RunId)
-    } else if pointer == names.model.as_ptr() {
+    } else if name == names.model.as_ptr() {
         Some(ContextKeyword::Model)
-    } else if pointer == names.parent_run_id.as_ptr() {
+    } else if name == names.parent_run_id.as_ptr() {
         Some(ContextKeyword::ParentRunId)
-    } else if pointer == names.timestamp.as_ptr() {
+    } else if name == names.timestamp.as_ptr() {
         Some(ContextKeyword::Timestamp)
-    } else if pointer == names.tags.as_ptr() {
+    } else if name == names.tags.as_ptr() {
         Some(ContextKeyword::Tags)
-    } else if pointer == names.metadata.as_ptr() {
+    } else if name == names.metadata.as_ptr() {
         Some(ContextKeyword::Metadata)
     } else {
         None
-    };
-    if let Some(keyword) = by_identity {
+    }
+}
+
+/// Which context keyword `name` is, or the name itself when it is none of them: by identity first
+/// (`interned_context_keyword`), by text for names built at run time.
+fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) -> PyResult<Result<ContextKeyword, Bound<'py, PyString>>> {
+    if let Some(keyword) = interned_context_keyword(names, name.as_ptr()) {
         return Ok(Ok(keyword));
     }
     let name = name.to_owned().cast_into::<PyString>()?;
@@ -186,22 +190,18 @@ fn fire_common_call<'py, T: EventTarget>(
         for (index, name) in kwnames.as_slice().iter().enumerate() {
             let passed = &keyword_values[index];
             let value = if passed.is_none() { None } else { Some(passed) };
-            let name = name.as_ptr();
-            if name == names.run_id.as_ptr() {
-                context.run_id = value;
-            } else if name == names.model.as_ptr() {
-                context.model = match value {
-                    Some(model) => Some(model.cast::<PyString>().ok()?),
-                    None => None,
-                };
-            } else if name == names.parent_run_id.as_ptr() {
-                context.parent_run_id = value;
-            } else if name == names.tags.as_ptr() {
-                context.tags = value;
-            } else if name == names.metadata.as_ptr() {
-                context.metadata = value;
-            } else {
-                return None;
+            match interned_context_keyword(names, name.as_ptr())? {
+                ContextKeyword::RunId => context.run_id = value,
+                ContextKeyword::Model => {
+                    context.model = match value {
+                        Some(model) => Some(model.cast::<PyString>().ok()?),
+                        None => None,
+                    }
+                }
+                ContextKeyword::ParentRunId => context.parent_run_id = value,
+                ContextKeyword::Tags => context.tags = value,
+                ContextKeyword::Metadata => context.metadata = value,
+                ContextKeyword::Timestamp => return None,
             }
         }
     }
