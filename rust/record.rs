@@ -340,6 +340,7 @@ fn known_types(py: Python<'_>) -> Option<&'static KnownTypes> {
 }
 
 /// A token count: an int that fits in u64 (not a bool), else 0.
+#[inline(always)]
 fn token_count(count: Option<Bound<'_, PyAny>>) -> u64 {
     let Some(count) = count else { return 0 };
     if let Some(small) = small_int(&count) {
