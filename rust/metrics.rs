@@ -773,6 +773,9 @@ impl ModelState {
 struct ModelTable {
     entries: Vec<ModelState>,
     index_by_name: HashMap<String, usize>,
+    /// The index `index` found last: calls mostly name the model the call before named, and comparing
+    /// that name costs less than hashing it.
+    last_found: usize,
 }
 
 impl ModelTable {
@@ -788,10 +791,15 @@ impl ModelTable {
     }
 
     fn index(&mut self, name: &str, prices: &Prices) -> usize {
-        match self.index_by_name.get(name) {
+        if self.entries.get(self.last_found).is_some_and(|entry| entry.name == name) {
+            return self.last_found;
+        }
+        let index = match self.index_by_name.get(name) {
             Some(&index) => index,
             None => self.push(ModelState::new(name, prices.lookup(name))),
-        }
+        };
+        self.last_found = index;
+        index
     }
 
     fn push(&mut self, stats: ModelState) -> usize {
