@@ -210,7 +210,6 @@ fn fire_common_call<'py, T: EventTarget>(
 
 /// The body of every `on_*` builtin: sorts a vectorcall's arguments and fires the event `kind`.
 /// `values` holds the `positional` arguments, then one value per name in `kwnames`.
-#[inline(never)]
 fn fire_from_vectorcall<'py, T: EventTarget>(
     py: Python<'py>,
     target: &T,
