@@ -1,8 +1,11 @@
 //! Event fan-out. Everything is decided at registration (`Registry::from_python`): which native sinks and
 //! which Python hooks take each event, and how each hook is called. Firing an event is then a loop over
-//! a prepared list: native sinks record it in Rust, hooks get one vectorcall each.
+//! a prepared list: native sinks record it in Rust, hooks get one vectorcall each. Where each value of a
+//! call goes is worked out on a call site's first call and kept (`CallShape`): its later calls are fired
+//! without sorting their arguments.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use pyo3::exceptions::PyException;
 use pyo3::intern;
@@ -11,7 +14,7 @@ use pyo3::types::{PyDict, PyList, PyNone, PyString, PyTuple};
 
 use crate::errors::LogClosedError;
 use crate::events::{EventKind, EVENT_COUNT, MAX_ARGS, MAX_KEYWORDS};
-use crate::fastcall::{event_function, vectorcall, EventTarget, MethodDefinitions, CONTEXT_KEYWORDS};
+use crate::fastcall::{event_function, first_item, vectorcall, EventTarget, MethodDefinitions, CONTEXT_KEYWORDS};
 use crate::record::{event_kind, EventContext, EventValues};
 use crate::sinks::{count_on, sink_of, Counter, JsonlSink, Sink};
 use crate::time::now;
@@ -93,27 +96,26 @@ impl Hook {
         })
     }
 
-    /// The prepared arguments for the keywords of `slots` that are given.
-    fn arguments(&self, slots: &[&Bound<'_, PyAny>]) -> &Arguments {
-        let given = self
-            .passed_when_given
-            .iter()
-            .enumerate()
-            .filter(|(_, &slot)| !slots[slot].is_none())
-            .fold(0, |given, (bit, _)| given | 1 << bit);
-        &self.variants[given]
+    /// Which of `variants` to call with: the one for the keywords of `passed_when_given` that are given.
+    fn given_variant(&self, given: impl Fn(usize) -> bool) -> usize {
+        self.passed_when_given.iter().enumerate().filter(|(_, &slot)| given(slot)).fold(0, |variant, (bit, _)| variant | 1 << bit)
     }
 
-    /// One vectorcall: the positional slots, then the keyword slots, then extras when the hook takes them.
-    fn call<'py>(&self, py: Python<'py>, slots: &[&Bound<'py, PyAny>], extra: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+    /// One vectorcall with `values`, the last of them under `keyword_names` (a variant's), then extras when
+    /// the hook takes them.
+    fn call<'a, 'py: 'a>(
+        &self,
+        py: Python<'py>,
+        keyword_names: Option<&Py<PyTuple>>,
+        values: impl ExactSizeIterator<Item = &'a Bound<'py, PyAny>>,
+        extra: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let function = self.function.bind(py);
         let receiver = self.receiver.as_ref().map(|receiver| receiver.bind(py));
         let positional = self.positional;
-        let arguments = self.arguments(slots);
-        let fixed = arguments.slots.iter().map(|&slot| slots[slot]);
-        let keyword_names = arguments.keyword_names.as_ref().map(|names| names.bind(py));
+        let keyword_names = keyword_names.map(|names| names.bind(py));
         let Some(extra) = extra.filter(|extra| self.takes_extra && !extra.is_empty()) else {
-            return vectorcall(function, receiver, fixed, positional, keyword_names);
+            return vectorcall(function, receiver, values, positional, keyword_names);
         };
         let mut names: Vec<Bound<'py, PyAny>> = match keyword_names {
             Some(fixed_names) => fixed_names.iter().collect(),
@@ -125,15 +127,183 @@ impl Hook {
             extra_values.push(value);
         }
         let names = PyTuple::new(py, names)?;
-        let values: Vec<&Bound<'py, PyAny>> = fixed.chain(&extra_values).collect();
-        vectorcall(function, receiver, values.into_iter(), positional, Some(&names))
+        let mut all_values: Vec<&Bound<'py, PyAny>> = Vec::with_capacity(values.len() + extra_values.len());
+        for value in values {
+            all_values.push(value);
+        }
+        all_values.extend(&extra_values);
+        vectorcall(function, receiver, all_values.into_iter(), positional, Some(&names))
     }
 }
+
+/// How many call shapes (`CallShape`) each event keeps. A program fires an event from a few call sites;
+/// the calls of any others are sorted each time, as are calls whose keyword names are built at run time.
+const SHAPES_KEPT: usize = 4;
+
+/// In a `CallShape`'s index arrays: a slot the call does not pass.
+const NOT_PASSED: u8 = u8::MAX;
+
+const SLOTS: usize = MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS;
 
 #[derive(Default)]
 struct EventTable {
     sinks: Vec<Sink>,
     hooks: Vec<Hook>,
+    /// The call shapes met so far, first come first kept.
+    shapes: [OnceLock<CallShape>; SHAPES_KEPT],
+}
+
+impl EventTable {
+    /// The shape of a call with every argument by position and the keyword names `kwnames`: one kept, or
+    /// one made and kept now. None when the call needs `fastcall::fire_from_vectorcall`'s sort (a
+    /// timestamp, extras, arguments by name) or no room is left.
+    fn shape(&self, py: Python<'_>, kind: EventKind, kwnames: Option<&Bound<'_, PyTuple>>) -> Option<&CallShape> {
+        for kept in &self.shapes {
+            let shape = match kept.get() {
+                Some(shape) => shape,
+                None => {
+                    let made = CallShape::new(py, kind, &self.hooks, kwnames)?;
+                    kept.get_or_init(|| made)
+                }
+            };
+            if shape.matches(py, kwnames) {
+                return shape.qualifies.then_some(shape);
+            }
+        }
+        None
+    }
+}
+
+/// Where the arguments of calls with the same keyword names go, worked out on the first such call and kept
+/// with the registration. The names are CPython's interned strings, the same objects on every call (in the
+/// constant tuple of a call site, or the keys of a `**` dict), so they are compared by identity; the shape
+/// holds them, so no other string can take their addresses.
+struct CallShape {
+    keyword_names: Option<Py<PyTuple>>,
+    /// False for calls that must be sorted each time: kept so that they are not examined again.
+    qualifies: bool,
+    /// For each slot (the order of `Dispatcher::fire`'s), the index of the call's value, or `NOT_PASSED`.
+    slot_values: [u8; SLOTS],
+    /// The values that must not be None for `hook_calls` to hold: keywords some hook gets only when given.
+    given: Vec<u8>,
+    /// The `model` value, checked to be a str or None on each call.
+    model: u8,
+    /// Per hook, in registration order: which of the hook's prepared arguments it gets, and from which value.
+    hook_calls: Vec<ShapedCall>,
+}
+
+/// One hook's call under a shape: its prepared keyword names (of the variant that the shape gives) and the
+/// index of the call's value for each argument, `NOT_PASSED` for None.
+struct ShapedCall {
+    keyword_names: Option<Py<PyTuple>>,
+    values: Vec<u8>,
+}
+
+impl CallShape {
+    /// The shape of calls with the keyword names `kwnames`; None when a name is not interned (built at run
+    /// time, so a new object on each call that no kept shape would match again).
+    #[cold]
+    #[inline(never)]
+    fn new(py: Python<'_>, kind: EventKind, hooks: &[Hook], kwnames: Option<&Bound<'_, PyTuple>>) -> Option<CallShape> {
+        let names = kwnames.map(|names| names.as_slice()).unwrap_or_default();
+        let texts: Vec<&str> = names.iter().map(|name| name.cast::<PyString>().ok()?.to_str().ok()).collect::<Option<_>>()?;
+        if names.iter().zip(&texts).any(|(name, text)| PyString::intern(py, text).as_ptr() != name.as_ptr()) {
+            return None;
+        }
+        let mut shape = CallShape {
+            keyword_names: kwnames.map(|names| names.clone().unbind()),
+            qualifies: false,
+            slot_values: [NOT_PASSED; SLOTS],
+            given: Vec::new(),
+            model: NOT_PASSED,
+            hook_calls: Vec::new(),
+        };
+        let spec = kind.spec();
+        let positional = spec.args.len();
+        for (slot, value) in shape.slot_values[..positional].iter_mut().zip(0..) {
+            *slot = value;
+        }
+        for (index, name) in texts.iter().enumerate() {
+            let Some(position) = keyword_slot_names(kind).position(|slot_name| slot_name == *name) else {
+                return Some(shape);
+            };
+            let slot = &mut shape.slot_values[positional + position];
+            match u8::try_from(positional + index) {
+                Ok(value) if *slot == NOT_PASSED && value != NOT_PASSED => *slot = value,
+                _ => return Some(shape),
+            }
+        }
+        let passed = |slot: usize| shape.slot_values[slot] != NOT_PASSED;
+        shape.hook_calls = hooks
+            .iter()
+            .map(|hook| {
+                let arguments = &hook.variants[hook.given_variant(passed)];
+                ShapedCall {
+                    keyword_names: arguments.keyword_names.as_ref().map(|names| names.clone_ref(py)),
+                    values: arguments.slots.iter().map(|&slot| shape.slot_values[slot]).collect(),
+                }
+            })
+            .collect();
+        shape.given = hooks
+            .iter()
+            .flat_map(|hook| &hook.passed_when_given)
+            .map(|&slot| shape.slot_values[slot])
+            .filter(|&value| value != NOT_PASSED)
+            .collect();
+        shape.given.sort_unstable();
+        shape.given.dedup();
+        if spec.has_model {
+            shape.model = shape.slot_values[positional + 2];
+        }
+        shape.qualifies = true;
+        Some(shape)
+    }
+
+    fn matches(&self, py: Python<'_>, kwnames: Option<&Bound<'_, PyTuple>>) -> bool {
+        match (&self.keyword_names, kwnames) {
+            (None, None) => true,
+            (Some(kept), Some(given)) => {
+                let (kept, given) = (kept.bind(py).as_slice(), given.as_slice());
+                kept.as_ptr() == given.as_ptr()
+                    || kept.len() == given.len() && kept.iter().zip(given).all(|(kept, given)| kept.as_ptr() == given.as_ptr())
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the call's values are what this shape assumed: the keywords passed only when given are not
+    /// None, and the model is a str or None. Otherwise the call is sorted (and a bad model refused) there.
+    fn holds(&self, values: &[Bound<'_, PyAny>]) -> bool {
+        let model_ok = values.get(usize::from(self.model)).is_none_or(|model| model.is_none() || model.is_instance_of::<PyString>());
+        model_ok && self.given.iter().all(|&value| !values[usize::from(value)].is_none())
+    }
+
+    /// The event's context, as `fastcall::fire_from_vectorcall` sorts it.
+    fn context<'a, 'py>(&self, kind: EventKind, values: &'a [Bound<'py, PyAny>]) -> EventContext<'a, 'py> {
+        let value = |slot: usize| values.get(usize::from(self.slot_values[slot])).filter(|value| !value.is_none());
+        let spec = kind.spec();
+        let first = spec.args.len();
+        let after_model = first + 2 + usize::from(spec.has_model);
+        EventContext {
+            run_id: value(first),
+            parent_run_id: value(first + 1),
+            model: if spec.has_model { value(first + 2).and_then(|model| model.cast::<PyString>().ok()) } else { None },
+            tags: value(after_model),
+            metadata: value(after_model + 1),
+            keywords: std::array::from_fn(|index| if index < spec.keywords.len() { value(after_model + 2 + index) } else { None }),
+            extra: None,
+        }
+    }
+}
+
+/// The names of an event's slots after its arguments, in slot order (`_registration.slot_names`).
+fn keyword_slot_names(kind: EventKind) -> impl Iterator<Item = &'static str> {
+    let spec = kind.spec();
+    ["run_id", "parent_run_id"]
+        .into_iter()
+        .chain(spec.has_model.then_some("model"))
+        .chain(["tags", "metadata"])
+        .chain(spec.keywords.iter().copied())
 }
 
 #[pyclass(frozen, name = "Registry", module = "rlm_toolkit._core")]
@@ -166,6 +336,7 @@ impl Registry {
             events.push(EventTable {
                 sinks: sinks.iter().map(|core| sink_of(&core)).collect(),
                 hooks: hooks.iter().map(|plan| Hook::from_plan(&plan)).collect::<PyResult<_>>()?,
+                shapes: Default::default(),
             });
         }
         Ok(Registry { events, error_counters: error_counters.iter().map(|core| sink_of(&core)).collect() })
@@ -183,8 +354,75 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    #[inline(always)]
     fn registry<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Registry>> {
-        Ok(self.registry.bind(py).get_item(0)?.cast_into::<Registry>()?)
+        Ok(first_item(self.registry.bind(py)).cast_into::<Registry>()?)
+    }
+
+    /// Fires a call with every argument by position through its `CallShape`, without sorting its keywords.
+    /// None when the call needs `fastcall::fire_from_vectorcall`'s sort, which also gives any error.
+    pub fn fire_shaped<'py>(
+        &self,
+        py: Python<'py>,
+        kind: EventKind,
+        values: &[Bound<'py, PyAny>],
+        positional: usize,
+        kwnames: Option<&Bound<'py, PyTuple>>,
+    ) -> Option<PyResult<()>> {
+        if positional != kind.spec().args.len() {
+            return None;
+        }
+        let registry = match self.registry(py) {
+            Ok(registry) => registry,
+            Err(error) => return Some(Err(error)),
+        };
+        let registry = registry.get();
+        let table = &registry.events[kind.index()];
+        let shape = table.shape(py, kind, kwnames).filter(|shape| shape.holds(values))?;
+        Some(self.fire_with_shape(py, registry, kind, table, shape, values))
+    }
+
+    fn fire_with_shape<'py>(
+        &self,
+        py: Python<'py>,
+        registry: &Registry,
+        kind: EventKind,
+        table: &EventTable,
+        shape: &CallShape,
+        values: &[Bound<'py, PyAny>],
+    ) -> PyResult<()> {
+        let spec = kind.spec();
+        if !table.sinks.is_empty() {
+            self.record_shaped(py, registry, kind, table, shape, values)?;
+        }
+        let none = PyNone::get(py);
+        let none = none.as_any();
+        let mut pending = None;
+        for (hook, call) in table.hooks.iter().zip(&shape.hook_calls) {
+            let passed = call.values.iter().map(|&value| values.get(usize::from(value)).unwrap_or(none));
+            match hook.call(py, call.keyword_names.as_ref(), passed, None) {
+                Ok(_) if !hook.is_async => {}
+                result => self.hook_returned(py, registry, hook, spec.name, result, &mut pending)?,
+            }
+        }
+        if let Some(pending) = pending {
+            self.run_pending(py, spec.name, pending)?;
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn record_shaped(
+        &self,
+        py: Python<'_>,
+        registry: &Registry,
+        kind: EventKind,
+        table: &EventTable,
+        shape: &CallShape,
+        values: &[Bound<'_, PyAny>],
+    ) -> PyResult<()> {
+        let event = EventValues::new(kind, &values[..kind.spec().args.len()], shape.context(kind, values), now());
+        self.record_all(py, registry, table, &event)
     }
 
     pub fn fire<'py>(
@@ -199,10 +437,7 @@ impl Dispatcher {
         let registry = registry.get();
         let table = &registry.events[kind.index()];
         if !table.sinks.is_empty() {
-            let event = EventValues::new(kind, args, context, timestamp.unwrap_or_else(now));
-            for sink in &table.sinks {
-                self.record(py, sink, &event, registry)?;
-            }
+            self.record_all(py, registry, table, &EventValues::new(kind, args, context, timestamp.unwrap_or_else(now)))?;
         }
         if table.hooks.is_empty() {
             return Ok(());
@@ -212,8 +447,7 @@ impl Dispatcher {
         let none = PyNone::get(py);
         let none = none.as_any();
         let spec = kind.spec();
-        let mut slots: [&Bound<'py, PyAny>; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS] =
-            [none; MAX_ARGS + CONTEXT_KEYWORDS + MAX_KEYWORDS];
+        let mut slots: [&Bound<'py, PyAny>; SLOTS] = [none; SLOTS];
         let mut count = 0;
         for arg in args {
             slots[count] = arg;
@@ -234,23 +468,52 @@ impl Dispatcher {
             count += 1;
         }
         let slots = &slots[..count];
-        let mut pending: Option<Vec<Bound<'py, PyTuple>>> = None;
+        let mut pending = None;
         for hook in &table.hooks {
-            match hook.call(py, slots, context.extra) {
-                Ok(result) if hook.is_async => pending.get_or_insert_with(Vec::new).push(PyTuple::new(
-                    py,
-                    [result, hook.label.bind(py).clone().into_any(), hook.raise_error.into_pyobject(py)?.to_owned().into_any()],
-                )?),
-                Ok(_) => {}
-                Err(error) if hook.raise_error || !error.is_instance_of::<PyException>(py) => return Err(error),
-                Err(error) => {
-                    self.hook_failed(py, registry, hook.label.bind(py), spec.name, error.into_value(py).into_bound(py).into_any())?
-                }
+            let arguments = &hook.variants[hook.given_variant(|slot| !slots[slot].is_none())];
+            match hook.call(py, arguments.keyword_names.as_ref(), arguments.slots.iter().map(|&slot| slots[slot]), context.extra) {
+                Ok(_) if !hook.is_async => {}
+                result => self.hook_returned(py, registry, hook, spec.name, result, &mut pending)?,
             }
         }
         if let Some(pending) = pending {
-            self.run_async.call1(py, (spec.name, PyList::new(py, pending)?))?;
+            self.run_pending(py, spec.name, pending)?;
         }
+        Ok(())
+    }
+
+    fn record_all(&self, py: Python<'_>, registry: &Registry, table: &EventTable, event: &EventValues<'_, '_>) -> PyResult<()> {
+        table.sinks.iter().try_for_each(|sink| self.record(py, sink, event, registry))
+    }
+
+    /// What a hook's call returned, besides a sync hook's result: an async hook's awaitable is kept in
+    /// `pending`; an error is isolated (logged and counted) unless the hook raises errors or it is not an
+    /// `Exception`.
+    #[cold]
+    fn hook_returned<'py>(
+        &self,
+        py: Python<'py>,
+        registry: &Registry,
+        hook: &Hook,
+        event: &str,
+        result: PyResult<Bound<'py, PyAny>>,
+        pending: &mut Option<Vec<Bound<'py, PyTuple>>>,
+    ) -> PyResult<()> {
+        match result {
+            Ok(result) if hook.is_async => pending.get_or_insert_with(Vec::new).push(PyTuple::new(
+                py,
+                [result, hook.label.bind(py).clone().into_any(), hook.raise_error.into_pyobject(py)?.to_owned().into_any()],
+            )?),
+            Ok(_) => {}
+            Err(error) if hook.raise_error || !error.is_instance_of::<PyException>(py) => return Err(error),
+            Err(error) => self.hook_failed(py, registry, hook.label.bind(py), event, error.into_value(py).into_bound(py).into_any())?,
+        }
+        Ok(())
+    }
+
+    /// Runs the awaitables of the async hooks that an event's fire collected.
+    fn run_pending<'py>(&self, py: Python<'py>, event: &str, pending: Vec<Bound<'py, PyTuple>>) -> PyResult<()> {
+        self.run_async.call1(py, (event, PyList::new(py, pending)?))?;
         Ok(())
     }
 
@@ -382,6 +645,18 @@ impl EventTarget for PyDispatcher {
         timestamp: Option<f64>,
     ) -> PyResult<()> {
         self.inner.fire(py, kind, args, context, timestamp)
+    }
+
+    #[inline]
+    fn fire_shaped<'py>(
+        &self,
+        py: Python<'py>,
+        kind: EventKind,
+        values: &[Bound<'py, PyAny>],
+        positional: usize,
+        kwnames: Option<&Bound<'py, PyTuple>>,
+    ) -> Option<PyResult<()>> {
+        self.inner.fire_shaped(py, kind, values, positional, kwnames)
     }
 
     fn rejected(&self, py: Python<'_>) -> PyResult<()> {

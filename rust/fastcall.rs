@@ -9,7 +9,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::True;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3::PyClass;
 
 use crate::events::{for_each_event_index, EventKind, EVENTS, EVENT_COUNT, MAX_ARGS, MAX_KEYWORDS};
@@ -41,6 +41,17 @@ pub trait EventTarget: PyClass<Frozen = True> + Sync {
         context: EventContext<'_, 'py>,
         timestamp: Option<f64>,
     ) -> PyResult<()>;
+
+    /// Fires a call the target has a fast way for (`values` holds the `positional` arguments, then one value
+    /// per name in `kwnames`); None for a call to sort with `fire_from_vectorcall`.
+    fn fire_shaped<'py>(
+        &self,
+        py: Python<'py>,
+        kind: EventKind,
+        values: &[Bound<'py, PyAny>],
+        positional: usize,
+        kwnames: Option<&Bound<'py, PyTuple>>,
+    ) -> Option<PyResult<()>>;
 
     /// An event refused at the call (a bad timestamp), for the metrics to count.
     fn rejected(&self, py: Python<'_>) -> PyResult<()>;
@@ -129,31 +140,20 @@ enum ContextKeyword {
     Timestamp,
 }
 
-/// Which context keyword `name` is by identity with the interned names, or None. Callers' keyword names are
-/// interned by CPython, so this settles nearly every name without reading it.
-#[inline(always)]
-fn interned_context_keyword(names: &ContextNames, name: *mut ffi::PyObject) -> Option<ContextKeyword> {
-    if name == names.run_id.as_ptr() {
-        Some(ContextKeyword::RunId)
-    } else if name == names.model.as_ptr() {
-        Some(ContextKeyword::Model)
-    } else if name == names.parent_run_id.as_ptr() {
-        Some(ContextKeyword::ParentRunId)
-    } else if name == names.timestamp.as_ptr() {
-        Some(ContextKeyword::Timestamp)
-    } else if name == names.tags.as_ptr() {
-        Some(ContextKeyword::Tags)
-    } else if name == names.metadata.as_ptr() {
-        Some(ContextKeyword::Metadata)
-    } else {
-        None
-    }
-}
-
 /// Which context keyword `name` is, or the name itself when it is none of them: by identity first
-/// (`interned_context_keyword`), by text for names built at run time.
+/// (callers' keyword names are interned by CPython, so this settles nearly every name without reading it),
+/// by text for names built at run time.
 fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) -> PyResult<Result<ContextKeyword, Bound<'py, PyString>>> {
-    if let Some(keyword) = interned_context_keyword(names, name.as_ptr()) {
+    let pointer = name.as_ptr();
+    let interned = [
+        (&names.run_id, ContextKeyword::RunId),
+        (&names.model, ContextKeyword::Model),
+        (&names.parent_run_id, ContextKeyword::ParentRunId),
+        (&names.timestamp, ContextKeyword::Timestamp),
+        (&names.tags, ContextKeyword::Tags),
+        (&names.metadata, ContextKeyword::Metadata),
+    ];
+    if let Some((_, keyword)) = interned.into_iter().find(|(interned, _)| interned.as_ptr() == pointer) {
         return Ok(Ok(keyword));
     }
     let name = name.to_owned().cast_into::<PyString>()?;
@@ -166,46 +166,6 @@ fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) ->
         "timestamp" => Ok(ContextKeyword::Timestamp),
         _ => Err(name),
     })
-}
-
-/// The common call, sorted without the general bookkeeping of `fire_from_vectorcall`: every argument by
-/// position, and by name only context keywords (no `timestamp`) under the names CPython interned. None
-/// when the call needs the general sort (which also gives any error).
-#[inline(always)]
-fn fire_common_call<'py, T: EventTarget>(
-    py: Python<'py>,
-    target: &T,
-    kind: EventKind,
-    values: &[Bound<'py, PyAny>],
-    positional: usize,
-    kwnames: Option<&Bound<'py, PyTuple>>,
-) -> Option<PyResult<()>> {
-    if positional != kind.spec().args.len() {
-        return None;
-    }
-    let mut context = EventContext::default();
-    if let Some(kwnames) = kwnames {
-        let names = context_names(py);
-        let keyword_values = &values[positional..];
-        for (index, name) in kwnames.as_slice().iter().enumerate() {
-            let passed = &keyword_values[index];
-            let value = if passed.is_none() { None } else { Some(passed) };
-            match interned_context_keyword(names, name.as_ptr())? {
-                ContextKeyword::RunId => context.run_id = value,
-                ContextKeyword::Model => {
-                    context.model = match value {
-                        Some(model) => Some(model.cast::<PyString>().ok()?),
-                        None => None,
-                    }
-                }
-                ContextKeyword::ParentRunId => context.parent_run_id = value,
-                ContextKeyword::Tags => context.tags = value,
-                ContextKeyword::Metadata => context.metadata = value,
-                ContextKeyword::Timestamp => return None,
-            }
-        }
-    }
-    Some(target.fire(py, kind, &values[..positional], context, None))
 }
 
 /// The body of every `on_*` builtin: sorts a vectorcall's arguments and fires the event `kind`.
@@ -321,8 +281,11 @@ unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
                 if positional + keyword_count == 0 { &[] } else { std::slice::from_raw_parts(args.cast(), positional + keyword_count) };
             let kwnames = if kwnames.is_null() { None } else { Some(Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>()) };
             let (target, kind, kwnames) = (target.get(), EVENTS[KIND].kind, kwnames.as_deref());
-            let fired = fire_common_call(py, target, kind, values, positional, kwnames)
-                .unwrap_or_else(|| fire_from_vectorcall(py, target, kind, values, positional, kwnames));
+            let fired = match target.fire_shaped(py, kind, values, positional, kwnames) {
+                Some(Ok(())) => return py.None().into_ptr(),
+                Some(error) => error,
+                None => fire_from_vectorcall(py, target, kind, values, positional, kwnames),
+            };
             match fired {
                 Ok(()) => py.None().into_ptr(),
                 Err(error) => {
@@ -345,6 +308,13 @@ unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
     })
 }
 
+/// `list[0]`, without CPython's call and its error path.
+pub fn first_item<'py>(list: &Bound<'py, PyList>) -> Bound<'py, PyAny> {
+    assert!(!list.is_empty(), "first_item of an empty list");
+    // SAFETY: index 0 is within the list (checked above); `Bound` means attached.
+    unsafe { list.get_item_unchecked(0) }
+}
+
 const INLINE_ARGS: usize = 8;
 
 /// Calls `callable` with the vectorcall convention: `receiver` first when given, then `values`, which
@@ -357,20 +327,41 @@ pub fn vectorcall<'a, 'py: 'a>(
     positional: usize,
     kwnames: Option<&Bound<'py, PyTuple>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let given = values.len();
-    assert_eq!(given, positional + kwnames.map_or(0, |names| names.len()), "one value per positional argument and keyword name");
-    let first = usize::from(receiver.is_some());
-    let count = first + given;
-    let mut inline = [std::ptr::null_mut(); INLINE_ARGS + 1];
-    let mut spilled = Vec::new();
-    // Slot 0 stays free so the callee may use it (PY_VECTORCALL_ARGUMENTS_OFFSET): a bound method puts
-    // `self` there instead of copying the arguments.
-    let argv: &mut [*mut ffi::PyObject] = if count < INLINE_ARGS {
-        &mut inline[..=count]
+    assert_eq!(values.len(), positional + kwnames.map_or(0, |names| names.len()), "one value per positional argument and keyword name");
+    // Slot 0 of the arguments stays free so the callee may use it (PY_VECTORCALL_ARGUMENTS_OFFSET): a bound
+    // method puts `self` there instead of copying the arguments.
+    let slots = 1 + usize::from(receiver.is_some()) + values.len();
+    if slots <= INLINE_ARGS {
+        let mut inline = [std::ptr::null_mut(); INLINE_ARGS];
+        call_with(&mut inline[..slots], callable, receiver, values, positional, kwnames)
     } else {
-        spilled.resize(count + 1, std::ptr::null_mut());
-        &mut spilled[..]
-    };
+        call_spilled(slots, callable, receiver, values, positional, kwnames)
+    }
+}
+
+#[cold]
+fn call_spilled<'a, 'py: 'a>(
+    slots: usize,
+    callable: &Bound<'py, PyAny>,
+    receiver: Option<&Bound<'py, PyAny>>,
+    values: impl ExactSizeIterator<Item = &'a Bound<'py, PyAny>>,
+    positional: usize,
+    kwnames: Option<&Bound<'py, PyTuple>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    call_with(&mut vec![std::ptr::null_mut(); slots], callable, receiver, values, positional, kwnames)
+}
+
+/// `vectorcall` with `argv` to fill: one slot of scratch, then the receiver and the values.
+#[inline(always)]
+fn call_with<'a, 'py: 'a>(
+    argv: &mut [*mut ffi::PyObject],
+    callable: &Bound<'py, PyAny>,
+    receiver: Option<&Bound<'py, PyAny>>,
+    values: impl ExactSizeIterator<Item = &'a Bound<'py, PyAny>>,
+    positional: usize,
+    kwnames: Option<&Bound<'py, PyTuple>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let first = usize::from(receiver.is_some());
     if let Some(receiver) = receiver {
         argv[1] = receiver.as_ptr();
     }
@@ -378,8 +369,8 @@ pub fn vectorcall<'a, 'py: 'a>(
         *target = value.as_ptr();
     }
     let kwnames = kwnames.map_or(std::ptr::null_mut(), |names| names.as_ptr());
-    // SAFETY: argv[1..] holds `first + positional` positional and len(kwnames) keyword values (checked
-    // above), borrowed from the caller for the call; slot 0 is scratch, as the offset flag promises.
+    // SAFETY: argv[1..] holds `first + positional` positional and len(kwnames) keyword values (checked in
+    // `vectorcall`), borrowed from the caller for the call; slot 0 is scratch, as the offset flag promises.
     let result = unsafe {
         ffi::PyObject_Vectorcall(
             callable.as_ptr(),
