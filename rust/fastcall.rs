@@ -283,7 +283,7 @@ unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
             let (target, kind, kwnames) = (target.get(), EVENTS[KIND].kind, kwnames.as_deref());
             let fired = match target.fire_shaped(py, kind, values, positional, kwnames) {
                 Some(Ok(())) => return py.None().into_ptr(),
-                Some(error) => error,
+                Some(Err(error)) => Err(error),
                 None => fire_from_vectorcall(py, target, kind, values, positional, kwnames),
             };
             match fired {
