@@ -327,41 +327,20 @@ pub fn vectorcall<'a, 'py: 'a>(
     positional: usize,
     kwnames: Option<&Bound<'py, PyTuple>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    assert_eq!(values.len(), positional + kwnames.map_or(0, |names| names.len()), "one value per positional argument and keyword name");
-    // Slot 0 of the arguments stays free so the callee may use it (PY_VECTORCALL_ARGUMENTS_OFFSET): a bound
-    // method puts `self` there instead of copying the arguments.
-    let slots = 1 + usize::from(receiver.is_some()) + values.len();
-    if slots <= INLINE_ARGS {
-        let mut inline = [std::ptr::null_mut(); INLINE_ARGS];
-        call_with(&mut inline[..slots], callable, receiver, values, positional, kwnames)
-    } else {
-        call_spilled(slots, callable, receiver, values, positional, kwnames)
-    }
-}
-
-#[cold]
-fn call_spilled<'a, 'py: 'a>(
-    slots: usize,
-    callable: &Bound<'py, PyAny>,
-    receiver: Option<&Bound<'py, PyAny>>,
-    values: impl ExactSizeIterator<Item = &'a Bound<'py, PyAny>>,
-    positional: usize,
-    kwnames: Option<&Bound<'py, PyTuple>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    call_with(&mut vec![std::ptr::null_mut(); slots], callable, receiver, values, positional, kwnames)
-}
-
-/// `vectorcall` with `argv` to fill: one slot of scratch, then the receiver and the values.
-#[inline(always)]
-fn call_with<'a, 'py: 'a>(
-    argv: &mut [*mut ffi::PyObject],
-    callable: &Bound<'py, PyAny>,
-    receiver: Option<&Bound<'py, PyAny>>,
-    values: impl ExactSizeIterator<Item = &'a Bound<'py, PyAny>>,
-    positional: usize,
-    kwnames: Option<&Bound<'py, PyTuple>>,
-) -> PyResult<Bound<'py, PyAny>> {
+    let given = values.len();
+    assert_eq!(given, positional + kwnames.map_or(0, |names| names.len()), "one value per positional argument and keyword name");
     let first = usize::from(receiver.is_some());
+    let count = first + given;
+    let mut inline = [std::ptr::null_mut(); INLINE_ARGS + 1];
+    let mut spilled = Vec::new();
+    // Slot 0 stays free so the callee may use it (PY_VECTORCALL_ARGUMENTS_OFFSET): a bound method puts
+    // `self` there instead of copying the arguments.
+    let argv: &mut [*mut ffi::PyObject] = if count < INLINE_ARGS {
+        &mut inline[..=count]
+    } else {
+        spilled.resize(count + 1, std::ptr::null_mut());
+        &mut spilled[..]
+    };
     if let Some(receiver) = receiver {
         argv[1] = receiver.as_ptr();
     }
@@ -369,8 +348,8 @@ fn call_with<'a, 'py: 'a>(
         *target = value.as_ptr();
     }
     let kwnames = kwnames.map_or(std::ptr::null_mut(), |names| names.as_ptr());
-    // SAFETY: argv[1..] holds `first + positional` positional and len(kwnames) keyword values (checked in
-    // `vectorcall`), borrowed from the caller for the call; slot 0 is scratch, as the offset flag promises.
+    // SAFETY: argv[1..] holds `first + positional` positional and len(kwnames) keyword values (checked
+    // above), borrowed from the caller for the call; slot 0 is scratch, as the offset flag promises.
     let result = unsafe {
         ffi::PyObject_Vectorcall(
             callable.as_ptr(),

@@ -58,6 +58,17 @@ def hooked(backend: str) -> tuple[CallbackManager, list[tuple[Any, ...]], Metric
     return manager, calls, metrics
 
 
+def seen_in_both_backends(fire: Any) -> list[tuple[Any, ...]]:
+    """What the hooks got from ``fire(manager)``, checked to be the same, with the metrics, in both backends."""
+    seen = {}
+    for backend in BACKENDS:
+        manager, calls, metrics = hooked(backend)
+        fire(manager)
+        seen[backend] = (calls, counted(metrics))
+    assert seen["rust"] == seen["python"]
+    return seen["rust"][0]
+
+
 VALUE_ROUNDS: list[dict[str, Any]] = [
     {"run_id": "r1", "parent_run_id": None, "model": "gpt-4o", "tags": ["a"], "metadata": {"k": 1}, "ttft_ms": 12.5},
     {"run_id": "r2", "parent_run_id": "p", "model": None, "tags": None, "metadata": None, "ttft_ms": None},
@@ -75,13 +86,7 @@ def fire_rounds(manager: CallbackManager) -> None:
 
 
 def test_a_call_site_fired_again_with_other_values_gives_the_hooks_what_the_reference_gives() -> None:
-    seen = {}
-    for backend in BACKENDS:
-        manager, calls, metrics = hooked(backend)
-        fire_rounds(manager)
-        seen[backend] = (calls, counted(metrics))
-    assert seen["rust"] == seen["python"]
-    calls = seen["rust"][0]
+    calls = seen_in_both_backends(fire_rounds)
     # A keyword given as None is left out of **kwargs, even at a site whose first call gave it.
     second_start = [call for call in calls if call[:2] == ("kwargs", "llm_start")][1]
     assert "tags" not in second_start[3] and "metadata" not in second_start[3]
@@ -121,13 +126,7 @@ def fire_many_sites(manager: CallbackManager) -> None:
 
 
 def test_more_sites_than_shapes_kept_and_names_built_at_run_time_all_reach_the_hooks() -> None:
-    seen = {}
-    for backend in BACKENDS:
-        manager, calls, metrics = hooked(backend)
-        fire_many_sites(manager)
-        seen[backend] = (calls, counted(metrics))
-    assert seen["rust"] == seen["python"]
-    prompts = [call[2] for call in seen["rust"][0] if call[0] == "named"]
+    prompts = [call[2] for call in seen_in_both_backends(fire_many_sites) if call[0] == "named"]
     assert prompts == list("abcdefghijk") * 2
 
 
