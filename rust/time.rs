@@ -50,11 +50,17 @@ mod counter {
     /// (a thread that lost its CPU in between would misjudge the rate).
     const MAX_COMPARISON_TICKS_SECONDS: f64 = 2e-6;
 
+    /// Consecutive comparisons too slow to trust before the calibration gives the counter up.
+    const MAX_FAILED_COMPARISONS: u32 = 64;
+
     const UNDECIDED: u8 = 0;
     const UNUSED: u8 = 1;
-    const CALIBRATING: u8 = 2;
-    const STEERED: u8 = 3;
+    /// The kernel keeps time with the counter; no comparison has been kept yet.
+    const ANCHORING: u8 = 2;
+    const CALIBRATING: u8 = 3;
+    const STEERED: u8 = 4;
     static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
+    static FAILED_COMPARISONS: AtomicU32 = AtomicU32::new(0);
 
     struct Slot {
         generation: AtomicU64,
@@ -231,11 +237,15 @@ mod counter {
     fn start() -> Option<f64> {
         match MODE.load(Ordering::Acquire) {
             UNDECIDED => {
-                if !kernel_uses_tsc() {
-                    MODE.store(UNUSED, Ordering::Release);
-                } else if take_steering() {
+                // Read once: the clock source file is a syscall or three, too dear to read per event.
+                let decided = if kernel_uses_tsc() { ANCHORING } else { UNUSED };
+                let _ = MODE.compare_exchange(UNDECIDED, decided, Ordering::AcqRel, Ordering::Acquire);
+                None
+            }
+            ANCHORING => {
+                if take_steering() {
                     // The first comparison, with a rate guess that only bounds how long it may take.
-                    if let Some((now_ticks, now_seconds)) = compare(1e-9) {
+                    if let Some((now_ticks, now_seconds)) = trusted_compare() {
                         let first = Anchor {
                             ticks: now_ticks,
                             seconds: now_seconds,
@@ -257,7 +267,7 @@ mod counter {
                 if !take_steering() {
                     return None;
                 }
-                if let Some((now_ticks, now_seconds)) = compare(1e-9) {
+                if let Some((now_ticks, now_seconds)) = trusted_compare() {
                     let elapsed = now_seconds - first.compared_seconds;
                     if elapsed >= CALIBRATION && now_ticks > first.compared_ticks {
                         let seconds_per_tick = elapsed / (now_ticks - first.compared_ticks) as f64;
@@ -277,6 +287,20 @@ mod counter {
             }
             _ => None,
         }
+    }
+
+    /// A comparison for the calibration. Where reading the monotonic clock keeps taking too long to be
+    /// trusted (a slow virtual clock, or an emulator such as valgrind), the counter is given up for the
+    /// monotonic clock after `MAX_FAILED_COMPARISONS` in a row, rather than paying a failed comparison
+    /// on every event for good.
+    fn trusted_compare() -> Option<(u64, f64)> {
+        let compared = compare(1e-9);
+        if compared.is_some() {
+            FAILED_COMPARISONS.store(0, Ordering::Relaxed);
+        } else if FAILED_COMPARISONS.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_FAILED_COMPARISONS {
+            MODE.store(UNUSED, Ordering::Release);
+        }
+        compared
     }
 
     /// Whether the counter is in use (after its calibration).
