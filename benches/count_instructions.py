@@ -3,6 +3,9 @@
     python benches/count_instructions.py            # needs valgrind (apt-get install valgrind)
     python benches/count_instructions.py --only fan-out    # the rows whose label starts with "fan-out"
 
+The pair and metrics-alone rows feed ``on_llm_start`` + ``on_llm_end`` pairs (the bench's pair payload); the
+fan-out rows call one handler's ``on_llm_start``.
+
 Each implementation runs twice in a fresh interpreter under ``valgrind --tool=callgrind``, with 0 and with N
 events and a fixed hash seed; the difference divided by the events is its user-space instructions per event
 (all threads; the kernel's share of writing the file is not counted, which flatters no one: every contender
@@ -27,6 +30,8 @@ CASES = {
     "pair: rlm_toolkit (python reference)": ("pair", "python"),
     "pair: plain json.dumps": ("pair", "json"),
     "pair: plain orjson": ("pair", "orjson"),
+    "metrics alone: rlm_toolkit (rust)": ("metrics", "rust"),
+    "metrics alone: rlm_toolkit (python reference)": ("metrics", "python"),
     "fan-out to 1 handler: rlm_toolkit (rust)": ("fanout", "rust"),
     "fan-out to 1 handler: plain inlined loop": ("fanout", "inline"),
     "fan-out to 1 handler: thinnest C hop (operator.call)": ("fanout", "c-hop"),
@@ -67,7 +72,15 @@ def run_workload(case: str, implementation: str, count: int) -> None:
     from rlm_toolkit.bench import PlainJsonPair, PlainOrjsonPair, pair_payload
 
     prompt, response = pair_payload()
-    run_ids = [f"{index:08d}-0000-4000-8000-000000000000" for index in range(count)]
+    # Made for the largest count in every run, so the run with 0 events subtracts their making too.
+    run_ids = [f"{index:08d}-0000-4000-8000-000000000000" for index in range(PAIRS)][:count]
+    if case == "metrics":
+        manager = CallbackManager([MetricsCallback(backend=implementation)],  # type: ignore[arg-type]
+                                  backend=implementation)  # type: ignore[arg-type]
+        for run_id in run_ids:
+            manager.on_llm_start(prompt, run_id=run_id, model="gpt-4o")
+            manager.on_llm_end(response, run_id=run_id, model="gpt-4o")
+        return
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "pair.jsonl")
         if implementation in ("rust", "python"):
@@ -113,8 +126,8 @@ def main() -> int:
     for label, (case, implementation) in CASES.items():
         if not label.startswith(args.only):
             continue
-        events = 2 * PAIRS if case == "pair" else EVENTS
-        count = PAIRS if case == "pair" else EVENTS
+        events = EVENTS if case == "fanout" else 2 * PAIRS
+        count = EVENTS if case == "fanout" else PAIRS
         per_event[label] = (instructions(case, implementation, count) - instructions(case, implementation, 0)) / events
         reference = per_event.get(f"{label.split(':')[0]}: rlm_toolkit (rust)")
         ratio = "—" if reference is None else f"{per_event[label] / reference:.2f}"
