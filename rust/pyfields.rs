@@ -73,6 +73,34 @@ pub fn instance_dict<'py>(object: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDic
     }
 }
 
+#[cfg(not(Py_3_13))]
+extern "C" {
+    /// CPython's `getattr(object, name, None)` before 3.13 made it public as `PyObject_GetOptionalAttr`:
+    /// 1 and a new reference when found, 0 when not (no exception set), -1 with an exception set.
+    fn _PyObject_LookupAttr(object: *mut ffi::PyObject, name: *mut ffi::PyObject, found: *mut *mut ffi::PyObject) -> std::ffi::c_int;
+}
+
+/// `object.name`, or None when reading it raises, as `getattr(object, name, None)` reads it: a missing
+/// attribute of a type with the default attribute lookup (a str, a dict, most classes) is None without an
+/// AttributeError made, formatted and discarded, which costs some 900 ns where this lookup costs 50.
+pub fn optional_attr<'py>(object: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> Option<Bound<'py, PyAny>> {
+    let mut found: *mut ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: `object` and `name` are live (name a str), the GIL is held, and `found` is a valid out
+    // pointer; the call leaves a new reference in it when it returns 1, and NULL otherwise.
+    #[cfg(Py_3_13)]
+    let outcome = unsafe { ffi::PyObject_GetOptionalAttr(object.as_ptr(), name.as_ptr(), &mut found) };
+    // SAFETY: as above; the function is exported by every CPython this builds for below 3.13.
+    #[cfg(not(Py_3_13))]
+    let outcome = unsafe { _PyObject_LookupAttr(object.as_ptr(), name.as_ptr(), &mut found) };
+    if outcome < 0 {
+        // Any other error (a property that raised) counts as no attribute, as with `getattr(...).ok()`.
+        drop(PyErr::fetch(object.py()));
+        return None;
+    }
+    // SAFETY: a new reference when found, NULL otherwise.
+    unsafe { Bound::from_owned_ptr_or_opt(object.py(), found) }
+}
+
 /// The str's UTF-8 text, as `PyString::to_str` gives it (an error for a str with lone surrogates). A str of
 /// ASCII characters only is read in place: a flag test where `PyUnicode_AsUTF8AndSize` is a call.
 pub fn str_text<'a>(text: &'a Bound<'_, PyString>) -> PyResult<&'a str> {

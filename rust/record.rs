@@ -14,7 +14,7 @@ use crate::errors::InvalidEventError;
 use crate::escape::push_u64;
 use crate::events::{EventKind, EventSpec, EVENTS, MAX_KEYWORDS};
 use crate::metrics::Usage;
-use crate::pyfields::{instance_dict, small_int, SlotReader};
+use crate::pyfields::{instance_dict, optional_attr, small_int, SlotReader};
 use crate::pyvalue::Encoder;
 use crate::redact::registered_secrets;
 use crate::time::{now, push_iso_utc};
@@ -302,7 +302,7 @@ impl<'a, 'py> EventValues<'a, 'py> {
     }
 
     /// The attribute `name` of the `llm_end` response, None when it has none: an `LLMResponse`'s from its
-    /// instance dict (where all its fields are), any other object's by `getattr`.
+    /// instance dict (where all its fields are), any other object's by `getattr` (`optional_attr`).
     fn response_field(&self, name: &Bound<'py, PyString>) -> Option<Bound<'py, PyAny>> {
         let response = &self.args[0];
         let dict = self.response_dict.get_or_init(|| {
@@ -314,7 +314,7 @@ impl<'a, 'py> EventValues<'a, 'py> {
         });
         match dict {
             Some(dict) => dict.get_item(name).ok().flatten(),
-            None => response.getattr(name).ok(),
+            None => optional_attr(response, name),
         }
     }
 }
@@ -339,6 +339,12 @@ fn known_types(py: Python<'_>) -> Option<&'static KnownTypes> {
         .as_ref()
 }
 
+/// `USAGE_FIELDS` as interned strs, for reading them from usage objects of other types.
+fn usage_field_names(py: Python<'_>) -> &'static [Py<PyString>; 5] {
+    static NAMES: PyOnceLock<[Py<PyString>; 5]> = PyOnceLock::new();
+    NAMES.get_or_init(py, || USAGE_FIELDS.map(|name| PyString::intern(py, name).unbind()))
+}
+
 /// A token count: an int that fits in u64 (not a bool), else 0.
 #[inline(always)]
 fn token_count(count: Option<Bound<'_, PyAny>>) -> u64 {
@@ -361,7 +367,7 @@ fn usage_of(usage: &Bound<'_, PyAny>) -> Option<Usage> {
     }
     let counts = match known_types(usage.py()).and_then(|types| types.usage.read(usage)) {
         Some(fields) => fields.map(token_count),
-        None => USAGE_FIELDS.map(|name| token_count(usage.getattr(name).ok())),
+        None => usage_field_names(usage.py()).each_ref().map(|name| token_count(optional_attr(usage, name.bind(usage.py())))),
     };
     let [prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens] = counts;
     Some(Usage { prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens })

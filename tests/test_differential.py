@@ -164,6 +164,18 @@ class UsageThatRaises:
         raise RuntimeError("no content")
 
 
+class FieldsByGetattr:
+    """A response whose fields come from ``__getattr__``, which raises AttributeError for the others (as SDK
+    objects with lazy fields do)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "usage":
+            return SimpleNamespace(prompt_tokens=7, total_tokens=9)
+        if name == "model":
+            return "gpt-4o-mini"
+        raise AttributeError(name)
+
+
 RESPONSES = st.one_of(
     st.builds(LLMResponse, TEXT, MODELS, USAGE),
     st.builds(LLMResponse, TEXT, MODELS, USAGE),
@@ -172,6 +184,8 @@ RESPONSES = st.one_of(
     st.builds(SimpleNamespace, content=st.one_of(TEXT, st.none()), model=st.one_of(MODELS, st.integers()),
               usage=st.one_of(st.none(), st.builds(SimpleNamespace, prompt_tokens=st.one_of(st.integers(), TEXT)))),
     st.just(UsageThatRaises()),
+    st.just(FieldsByGetattr()),
+    st.just({"usage": SimpleNamespace(prompt_tokens=5), "model": "gpt-4o", "content": "in a dict"}),
     TEXT,
 )
 ERRORS = st.one_of(
