@@ -127,31 +127,45 @@ fn push_int(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) {
     }
 }
 
-/// The byte spans in `out` of the keys written so far in one dict, to keep only the first of equal keys
-/// (equal strings have equal JSON forms and unequal strings unequal ones).
+/// The keys written so far in one dict, to keep only the first of equal keys (equal strings have equal
+/// JSON forms and unequal strings unequal ones): the byte spans in `out` of the first
+/// `KEYS_COMPARED_DIRECTLY`, compared one by one, then a hash set of them all.
 struct SeenKeys {
-    spans: Vec<(usize, usize)>,
+    spans: [(usize, usize); KEYS_COMPARED_DIRECTLY],
+    compared: usize,
     hashed: Option<rustc_hash::FxHashSet<Box<[u8]>>>,
 }
 
 impl SeenKeys {
-    fn new(expected: usize) -> SeenKeys {
-        let hashed = (expected > KEYS_COMPARED_DIRECTLY).then(rustc_hash::FxHashSet::default);
-        SeenKeys { spans: Vec::new(), hashed }
+    fn new() -> SeenKeys {
+        SeenKeys { spans: [(0, 0); KEYS_COMPARED_DIRECTLY], compared: 0, hashed: None }
     }
 
     /// Whether the key at `out[start..]` is new (and now seen).
     fn insert(&mut self, out: &[u8], start: usize) -> bool {
         let key = &out[start..];
+        if self.hashed.is_none() && self.compared == KEYS_COMPARED_DIRECTLY {
+            self.hashed = Some(self.spans.iter().map(|&(from, to)| out[from..to].into()).collect());
+        }
         match &mut self.hashed {
             Some(hashed) => hashed.insert(key.into()),
-            None if self.spans.iter().any(|&(from, to)| &out[from..to] == key) => false,
+            None if self.spans[..self.compared].iter().any(|&(from, to)| &out[from..to] == key) => false,
             None => {
-                self.spans.push((start, out.len()));
+                self.spans[self.compared] = (start, out.len());
+                self.compared += 1;
                 true
             }
         }
     }
+}
+
+/// Whether writing `value` runs no Python code: an exact str, int or float, a bool or None.
+fn is_inert(value: &Bound<'_, PyAny>) -> bool {
+    value.is_exact_instance_of::<PyString>()
+        || value.is_none()
+        || value.is_exact_instance_of::<PyInt>()
+        || value.is_exact_instance_of::<PyFloat>()
+        || value.is_exact_instance_of::<PyBool>()
 }
 
 /// The str's own text as an exact str (`str.__str__`), whatever methods a subclass overrides.
@@ -190,6 +204,8 @@ impl Encoder<'_> {
         if let Ok(text) = value.cast_exact::<PyString>() {
             return self.push_pystr(out, text, max_chars);
         }
+        // The containers before the types whose test walks the type's bases (float, bytearray): no class
+        // is both a container here and one of those, so the order changes no answer.
         if value.is_none() {
             out.extend_from_slice(b"null");
         } else if let Ok(flag) = value.cast::<PyBool>() {
@@ -198,6 +214,45 @@ impl Encoder<'_> {
             self.push_pystr(out, &own_str(text), max_chars);
         } else if value.is_instance_of::<PyInt>() {
             push_int(out, value);
+        } else if let Ok(mapping) = value.cast::<PyDict>() {
+            if depth >= MAX_DEPTH {
+                return push_string(out, DEPTH_EXCEEDED);
+            }
+            if mapping.iter().all(|(key, item)| key.is_exact_instance_of::<PyString>() && is_inert(&item)) {
+                // Writing these runs no Python code, so nothing can change the dict meanwhile.
+                self.push_entries(out, mapping.iter(), max_chars, depth);
+            } else {
+                // A snapshot of the items (references, no Python objects made): str() of a value may run
+                // code that mutates the dict.
+                let items: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = mapping.iter().collect();
+                self.push_entries(out, items.into_iter(), max_chars, depth);
+            }
+        } else if value.is_instance_of::<PyList>()
+            || value.is_instance_of::<PyTuple>()
+            || value.is_instance_of::<PySet>()
+            || value.is_instance_of::<PyFrozenSet>()
+        {
+            if depth >= MAX_DEPTH {
+                return push_string(out, DEPTH_EXCEEDED);
+            }
+            // A list's or tuple's items are read in place, without an iterator and its length hint: as
+            // they stand when every item is inert (writing them runs no Python code), else copied first.
+            if let Ok(list) = value.cast_exact::<PyList>() {
+                if list.iter().all(|item| is_inert(&item)) {
+                    return self.push_items(out, list.iter(), max_chars, depth);
+                }
+                let items: Vec<Bound<'_, PyAny>> = list.iter().collect();
+                return self.push_items(out, items.into_iter(), max_chars, depth);
+            }
+            if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+                return self.push_items(out, tuple.iter(), max_chars, depth);
+            }
+            // All items first: a container whose iteration raises is written as text instead.
+            let items: PyResult<Vec<Bound<'_, PyAny>>> = value.try_iter().and_then(|items| items.collect());
+            match items {
+                Ok(items) => self.push_items(out, items.into_iter(), max_chars, depth),
+                Err(_) => self.push_fallback_text(out, value, max_chars),
+            }
         } else if let Ok(number) = value.cast::<PyFloat>() {
             push_f64(out, number.value());
         } else if value.is_instance_of::<PyBytes>() || value.is_instance_of::<PyByteArray>() {
@@ -212,60 +267,53 @@ impl Encoder<'_> {
             out.extend_from_slice(b",\"message\":");
             self.push_fallback_text(out, value, max_chars);
             out.push(b'}');
-        } else if let Ok(mapping) = value.cast::<PyDict>() {
-            if depth >= MAX_DEPTH {
-                return push_string(out, DEPTH_EXCEEDED);
-            }
-            // A snapshot of the items: str() of a value may run code that mutates the dict.
-            let items = mapping.items();
-            let mut seen = SeenKeys::new(items.len());
-            let mut written_any = false;
-            out.push(b'{');
-            for item in items.iter() {
-                let (key, item_value) = match item.cast_into::<PyTuple>() {
-                    Ok(pair) if pair.len() == 2 => (pair.get_item(0).expect("len 2"), pair.get_item(1).expect("len 2")),
-                    _ => continue,
-                };
-                let entry_start = out.len();
-                if written_any {
-                    out.push(b',');
-                }
-                let key_start = out.len();
-                match key.cast::<PyString>() {
-                    Ok(text_key) => self.push_pystr(out, &own_str(text_key), max_chars),
-                    Err(_) => self.push_fallback_text(out, &key, max_chars),
-                }
-                if !seen.insert(out, key_start) {
-                    out.truncate(entry_start);
-                    continue;
-                }
-                written_any = true;
-                out.push(b':');
-                self.push_value(out, &item_value, max_chars, depth + 1);
-            }
-            out.push(b'}');
-        } else if value.is_instance_of::<PyList>()
-            || value.is_instance_of::<PyTuple>()
-            || value.is_instance_of::<PySet>()
-            || value.is_instance_of::<PyFrozenSet>()
-        {
-            if depth >= MAX_DEPTH {
-                return push_string(out, DEPTH_EXCEEDED);
-            }
-            // All items first: a container whose iteration raises is written as text instead.
-            let items: PyResult<Vec<Bound<'_, PyAny>>> = value.try_iter().and_then(|items| items.collect());
-            let Ok(items) = items else { return self.push_fallback_text(out, value, max_chars) };
-            out.push(b'[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                self.push_value(out, item, max_chars, depth + 1);
-            }
-            out.push(b']');
         } else {
             self.push_fallback_text(out, value, max_chars);
         }
+    }
+
+    /// A dict's `entries` as a JSON object, the first of keys whose JSON forms are equal kept.
+    fn push_entries<'py>(
+        &self,
+        out: &mut Vec<u8>,
+        entries: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+        max_chars: usize,
+        depth: usize,
+    ) {
+        let mut seen = SeenKeys::new();
+        let mut written_any = false;
+        out.push(b'{');
+        for (key, item_value) in entries {
+            let entry_start = out.len();
+            if written_any {
+                out.push(b',');
+            }
+            let key_start = out.len();
+            match key.cast::<PyString>() {
+                Ok(text_key) => self.push_pystr(out, &own_str(text_key), max_chars),
+                Err(_) => self.push_fallback_text(out, &key, max_chars),
+            }
+            if !seen.insert(out, key_start) {
+                out.truncate(entry_start);
+                continue;
+            }
+            written_any = true;
+            out.push(b':');
+            self.push_value(out, &item_value, max_chars, depth + 1);
+        }
+        out.push(b'}');
+    }
+
+    /// A sequence's `items` as a JSON array.
+    fn push_items<'py>(&self, out: &mut Vec<u8>, items: impl Iterator<Item = Bound<'py, PyAny>>, max_chars: usize, depth: usize) {
+        out.push(b'[');
+        for (index, item) in items.enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            self.push_value(out, &item, max_chars, depth + 1);
+        }
+        out.push(b']');
     }
 
     pub fn push_optional(&self, out: &mut Vec<u8>, value: Option<&Bound<'_, PyAny>>, max_chars: usize) {

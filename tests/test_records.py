@@ -164,6 +164,36 @@ class BrokenTextTuple(FailingIteration):
         raise RuntimeError("no str")
 
 
+class GrowsItsContainer:
+    """An item whose str() replaces the items after it in the list it is written from and adds to a dict."""
+
+    def __init__(self, items: list[Any], entries: dict[str, Any]) -> None:
+        self.items, self.entries, self.calls = items, entries, 0
+
+    def __str__(self) -> str:
+        self.calls += 1
+        del self.items[1:]
+        self.items.append("added while written")
+        self.entries[f"added {self.calls}"] = "while written"
+        return "grower"
+
+
+def test_containers_are_written_as_they_stood_when_their_writing_began(backend: str, tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    items: list[Any] = []
+    entries: dict[str, Any] = {"k": 2.5}
+    grower = GrowsItsContainer(items, entries)
+    items.extend([grower, "a", 1])
+    entries["g"] = grower
+    with FileLogCallback(path) as log:
+        CallbackManager([log]).on_tool_end("t", {"list": items, "dict": entries, "plain": ["x", None, True]},
+                                           timestamp=TS)
+    [line] = lines_of(path)
+    # The list's grower added "added 1" before the dict's writing began; "added 2" came during it.
+    assert line.endswith('"tool_output":{"list":["grower","a",1],"dict":{"k":2.5,"g":"grower","added 1":"while written"},'
+                         '"plain":["x",null,true]}}')
+
+
 def test_numbers_are_written_as_python_writes_them(backend: str, tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     values = [1e16, 1.5e-05, 1e-07, 123.0, -0.0, 0.1, 1e15, 1.7976931348623157e308, 5e-324, math.nan, -math.inf,
