@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
 
 use crate::escape::{push_escaped, push_escaped_utf16, push_f64, push_i64, push_string};
-use crate::pyfields::str_text;
+use crate::pyfields::{str_text, uuid_text};
 use crate::redact::{redact_after_scan, scan_text};
 
 pub const MAX_DEPTH: usize = 64;
@@ -214,6 +214,9 @@ impl Encoder<'_> {
             self.push_pystr(out, &own_str(text), max_chars);
         } else if value.is_instance_of::<PyInt>() {
             push_int(out, value);
+        } else if let Some(uuid) = uuid_text(value) {
+            // The run ids of LangChain and of many tracers.
+            self.push_text(out, uuid.as_str(), max_chars);
         } else if let Ok(mapping) = value.cast::<PyDict>() {
             if depth >= MAX_DEPTH {
                 return push_string(out, DEPTH_EXCEEDED);

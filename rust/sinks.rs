@@ -2,7 +2,6 @@
 //! `MetricsCallback`) and the JSONL log (`_core.JsonlSink`, behind `FileLogCallback`). A core of the
 //! pure-Python backend registered with the Rust dispatcher is a sink too, called through its `handle()`.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use crate::errors::{InvalidEventError, LogClosedError, LogFileError, NotAJsonlLo
 use crate::events::EventKind;
 use crate::json_check::is_json_object;
 use crate::metrics::{DurationState, Metrics, MetricsState, ModelState, Price, PricedTokens, Prices, Snapshot, COUNTER_NAMES};
-use crate::pyfields::str_text;
+use crate::pyfields::{str_text, uuid_text, UuidText};
 use crate::record::{checked_timestamp, push_record, with_event, EventValues, RecordOptions};
 use crate::replay::replay_file;
 use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
@@ -64,14 +63,36 @@ fn milliseconds(value: &Bound<'_, PyAny>) -> Option<f64> {
     value.extract::<f64>().ok()
 }
 
-/// Latency pairs starts and ends by this key; events without a run id share the key "".
-fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> Cow<'a, str> {
+/// Latency pairs starts and ends by this key: the run id's `str()`; events without a run id share the key "".
+fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> RunKeyText<'a> {
     match run_id {
-        None => Cow::Borrowed(""),
+        None => RunKeyText::Borrowed(""),
         Some(run_id) => match run_id.cast::<PyString>() {
-            Ok(text) => str_text(text).map(Cow::Borrowed).unwrap_or_else(|_| Cow::Owned(text.to_string_lossy().into_owned())),
-            Err(_) => Cow::Owned(run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()),
+            Ok(text) => str_text(text).map(RunKeyText::Borrowed).unwrap_or_else(|_| RunKeyText::Owned(text.to_string_lossy().into_owned())),
+            Err(_) => match uuid_text(run_id) {
+                Some(uuid) => RunKeyText::Uuid(uuid),
+                None => RunKeyText::Owned(run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()),
+            },
         },
+    }
+}
+
+/// A run key's text, made without an allocation for a str or a `uuid.UUID`.
+enum RunKeyText<'a> {
+    Borrowed(&'a str),
+    Uuid(UuidText),
+    Owned(String),
+}
+
+impl std::ops::Deref for RunKeyText<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            RunKeyText::Borrowed(text) => text,
+            RunKeyText::Uuid(uuid) => uuid.as_str(),
+            RunKeyText::Owned(text) => text,
+        }
     }
 }
 

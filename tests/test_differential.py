@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,8 +26,19 @@ from rlm_toolkit.callbacks import BaseCallback, CallbackManager, FileLogCallback
 
 from hostile_values import FailingIteration, LoudBytes, LoudDict, LoudFloat, LoudInt, LoudStr
 
-RUN_IDS = st.sampled_from(["a", "b", "c", "d", None])
-PARENT_IDS = st.sampled_from(["a", None, None, 7])
+
+
+class LabelledUUID(uuid.UUID):
+    """A UUID subclass whose str() is its own."""
+
+    def __str__(self) -> str:
+        return "run " + super().__str__()[:8]
+
+
+UUIDS = [uuid.UUID(int=0), uuid.UUID("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"), uuid.UUID(int=2**128 - 1),
+         LabelledUUID("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")]
+RUN_IDS = st.sampled_from(["a", "b", "c", "d", None, *UUIDS])
+PARENT_IDS = st.sampled_from(["a", None, None, 7, UUIDS[1]])
 MODELS = st.sampled_from(["gpt-4o", "gpt-4o-mini-2024-07-18", "local-model", "", None])
 
 PIECES = st.one_of(

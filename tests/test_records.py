@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,19 @@ def test_of_keys_that_come_out_the_same_the_first_is_kept(backend: str, tmp_path
 class BrokenTextTuple(FailingIteration):
     def __str__(self) -> str:
         raise RuntimeError("no str")
+
+
+def test_uuid_run_ids_are_written_and_paired_as_their_str(backend: str, tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    run_id, parent = uuid.UUID(int=0xABC), uuid.UUID("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
+    metrics = MetricsCallback(backend=backend)  # type: ignore[arg-type]
+    with FileLogCallback(path, max_field_chars=16) as log:
+        manager = CallbackManager([metrics, log])
+        manager.on_llm_start("p", run_id=run_id, parent_run_id=parent, timestamp=TS)
+        manager.on_llm_end("r", run_id=str(run_id), timestamp=TS + 1)
+    start, end = lines_of(path)
+    assert '"run_id":"00000000-0000-00…[truncated 20 chars]","parent_run_id":"0a1b2c3d-4e5f-4a…[truncated 20 chars]"' in start
+    assert metrics.get_metrics()["avg_latency_ms"] == 1000.0
 
 
 class GrowsItsContainer:
