@@ -4,7 +4,8 @@
     python benches/count_instructions.py --only fan-out    # the rows whose label starts with "fan-out"
 
 The pair and metrics-alone rows feed ``on_llm_start`` + ``on_llm_end`` pairs (the bench's pair payload); the
-fan-out rows call one handler's ``on_llm_start``.
+"with tags" rows the same pairs as an integration fires them: ``uuid.UUID`` run ids, a tags list and a metadata
+dict on each event. The fan-out rows call one handler's ``on_llm_start``.
 
 Each implementation runs twice in a fresh interpreter under ``valgrind --tool=callgrind``, with 0 and with N
 events and a fixed hash seed; the difference divided by the events is its user-space instructions per event
@@ -22,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import uuid
 
 PAIRS = 5_000
 EVENTS = 20_000
@@ -30,6 +32,8 @@ CASES = {
     "pair: rlm_toolkit (python reference)": ("pair", "python"),
     "pair: plain json.dumps": ("pair", "json"),
     "pair: plain orjson": ("pair", "orjson"),
+    "pair with tags, metadata and UUID run ids: rlm_toolkit (rust)": ("pair-context", "rust"),
+    "pair with tags, metadata and UUID run ids: rlm_toolkit (python reference)": ("pair-context", "python"),
     "metrics alone: rlm_toolkit (rust)": ("metrics", "rust"),
     "metrics alone: rlm_toolkit (python reference)": ("metrics", "python"),
     "fan-out to 1 handler: rlm_toolkit (rust)": ("fanout", "rust"),
@@ -73,7 +77,9 @@ def run_workload(case: str, implementation: str, count: int) -> None:
 
     prompt, response = pair_payload()
     # Made for the largest count in every run, so the run with 0 events subtracts their making too.
-    run_ids = [f"{index:08d}-0000-4000-8000-000000000000" for index in range(PAIRS)][:count]
+    every_run_id = [f"{index:08d}-0000-4000-8000-000000000000" for index in range(PAIRS)]
+    run_ids = every_run_id[:count]
+    uuid_run_ids = [uuid.UUID(run_id) for run_id in every_run_id][:count] if case == "pair-context" else []
     if case == "metrics":
         manager = CallbackManager([MetricsCallback(backend=implementation)],  # type: ignore[arg-type]
                                   backend=implementation)  # type: ignore[arg-type]
@@ -87,9 +93,15 @@ def run_workload(case: str, implementation: str, count: int) -> None:
             log = FileLogCallback(path, backend=implementation)  # type: ignore[arg-type]
             manager = CallbackManager([MetricsCallback(backend=implementation), log],  # type: ignore[arg-type]
                                       backend=implementation)  # type: ignore[arg-type]
-            for run_id in run_ids:
-                manager.on_llm_start(prompt, run_id=run_id, model="gpt-4o")
-                manager.on_llm_end(response, run_id=run_id, model="gpt-4o")
+            if case == "pair-context":
+                tags, metadata = ["batch", "eval"], {"user": "u-1", "attempt": 1}
+                for run_id in uuid_run_ids:
+                    manager.on_llm_start(prompt, run_id=run_id, model="gpt-4o", tags=tags, metadata=metadata)
+                    manager.on_llm_end(response, run_id=run_id, model="gpt-4o", tags=tags, metadata=metadata)
+            else:
+                for run_id in run_ids:
+                    manager.on_llm_start(prompt, run_id=run_id, model="gpt-4o")
+                    manager.on_llm_end(response, run_id=run_id, model="gpt-4o")
             log.close()
         else:
             plain = (PlainJsonPair if implementation == "json" else PlainOrjsonPair)(path)

@@ -101,8 +101,8 @@ pub fn optional_attr<'py>(object: &Bound<'py, PyAny>, name: &Bound<'py, PyString
     unsafe { Bound::from_owned_ptr_or_opt(object.py(), found) }
 }
 
-/// `str(value)` of an exact `uuid.UUID`, made from its `int` slot: what `UUID.__str__` makes in Python
-/// code, some 20 times dearer. None for any other value (a subclass may override `__str__`).
+/// `str(value)` of an exact `uuid.UUID`, made from its `int` slot rather than by `UUID.__str__`'s Python
+/// code. None for any other value (a subclass may override `__str__`).
 pub fn uuid_text(value: &Bound<'_, PyAny>) -> Option<UuidText> {
     static UUID_INT: PyOnceLock<Option<SlotReader<1>>> = PyOnceLock::new();
     let py = value.py();
