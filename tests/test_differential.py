@@ -35,8 +35,15 @@ class LabelledUUID(uuid.UUID):
         return "run " + super().__str__()[:8]
 
 
+def tampered_uuid(number: int) -> uuid.UUID:
+    """A UUID whose int slot was set past UUID's own range check."""
+    tampered = object.__new__(uuid.UUID)
+    object.__setattr__(tampered, "int", number)
+    return tampered
+
+
 UUIDS = [uuid.UUID(int=0), uuid.UUID("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"), uuid.UUID(int=2**128 - 1),
-         LabelledUUID("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")]
+         LabelledUUID("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"), tampered_uuid(2**130 + 7), tampered_uuid(-1)]
 RUN_IDS = st.sampled_from(["a", "b", "c", "d", None, *UUIDS])
 PARENT_IDS = st.sampled_from(["a", None, None, 7, UUIDS[1]])
 MODELS = st.sampled_from(["gpt-4o", "gpt-4o-mini-2024-07-18", "local-model", "", None])

@@ -173,8 +173,10 @@ def test_uuid_run_ids_are_written_and_paired_as_their_str(backend: str, tmp_path
         manager = CallbackManager([metrics, log])
         manager.on_llm_start("p", run_id=run_id, parent_run_id=parent, timestamp=TS)
         manager.on_llm_end("r", run_id=str(run_id), timestamp=TS + 1)
-    start, end = lines_of(path)
+        manager.on_llm_start("p", run_id=object.__new__(uuid.UUID), timestamp=TS)  # its int slot never set
+    start, end, unset = lines_of(path)
     assert '"run_id":"00000000-0000-00…[truncated 20 chars]","parent_run_id":"0a1b2c3d-4e5f-4a…[truncated 20 chars]"' in start
+    assert '"run_id":"<unrepresentable…[truncated 6 chars]"' in unset
     assert metrics.get_metrics()["avg_latency_ms"] == 1000.0
 
 
