@@ -10,12 +10,12 @@ use std::sync::OnceLock;
 use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyNone, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyNone, PyString, PyTuple, PyType};
 
 use crate::errors::LogClosedError;
 use crate::events::{EventKind, EVENT_COUNT, MAX_ARGS, MAX_KEYWORDS};
-use crate::fastcall::{event_function, first_item, vectorcall, EventTarget, MethodDefinitions, CONTEXT_KEYWORDS};
-use crate::record::{event_kind, EventContext, EventValues};
+use crate::fastcall::{first_item, install_event_methods, vectorcall, EventTarget, MethodDefinitions, CONTEXT_KEYWORDS};
+use crate::record::{EventContext, EventValues};
 use crate::sinks::{count_on, sink_of, Counter, JsonlSink, Sink};
 use crate::time::now;
 use crate::writer::WriteError;
@@ -623,9 +623,11 @@ impl PyDispatcher {
         self.inner.handler_errors.load(Ordering::Relaxed)
     }
 
-    /// The function that fires `event` through this dispatcher (see `fastcall::event_function`).
-    fn event_method<'py>(slf: &Bound<'py, Self>, event: &str) -> PyResult<Bound<'py, PyAny>> {
-        event_function(slf, event_kind(event)?)
+    /// Gives `owner` an `on_<event>` method per event, firing into the dispatcher its instances hold in the
+    /// `__slots__` member `slot` (see `fastcall::install_event_methods`).
+    #[staticmethod]
+    fn install_event_methods(owner: &Bound<'_, PyType>, slot: &str) -> PyResult<()> {
+        install_event_methods::<PyDispatcher>(owner, slot)
     }
 }
 

@@ -1,4 +1,4 @@
-//! All FFI `unsafe` of the PyO3 layer, each with its SAFETY comment: the `on_<event>` builtins that CPython
+//! All FFI `unsafe` of the PyO3 layer, each with its SAFETY comment: the `on_<event>` methods that CPython
 //! calls with its vectorcall convention (one trampoline per event of the catalogue, no argument tuple or
 //! keyword dict built), and the vectorcall a hook is called with.
 
@@ -7,11 +7,13 @@ use std::sync::OnceLock;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::True;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
-use pyo3::PyClass;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::{PyClass, PyTypeInfo};
 
+use crate::errors::CallbackConfigError;
 use crate::events::{for_each_event_index, EventKind, EVENTS, EVENT_COUNT, MAX_ARGS, MAX_KEYWORDS};
 use crate::record::{checked_timestamp, EventContext};
 
@@ -28,8 +30,8 @@ const _: () = {
     }
 };
 
-/// The `self` of the `on_<event>` builtins: what their calls fire into.
-pub trait EventTarget: PyClass<Frozen = True> + Sync {
+/// What the `on_<event>` methods fire into: the object their instance holds in its slot.
+pub trait EventTarget: PyClass<Frozen = True> + PyTypeInfo + Sync {
     /// Where this class's method definitions are kept, made on first use.
     fn method_definitions() -> &'static MethodDefinitions;
 
@@ -65,33 +67,79 @@ impl MethodDefinitions {
     }
 }
 
-struct Definitions([ffi::PyMethodDef; EVENT_COUNT]);
+struct Definitions {
+    methods: [ffi::PyMethodDef; EVENT_COUNT],
+    /// Where the instances of the class the methods are installed in hold their target: the offset of a
+    /// `__slots__` member.
+    target_offset: ffi::Py_ssize_t,
+    /// `T`'s type object, which no class derives from.
+    target_type: *mut ffi::PyTypeObject,
+}
 // SAFETY: the definitions are immutable after creation and only hold pointers to functions and to leaked
 // C strings, valid from any thread.
 unsafe impl Sync for Definitions {}
 unsafe impl Send for Definitions {}
 
-/// The builtin that fires `kind` into `target`, taking the event's arguments and the keywords `run_id`,
-/// `parent_run_id`, `model`, `tags`, `metadata`, the event's own keywords, `timestamp` and any extras.
-pub fn event_function<'py, T: EventTarget>(target: &Bound<'py, T>, kind: EventKind) -> PyResult<Bound<'py, PyAny>> {
-    let definitions = T::method_definitions().0.get_or_init(definitions::<T>);
-    let definition = &definitions.0[kind.index()] as *const ffi::PyMethodDef;
-    // SAFETY: the definition lives as long as the process (a static); PyCFunction_NewEx returns a new
-    // reference (holding one to `target`) or NULL with an exception set.
+/// Gives `owner` (a class with the `__slots__` member `slot`) an `on_<event>` method per event of the
+/// catalogue, taking the event's arguments and the keywords `run_id`, `parent_run_id`, `model`, `tags`,
+/// `metadata`, the event's own keywords, `timestamp` and any extras. Each fires into the `T` the instance
+/// holds in `slot`, or calls the method of the same name of any other object held there.
+///
+/// Methods of the class rather than builtins set on each instance: CPython specialises the load of a class's
+/// method, not of an instance attribute shadowing one (a lookup in the instance's dict at every call), and a
+/// subclass's override of a method is not shadowed.
+pub fn install_event_methods<T: EventTarget>(owner: &Bound<'_, PyType>, slot: &str) -> PyResult<()> {
+    let target_offset = slot_offset(owner, slot)?;
+    let definitions = T::method_definitions().0.get_or_init(|| definitions::<T>(target_offset, T::type_object_raw(owner.py())));
+    if definitions.target_offset != target_offset {
+        return Err(PyTypeError::new_err(format!(
+            "event methods are installed in one class layout per process; {}.{slot} is at another offset",
+            owner.qualname()?
+        )));
+    }
+    for definition in &definitions.methods {
+        // SAFETY: `owner` is a type object; the definition lives as long as the process (a static).
+        // PyDescr_NewMethod returns a new reference, or NULL with an exception set.
+        let method = unsafe {
+            let method = ffi::PyDescr_NewMethod(owner.as_type_ptr(), (definition as *const ffi::PyMethodDef).cast_mut());
+            Bound::from_owned_ptr_or_err(owner.py(), method)?
+        };
+        // SAFETY: `ml_name` is a NUL-terminated string leaked by `definitions`.
+        let name = unsafe { std::ffi::CStr::from_ptr(definition.ml_name) };
+        owner.setattr(name.to_str().expect("hook names are ASCII"), method)?;
+    }
+    Ok(())
+}
+
+/// The offset in `owner`'s instances of its `__slots__` member `slot` (an object reference).
+fn slot_offset(owner: &Bound<'_, PyType>, slot: &str) -> PyResult<ffi::Py_ssize_t> {
+    let not_a_slot = || PyTypeError::new_err(format!("{slot} is not a __slots__ member of this class"));
+    let member = owner.getattr(intern!(owner.py(), "__dict__"))?.get_item(slot).map_err(|_| not_a_slot())?;
+    // SAFETY: a member descriptor (its type checked first) is a PyMemberDescrObject, whose PyMemberDef is
+    // static for the descriptor's life; `member` keeps the descriptor alive while it is read.
     unsafe {
-        Bound::from_owned_ptr_or_err(target.py(), ffi::PyCFunction_NewEx(definition.cast_mut(), target.as_ptr(), std::ptr::null_mut()))
+        if ffi::Py_TYPE(member.as_ptr()) != &raw mut ffi::PyMemberDescr_Type {
+            return Err(not_a_slot());
+        }
+        let descriptor = member.as_ptr().cast::<ffi::PyMemberDescrObject>();
+        let definition = &*(*descriptor).d_member.cast::<ffi::PyMemberDef>();
+        let absolute = definition.flags & ffi::Py_RELATIVE_OFFSET == 0;
+        if (*descriptor).d_common.d_type != owner.as_type_ptr() || definition.type_code != ffi::Py_T_OBJECT_EX || !absolute {
+            return Err(not_a_slot());
+        }
+        Ok(definition.offset)
     }
 }
 
-fn definitions<T: EventTarget>() -> Definitions {
+fn definitions<T: EventTarget>(target_offset: ffi::Py_ssize_t, target_type: *mut ffi::PyTypeObject) -> Definitions {
     macro_rules! trampolines {
-        ($($index:literal)*) => { [$(fire_event::<T, $index> as ffi::PyCFunctionFastWithKeywords),*] };
+        ($($index:literal)*) => { [$(fire_held_event::<T, $index> as ffi::PyCFunctionFastWithKeywords),*] };
     }
     let trampolines: [ffi::PyCFunctionFastWithKeywords; EVENT_COUNT] = for_each_event_index!(trampolines);
     let leak = |text: String| -> *const std::os::raw::c_char {
         Box::leak(CString::new(text).expect("no NUL in names").into_boxed_c_str()).as_ptr()
     };
-    Definitions(std::array::from_fn(|index| {
+    let methods = std::array::from_fn(|index| {
         let spec = &EVENTS[index];
         let hook = format!("on_{}", spec.name);
         let event_keywords: String = spec.keywords.iter().map(|name| format!("{name}=None, ")).collect();
@@ -107,7 +155,8 @@ fn definitions<T: EventTarget>() -> Definitions {
             ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
             ml_doc: leak(doc),
         }
-    }))
+    });
+    Definitions { methods, target_offset, target_type }
 }
 
 struct ContextNames {
@@ -168,7 +217,8 @@ fn context_keyword<'py>(names: &ContextNames, name: Borrowed<'_, 'py, PyAny>) ->
     })
 }
 
-/// The body of every `on_*` builtin: sorts a vectorcall's arguments and fires the event `kind`.
+/// The body of every `on_*` method, for a call without a kept shape: sorts a vectorcall's arguments and fires
+/// the event `kind`.
 /// `values` holds the `positional` arguments, then one value per name in `kwnames`.
 fn fire_from_vectorcall<'py, T: EventTarget>(
     py: Python<'py>,
@@ -262,21 +312,42 @@ fn python_tuple(names: &[&str]) -> String {
     }
 }
 
-unsafe extern "C" fn fire_event<T: EventTarget, const KIND: usize>(
+/// The `on_<event>` methods' body: `slf` is an instance of the class they were installed in.
+unsafe extern "C" fn fire_held_event<T: EventTarget, const KIND: usize>(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     let outcome = std::panic::catch_unwind(|| {
-        // SAFETY: CPython calls this attached, with `slf` the `T` bound in `event_function`, `kwnames` NULL
-        // or a tuple of str, and `nargs` + len(kwnames) live, non-NULL pointers in `args`, all borrowed for
-        // the call. `Bound` is `repr(transparent)` over such a pointer; a shared slice never drops one.
+        // SAFETY: CPython calls this attached; the method descriptor checked that `slf` is an instance of the
+        // class the definitions were made for (or of a subclass), whose object slot is at `target_offset`.
+        // `kwnames` is NULL or a tuple of str, and `args` holds `nargs` + len(kwnames) live pointers borrowed
+        // for the call; `Bound` is `repr(transparent)` over such a pointer, and a shared slice never drops one.
         unsafe {
             let py = Python::assume_attached();
-            let target = Borrowed::from_ptr(py, slf).cast_unchecked::<T>();
+            let definitions = T::method_definitions().0.get().expect("methods are made from their definitions");
+            let held = *slf.cast::<u8>().offset(definitions.target_offset).cast::<*mut ffi::PyObject>();
+            if held.is_null() {
+                let class = Borrowed::from_ptr(py, ffi::Py_TYPE(slf).cast::<ffi::PyObject>()).cast_unchecked::<PyType>();
+                let class = class.qualname().map_or_else(|_| "CallbackManager".to_owned(), |name| name.to_string());
+                CallbackConfigError::new_err(format!("this {class} has no dispatcher: its __init__ must call CallbackManager.__init__"))
+                    .restore(py);
+                return std::ptr::null_mut();
+            }
+            // Owned for the call: another thread may replace the slot's object meanwhile.
+            let held = Borrowed::from_ptr(py, held).to_owned();
             let keyword_count = if kwnames.is_null() { 0 } else { ffi::PyTuple_GET_SIZE(kwnames) as usize };
             let positional = nargs as usize;
+            if ffi::Py_TYPE(held.as_ptr()) != definitions.target_type {
+                let method = ffi::PyObject_GetAttrString(held.as_ptr(), definitions.methods[KIND].ml_name);
+                if method.is_null() {
+                    return method;
+                }
+                let method = Bound::from_owned_ptr(py, method);
+                return ffi::PyObject_Vectorcall(method.as_ptr(), args, positional, kwnames);
+            }
+            let target = held.cast_unchecked::<T>();
             let values: &[Bound<'_, PyAny>] =
                 if positional + keyword_count == 0 { &[] } else { std::slice::from_raw_parts(args.cast(), positional + keyword_count) };
             let kwnames = if kwnames.is_null() { None } else { Some(Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>()) };

@@ -261,7 +261,7 @@ pub fn with_event<'py>(
     record(&EventValues::new(kind, args, context, ts))
 }
 
-pub fn event_kind(name: &str) -> PyResult<EventKind> {
+fn event_kind(name: &str) -> PyResult<EventKind> {
     EventKind::from_name(name).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown event {name:?}")))
 }
 

@@ -13,6 +13,10 @@ import rlm_toolkit._core as core
 STUB = Path(rlm_toolkit.__file__).with_name("_core.pyi")
 
 
+def _decorators(function: ast.FunctionDef) -> list[str]:
+    return [decorator.id for decorator in function.decorator_list if isinstance(decorator, ast.Name)]
+
+
 def stub_definitions() -> dict[str, Any]:
     tree = ast.parse(STUB.read_text())
     definitions: dict[str, Any] = {}
@@ -21,7 +25,7 @@ def stub_definitions() -> dict[str, Any]:
             definitions[node.name] = [arg.arg for arg in node.args.args]
         elif isinstance(node, ast.ClassDef):
             definitions[node.name] = {
-                item.name: ("property" if item.decorator_list else [arg.arg for arg in item.args.args])
+                item.name: ("property" if _decorators(item) == ["property"] else [arg.arg for arg in item.args.args])
                 for item in node.body
                 if isinstance(item, ast.FunctionDef)
             }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -302,6 +304,62 @@ def test_what_is_not_a_callback_is_refused_by_name(backend: str, not_callbacks: 
     with pytest.raises(CallbackConfigError):
         manager.add(not_callbacks if not isinstance(not_callbacks, list) else not_callbacks[0])
     assert manager.callbacks == ()
+
+
+def test_a_manager_subclass_overrides_an_event_method_and_fires_through_super(backend: str) -> None:
+    class Counting(CallbackManager):
+        def __init__(self, callbacks: list[Any]) -> None:
+            super().__init__(callbacks)
+            self.prompts: list[str] = []
+
+        def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+            self.prompts.append(prompt)
+            super().on_llm_start(prompt.upper(), **kwargs)
+
+    handler = PageStyle()
+    manager = Counting([handler])
+    manager.on_llm_start("hello", run_id="r1")
+    fire = manager.on_llm_start
+    fire("again", run_id="r2")
+    assert manager.prompts == ["hello", "again"]
+    assert [prompt for _, prompt, _ in handler.calls] == ["HELLO", "AGAIN"]
+
+
+def test_a_manager_whose_init_never_ran_says_so_when_fired(backend: str) -> None:
+    class Forgetful(CallbackManager):
+        def __init__(self) -> None:
+            pass
+
+    with pytest.raises(CallbackConfigError, match="Forgetful has no dispatcher: its __init__ must call"):
+        Forgetful().on_llm_start("hello")
+    with pytest.raises(TypeError, match="doesn't apply to a 'PageStyle' object"):
+        CallbackManager.on_llm_start(PageStyle(), "hello")  # type: ignore[arg-type]
+
+
+def test_the_pure_python_backend_runs_without_the_native_module(tmp_path: Any) -> None:
+    script = f"""
+import sys
+sys.modules["rlm_toolkit._core"] = None
+from rlm_toolkit import LLMResponse, Usage
+from rlm_toolkit.callbacks import BaseCallback, CallbackManager, FileLogCallback, MetricsCallback
+class Prompts(BaseCallback):
+    def __init__(self):
+        self.prompts = []
+    def on_llm_start(self, prompt, **kwargs):
+        self.prompts.append(prompt)
+metrics, prompts = MetricsCallback(), Prompts()
+log = FileLogCallback({str(tmp_path / "log.jsonl")!r})
+manager = CallbackManager([metrics, prompts, log])
+manager.on_llm_start("hello", run_id="r1", model="gpt-4o")
+manager.on_llm_end(LLMResponse("hi", "gpt-4o", Usage.of(3, 4)), run_id="r1")
+log.close()
+print(prompts.prompts, metrics.get_metrics()["completed_calls"], manager.backend)
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "RLM_TOOLKIT_BACKEND": "python"})
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["['hello']", "1", "python"]
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
 
 
 def test_a_single_callback_or_manager_is_taken_where_a_list_is(backend: str) -> None:

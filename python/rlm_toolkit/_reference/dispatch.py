@@ -30,10 +30,6 @@ class Dispatcher:
         self._events = [(list(sinks), list(hooks)) for sinks, hooks in registrations]
         self._error_counters = list(error_counters)
 
-    def event_method(self, event: str) -> Callable[..., None]:
-        method: Callable[..., None] = getattr(self, "on_" + event)
-        return method
-
     def hook_failed(self, label: str, event: str, error: BaseException) -> None:
         self.handler_errors += 1
         for metrics in self._error_counters:

@@ -112,6 +112,9 @@ class CallbackManager(PickledByConfiguration, BaseCallback):
     not its ``handler_errors`` count, pending async hooks or event loop.
     """
 
+    __slots__ = ("_dispatcher",)
+    """The dispatcher the ``on_<event>`` methods fire into (see ``_install_event_methods``)."""
+
     def __init__(self, callbacks: BaseCallback | Iterable[Any] | None = None, *,
                  backend: _backend.BackendName | None = None,
                  async_timeout: float | None = 30.0) -> None:
@@ -120,8 +123,6 @@ class CallbackManager(PickledByConfiguration, BaseCallback):
         self._callbacks: list[Any] = _callback_list(callbacks)
         self._async_hooks = AsyncHookRunner(self._async_hook_failed, _checked_async_timeout(async_timeout))
         self._dispatcher: _Dispatcher = _backend.load(self.backend).Dispatcher(_report_hook_failure, self._async_hooks)
-        for spec in EVENTS:
-            setattr(self, spec.hook, self._dispatcher.event_method(spec.name))
         self._apply(self._callbacks)
 
     def _apply(self, callbacks: list[Any]) -> None:
@@ -172,3 +173,28 @@ class CallbackManager(PickledByConfiguration, BaseCallback):
     async def wait_pending(self) -> None:
         """Await the async hooks scheduled by events fired inside a running event loop."""
         await self._async_hooks.wait_pending()
+
+
+def _forwarding_method(hook: str) -> Any:
+    def fire(self: CallbackManager, *args: Any, **kwargs: Any) -> None:
+        getattr(self._dispatcher, hook)(*args, **kwargs)
+
+    fire.__name__ = hook
+    fire.__qualname__ = f"CallbackManager.{hook}"
+    return fire
+
+
+def _install_event_methods() -> None:
+    """Gives ``CallbackManager`` its ``on_<event>`` methods, which fire into the instance's ``_dispatcher``:
+    the native module's (they call a native dispatcher without a Python frame, and any other through its
+    methods), or, where the native module is missing, methods calling the dispatcher's own."""
+    try:
+        from .. import _core
+    except ImportError:
+        for spec in EVENTS:
+            setattr(CallbackManager, spec.hook, _forwarding_method(spec.hook))
+        return
+    _core.Dispatcher.install_event_methods(CallbackManager, "_dispatcher")
+
+
+_install_event_methods()
