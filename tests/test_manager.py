@@ -325,6 +325,22 @@ def test_a_manager_subclass_overrides_an_event_method_and_fires_through_super(ba
     assert [prompt for _, prompt, _ in handler.calls] == ["HELLO", "AGAIN"]
 
 
+def test_a_manager_subclass_with_its_own_slots_and_a_mixin_first_fires_into_its_callbacks(backend: str) -> None:
+    class Labelled:
+        label = "mixin"
+
+    class Slotted(Labelled, CallbackManager):
+        __slots__ = ("extra", "more")
+
+    handler, metrics = PageStyle(), MetricsCallback()
+    manager = Slotted([handler, metrics])
+    manager.extra, manager.more = "x", "y"
+    manager.on_llm_start("hello", run_id="r1", model="gpt-4o")
+    manager.on_llm_end(RESPONSE, run_id="r1")
+    assert [prompt for _, prompt, _ in handler.calls] == ["hello"]
+    assert metrics.get_metrics()["completed_calls"] == 1
+
+
 def test_a_manager_whose_init_never_ran_says_so_when_fired(backend: str) -> None:
     class Forgetful(CallbackManager):
         def __init__(self) -> None:
