@@ -6,7 +6,7 @@ import logging
 import math
 import numbers
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import _backend
@@ -175,7 +175,7 @@ class CallbackManager(PickledByConfiguration, BaseCallback):
         await self._async_hooks.wait_pending()
 
 
-def _forwarding_method(hook: str) -> Any:
+def _forwarding_method(hook: str) -> Callable[..., None]:
     def fire(self: CallbackManager, *args: Any, **kwargs: Any) -> None:
         getattr(self._dispatcher, hook)(*args, **kwargs)
 
