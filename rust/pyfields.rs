@@ -102,7 +102,8 @@ pub fn optional_attr<'py>(object: &Bound<'py, PyAny>, name: &Bound<'py, PyString
 }
 
 /// `str(value)` of an exact `uuid.UUID`, made from its `int` slot rather than by `UUID.__str__`'s Python
-/// code. None for any other value (a subclass may override `__str__`).
+/// code. None for any other value (a subclass may override `__str__`), and for a UUID whose `int` was set
+/// past UUID's checks to something other than an int from 0 to below 2**128.
 pub fn uuid_text(value: &Bound<'_, PyAny>) -> Option<UuidText> {
     static UUID_INT: PyOnceLock<Option<SlotReader<1>>> = PyOnceLock::new();
     let py = value.py();
@@ -113,16 +114,43 @@ pub fn uuid_text(value: &Bound<'_, PyAny>) -> Option<UuidText> {
         })
         .as_ref()?;
     let [number] = reader.read(value)?;
-    let number: u128 = number?.extract().ok()?;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let number = number?;
+    let number = match int_digits(&number) {
+        Some(digits) => u128_of_digits(digits)?,
+        None => number.extract::<u128>().ok()?,
+    };
     /// Where each byte's two digits go, around the dashes at 8, 13, 18 and 23.
     const PLACES: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let mut text = [b'-'; 36];
     for (byte, at) in number.to_be_bytes().into_iter().zip(PLACES) {
-        text[at] = HEX[usize::from(byte >> 4)];
-        text[at + 1] = HEX[usize::from(byte & 0xf)];
+        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     Some(UuidText(text))
+}
+
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
+
+/// The value of an int's 30-bit digits (least significant first), None from 2**128 up.
+fn u128_of_digits(digits: &[u32]) -> Option<u128> {
+    let mut number: u128 = 0;
+    for &digit in digits.iter().rev() {
+        // Shifting by 30 keeps every bit only while the top 30 are clear.
+        if number >> 98 != 0 {
+            return None;
+        }
+        number = number << 30 | u128::from(digit);
+    }
+    Some(number)
 }
 
 /// A UUID's 36 characters: 8-4-4-4-12 lowercase hex digits.
@@ -160,6 +188,18 @@ pub fn str_text<'a>(text: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
 /// call. None for any other value (a negative or larger int, a subclass such as bool), and on Pythons whose
 /// int layout this does not know.
 pub fn small_int(value: &Bound<'_, PyAny>) -> Option<u64> {
+    match int_digits(value)? {
+        [] => Some(0),
+        [low] => Some(u64::from(*low)),
+        [low, high] => Some(u64::from(*low) | u64::from(*high) << 30),
+        _ => None,
+    }
+}
+
+/// The 30-bit digits (least significant first) of an exact, non-negative `int`, read in place. None for any
+/// other value, and on Pythons whose int layout this does not know.
+#[cfg_attr(Py_3_12, allow(unused_variables))]
+fn int_digits<'a>(value: &'a Bound<'_, PyAny>) -> Option<&'a [u32]> {
     #[cfg(not(Py_3_12))]
     {
         // The layout read below, with CPython's usual 30-bit digits (a build may choose 15).
@@ -173,16 +213,12 @@ pub fn small_int(value: &Bound<'_, PyAny>) -> Option<u64> {
         if thirty_bit_digits && value.is_exact_instance_of::<PyInt>() {
             let object = value.as_ptr();
             // SAFETY: before 3.12 an int is a PyVarObject whose `ob_size` is its count of digits (negative
-            // for a negative int), the digits (u32, 30 bits used, least significant first) right after that
-            // header; `object` is a live exact int, borrowed with the GIL held, and ints never change.
+            // for a negative int), the digits (u32, 30 bits used) right after that header; `object` is a
+            // live exact int, borrowed for 'a with the GIL held, and ints never change.
             unsafe {
+                let count = usize::try_from(ffi::Py_SIZE(object)).ok()?;
                 let digits = object.cast::<u8>().add(std::mem::size_of::<ffi::PyVarObject>()).cast::<u32>();
-                return match ffi::Py_SIZE(object) {
-                    0 => Some(0),
-                    1 => Some(u64::from(*digits)),
-                    2 => Some(u64::from(*digits) | u64::from(*digits.add(1)) << 30),
-                    _ => None,
-                };
+                return Some(std::slice::from_raw_parts(digits, count));
             }
         }
     }

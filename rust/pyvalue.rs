@@ -42,7 +42,7 @@ impl Encoder<'_> {
     }
 
     /// Redacted, then capped at `max_chars` code points (as Python's `len` counts them).
-    fn push_text(&self, out: &mut Vec<u8>, text: &str, max_chars: usize) {
+    pub fn push_text(&self, out: &mut Vec<u8>, text: &str, max_chars: usize) {
         let scan = scan_text(text.as_bytes());
         let redacted = redact_after_scan(text, self.secrets, scan.may_hold_token);
         let needs_escape = scan.needs_escape || matches!(redacted, std::borrow::Cow::Owned(_));

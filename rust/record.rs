@@ -14,7 +14,7 @@ use crate::errors::InvalidEventError;
 use crate::escape::push_u64;
 use crate::events::{EventKind, EventSpec, EVENTS, MAX_KEYWORDS};
 use crate::metrics::Usage;
-use crate::pyfields::{instance_dict, optional_attr, small_int, SlotReader};
+use crate::pyfields::{instance_dict, optional_attr, small_int, uuid_text, SlotReader, UuidText};
 use crate::pyvalue::Encoder;
 use crate::redact::registered_secrets;
 use crate::time::{now, push_iso_utc};
@@ -275,12 +275,22 @@ pub struct EventValues<'a, 'py> {
     response_dict: std::cell::OnceCell<Option<Bound<'py, PyDict>>>,
     response_usage: std::cell::OnceCell<Option<Usage>>,
     response_model: std::cell::OnceCell<Option<Bound<'py, PyString>>>,
+    run_id_uuid: std::cell::OnceCell<Option<UuidText>>,
 }
 
 impl<'a, 'py> EventValues<'a, 'py> {
     pub fn new(kind: EventKind, args: &'a [Bound<'py, PyAny>], context: EventContext<'a, 'py>, ts: f64) -> Self {
-        let (response_dict, response_usage, response_model) = Default::default();
-        EventValues { kind, args, context, ts, response_dict, response_usage, response_model }
+        let (response_dict, response_usage, response_model, run_id_uuid) = Default::default();
+        EventValues { kind, args, context, ts, response_dict, response_usage, response_model, run_id_uuid }
+    }
+
+    /// The run id's text when it is an exact `uuid.UUID` (`uuid_text`), made once for every sink.
+    pub fn run_id_uuid(&self) -> Option<&str> {
+        let run_id = self.context.run_id?;
+        if run_id.is_exact_instance_of::<PyString>() {
+            return None;
+        }
+        self.run_id_uuid.get_or_init(|| uuid_text(run_id)).as_ref().map(UuidText::as_str)
     }
 
     /// The token counts of the `llm_end` response, or None when it carries no usage.
@@ -420,7 +430,10 @@ pub fn push_record(out: &mut Vec<u8>, event: &EventValues<'_, '_>, options: &Rec
     out.extend_from_slice(b"{\"ts\":");
     push_iso_utc(out, event.ts);
     out.extend_from_slice(&record_heads()[event.kind.index()]);
-    encoder.push_optional(out, event.context.run_id, max_chars);
+    match event.run_id_uuid() {
+        Some(uuid) => encoder.push_text(out, uuid, max_chars),
+        None => encoder.push_optional(out, event.context.run_id, max_chars),
+    }
     out.extend_from_slice(b",\"parent_run_id\":");
     encoder.push_optional(out, event.context.parent_run_id, max_chars);
     if event.kind == EventKind::LlmEnd {

@@ -17,7 +17,7 @@ use crate::errors::{InvalidEventError, LogClosedError, LogFileError, NotAJsonlLo
 use crate::events::EventKind;
 use crate::json_check::is_json_object;
 use crate::metrics::{DurationState, Metrics, MetricsState, ModelState, Price, PricedTokens, Prices, Snapshot, COUNTER_NAMES};
-use crate::pyfields::{str_text, uuid_text, UuidText};
+use crate::pyfields::str_text;
 use crate::record::{checked_timestamp, push_record, with_event, EventValues, RecordOptions};
 use crate::replay::replay_file;
 use crate::writer::{Announcement, Appended, JsonlWriter, WriteError, WriterConfig};
@@ -30,7 +30,7 @@ impl MetricsSink {
     }
 
     pub fn record(&self, event: &EventValues<'_, '_>) {
-        let run_key = run_key(event.context.run_id);
+        let run_key = run_key(event);
         let model = event.context.model.and_then(|name| str_text(name).ok());
         match event.kind {
             EventKind::LlmStart => self.lock().llm_start(&run_key, model, event.ts),
@@ -64,23 +64,20 @@ fn milliseconds(value: &Bound<'_, PyAny>) -> Option<f64> {
 }
 
 /// Latency pairs starts and ends by this key: the run id's `str()`; events without a run id share the key "".
-fn run_key<'a>(run_id: Option<&'a Bound<'_, PyAny>>) -> RunKeyText<'a> {
-    match run_id {
-        None => RunKeyText::Borrowed(""),
-        Some(run_id) => match run_id.cast::<PyString>() {
-            Ok(text) => str_text(text).map(RunKeyText::Borrowed).unwrap_or_else(|_| RunKeyText::Owned(text.to_string_lossy().into_owned())),
-            Err(_) => match uuid_text(run_id) {
-                Some(uuid) => RunKeyText::Uuid(uuid),
-                None => RunKeyText::Owned(run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()),
-            },
-        },
+fn run_key<'a>(event: &'a EventValues<'_, '_>) -> RunKeyText<'a> {
+    let Some(run_id) = event.context.run_id else { return RunKeyText::Borrowed("") };
+    if let Some(uuid) = event.run_id_uuid() {
+        return RunKeyText::Borrowed(uuid);
+    }
+    match run_id.cast::<PyString>() {
+        Ok(text) => str_text(text).map(RunKeyText::Borrowed).unwrap_or_else(|_| RunKeyText::Owned(text.to_string_lossy().into_owned())),
+        Err(_) => RunKeyText::Owned(run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()),
     }
 }
 
 /// A run key's text, made without an allocation for a str or a `uuid.UUID`.
 enum RunKeyText<'a> {
     Borrowed(&'a str),
-    Uuid(UuidText),
     Owned(String),
 }
 
@@ -90,7 +87,6 @@ impl std::ops::Deref for RunKeyText<'_> {
     fn deref(&self) -> &str {
         match self {
             RunKeyText::Borrowed(text) => text,
-            RunKeyText::Uuid(uuid) => uuid.as_str(),
             RunKeyText::Owned(text) => text,
         }
     }
