@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyList, PyNone, PyString, PyTuple, PyType};
 
 use crate::errors::LogClosedError;
 use crate::events::{EventKind, EVENT_COUNT, MAX_ARGS, MAX_KEYWORDS};
-use crate::fastcall::{first_item, install_event_methods, vectorcall, EventTarget, MethodDefinitions, CONTEXT_KEYWORDS};
+use crate::fastcall::{install_event_methods, vectorcall, EventTarget, MethodDefinitions, Replaceable, ShapedFire, CONTEXT_KEYWORDS};
 use crate::record::{EventContext, EventValues};
 use crate::sinks::{count_on, sink_of, Counter, JsonlSink, Sink};
 use crate::time::now;
@@ -344,21 +344,15 @@ impl Registry {
 }
 
 pub struct Dispatcher {
-    /// A one-item list holding the current `Registry`. A fire takes a strong reference to the item (under
-    /// the GIL a plain reference-count increment, where an `ArcSwap` load cost two atomic operations), so
-    /// `set_registration` can replace it while fires are under way: each ends with the registry it began with.
-    registry: Py<PyList>,
+    /// The current `Registry`. A fire takes a strong reference to it, so `set_registration` can replace it
+    /// while fires are under way: each ends with the registry it began with.
+    registry: Replaceable<Registry>,
     pub report_failure: Py<PyAny>,
     pub run_async: Py<PyAny>,
     pub handler_errors: AtomicU64,
 }
 
 impl Dispatcher {
-    #[inline(always)]
-    fn registry<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Registry>> {
-        Ok(first_item(self.registry.bind(py)).cast_into::<Registry>()?)
-    }
-
     /// Fires a call with every argument by position through its `CallShape`, without sorting its keywords.
     /// None when the call needs `fastcall::fire_from_vectorcall`'s sort, which also gives any error.
     pub fn fire_shaped<'py>(
@@ -372,10 +366,7 @@ impl Dispatcher {
         if positional != kind.spec().args.len() {
             return None;
         }
-        let registry = match self.registry(py) {
-            Ok(registry) => registry,
-            Err(error) => return Some(Err(error)),
-        };
+        let registry = self.registry.current(py);
         let registry = registry.get();
         let table = &registry.events[kind.index()];
         let shape = table.shape(py, kind, kwnames).filter(|shape| shape.holds(values))?;
@@ -433,7 +424,7 @@ impl Dispatcher {
         context: EventContext<'_, 'py>,
         timestamp: Option<f64>,
     ) -> PyResult<()> {
-        let registry = self.registry(py)?;
+        let registry = self.registry.current(py);
         let registry = registry.get();
         let table = &registry.events[kind.index()];
         if !table.sinks.is_empty() {
@@ -576,7 +567,7 @@ impl Dispatcher {
 
     /// Counts an event refused at the call (a bad timestamp) in the registered metrics.
     pub fn event_rejected(&self, py: Python<'_>) -> PyResult<()> {
-        self.registry(py)?.get().count(py, Counter::Rejected)
+        self.registry.current(py).get().count(py, Counter::Rejected)
     }
 
     pub fn hook_failed(
@@ -603,18 +594,18 @@ pub struct PyDispatcher {
 impl PyDispatcher {
     #[new]
     fn new(py: Python<'_>, report_failure: Py<PyAny>, run_async: Py<PyAny>) -> PyResult<Self> {
-        let registry = PyList::new(py, [Bound::new(py, Registry::empty())?])?.unbind();
+        let registry = Replaceable::new(Bound::new(py, Registry::empty())?)?;
         Ok(PyDispatcher { inner: Dispatcher { registry, report_failure, run_async, handler_errors: AtomicU64::new(0) } })
     }
 
     fn set_registration(&self, registrations: &Bound<'_, PyList>, error_counters: &Bound<'_, PyList>) -> PyResult<()> {
         let py = registrations.py();
-        self.inner.registry.bind(py).set_item(0, Bound::new(py, Registry::from_python(registrations, error_counters)?)?)
+        self.inner.registry.replace(Bound::new(py, Registry::from_python(registrations, error_counters)?)?)
     }
 
     /// Counts and reports a hook failure met outside the dispatcher (an async hook).
     fn hook_failed(&self, py: Python<'_>, label: &Bound<'_, PyString>, event: &str, error: Bound<'_, PyAny>) -> PyResult<()> {
-        let registry = self.inner.registry(py)?;
+        let registry = self.inner.registry.current(py);
         self.inner.hook_failed(py, registry.get(), label, event, error)
     }
 
@@ -657,8 +648,15 @@ impl EventTarget for PyDispatcher {
         values: &[Bound<'py, PyAny>],
         positional: usize,
         kwnames: Option<&Bound<'py, PyTuple>>,
-    ) -> Option<PyResult<()>> {
-        self.inner.fire_shaped(py, kind, values, positional, kwnames)
+    ) -> ShapedFire {
+        match self.inner.fire_shaped(py, kind, values, positional, kwnames) {
+            Some(Ok(())) => ShapedFire::Fired,
+            Some(Err(error)) => {
+                error.restore(py);
+                ShapedFire::Raised
+            }
+            None => ShapedFire::NeedsSorting,
+        }
     }
 
     fn rejected(&self, py: Python<'_>) -> PyResult<()> {

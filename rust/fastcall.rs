@@ -45,7 +45,7 @@ pub trait EventTarget: PyClass<Frozen = True> + PyTypeInfo + Sync {
     ) -> PyResult<()>;
 
     /// Fires a call the target has a fast way for (`values` holds the `positional` arguments, then one value
-    /// per name in `kwnames`); None for a call to sort with `fire_from_vectorcall`.
+    /// per name in `kwnames`), or says it must be sorted with `fire_from_vectorcall`.
     fn fire_shaped<'py>(
         &self,
         py: Python<'py>,
@@ -53,10 +53,20 @@ pub trait EventTarget: PyClass<Frozen = True> + PyTypeInfo + Sync {
         values: &[Bound<'py, PyAny>],
         positional: usize,
         kwnames: Option<&Bound<'py, PyTuple>>,
-    ) -> Option<PyResult<()>>;
+    ) -> ShapedFire;
 
     /// An event refused at the call (a bad timestamp), for the metrics to count.
     fn rejected(&self, py: Python<'_>) -> PyResult<()>;
+}
+
+/// What became of a call offered to `EventTarget::fire_shaped`. A failure is handed back as CPython's
+/// current exception, as the C function returning it does, rather than as a `PyErr` moved through each
+/// return on the way (a copy of its bytes on every call, failed or not).
+pub enum ShapedFire {
+    Fired,
+    /// The error is set as the current exception.
+    Raised,
+    NeedsSorting,
 }
 
 pub struct MethodDefinitions(OnceLock<Definitions>);
@@ -352,12 +362,12 @@ unsafe extern "C" fn fire_held_event<T: EventTarget, const KIND: usize>(
                 if positional + keyword_count == 0 { &[] } else { std::slice::from_raw_parts(args.cast(), positional + keyword_count) };
             let kwnames = if kwnames.is_null() { None } else { Some(Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>()) };
             let (target, kind, kwnames) = (target.get(), EVENTS[KIND].kind, kwnames.as_deref());
-            let fired = match target.fire_shaped(py, kind, values, positional, kwnames) {
-                Some(Ok(())) => return py.None().into_ptr(),
-                Some(Err(error)) => Err(error),
-                None => fire_from_vectorcall(py, target, kind, values, positional, kwnames),
-            };
-            match fired {
+            match target.fire_shaped(py, kind, values, positional, kwnames) {
+                ShapedFire::Fired => return py.None().into_ptr(),
+                ShapedFire::Raised => return std::ptr::null_mut(),
+                ShapedFire::NeedsSorting => {}
+            }
+            match fire_from_vectorcall(py, target, kind, values, positional, kwnames) {
                 Ok(()) => py.None().into_ptr(),
                 Err(error) => {
                     error.restore(py);
@@ -379,11 +389,29 @@ unsafe extern "C" fn fire_held_event<T: EventTarget, const KIND: usize>(
     })
 }
 
-/// `list[0]`, without CPython's call and its error path.
-pub fn first_item<'py>(list: &Bound<'py, PyList>) -> Bound<'py, PyAny> {
-    assert!(!list.is_empty(), "first_item of an empty list");
-    // SAFETY: index 0 is within the list (checked above); `Bound` means attached.
-    unsafe { list.get_item_unchecked(0) }
+/// A reference to a `T` that can be replaced while readers hold the one they took: a one-item list only
+/// this struct sees. Taking the current `T` is a list read and a reference-count increment under the GIL
+/// (where an `ArcSwap` load costs two atomic operations), with no type check: nothing but a `T` is ever
+/// stored in the list.
+pub struct Replaceable<T: PyClass> {
+    holder: Py<PyList>,
+    held_type: std::marker::PhantomData<T>,
+}
+
+impl<T: PyClass> Replaceable<T> {
+    pub fn new(value: Bound<'_, T>) -> PyResult<Self> {
+        Ok(Replaceable { holder: PyList::new(value.py(), [value])?.unbind(), held_type: std::marker::PhantomData })
+    }
+
+    pub fn replace(&self, value: Bound<'_, T>) -> PyResult<()> {
+        self.holder.bind(value.py()).set_item(0, value)
+    }
+
+    pub fn current<'py>(&self, py: Python<'py>) -> Bound<'py, T> {
+        // SAFETY: the list is private to this struct, made with one item and only ever set at index 0, so
+        // index 0 is within it and holds a `T`; `py` means attached.
+        unsafe { self.holder.bind(py).get_item_unchecked(0).cast_into_unchecked::<T>() }
+    }
 }
 
 const INLINE_ARGS: usize = 8;
@@ -403,13 +431,13 @@ pub fn vectorcall<'a, 'py: 'a>(
     let first = usize::from(receiver.is_some());
     let count = first + given;
     let mut inline = [std::ptr::null_mut(); INLINE_ARGS + 1];
-    let mut spilled = Vec::new();
+    let mut spilled;
     // Slot 0 stays free so the callee may use it (PY_VECTORCALL_ARGUMENTS_OFFSET): a bound method puts
     // `self` there instead of copying the arguments.
     let argv: &mut [*mut ffi::PyObject] = if count < INLINE_ARGS {
         &mut inline[..=count]
     } else {
-        spilled.resize(count + 1, std::ptr::null_mut());
+        spilled = vec![std::ptr::null_mut(); count + 1];
         &mut spilled[..]
     };
     if let Some(receiver) = receiver {
