@@ -2,6 +2,7 @@
 //! `MetricsCallback`) and the JSONL log (`_core.JsonlSink`, behind `FileLogCallback`). A core of the
 //! pure-Python backend registered with the Rust dispatcher is a sink too, called through its `handle()`.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -64,31 +65,15 @@ fn milliseconds(value: &Bound<'_, PyAny>) -> Option<f64> {
 }
 
 /// Latency pairs starts and ends by this key: the run id's `str()`; events without a run id share the key "".
-fn run_key<'a>(event: &'a EventValues<'_, '_>) -> RunKeyText<'a> {
-    let Some(run_id) = event.context.run_id else { return RunKeyText::Borrowed("") };
+/// Borrowed, with no allocation, for a str or a `uuid.UUID`.
+fn run_key<'a>(event: &'a EventValues<'_, '_>) -> Cow<'a, str> {
+    let Some(run_id) = event.context.run_id else { return Cow::Borrowed("") };
     if let Some(uuid) = event.run_id_uuid() {
-        return RunKeyText::Borrowed(uuid);
+        return Cow::Borrowed(uuid);
     }
     match run_id.cast::<PyString>() {
-        Ok(text) => str_text(text).map(RunKeyText::Borrowed).unwrap_or_else(|_| RunKeyText::Owned(text.to_string_lossy().into_owned())),
-        Err(_) => RunKeyText::Owned(run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()),
-    }
-}
-
-/// A run key's text, made without an allocation for a str or a `uuid.UUID`.
-enum RunKeyText<'a> {
-    Borrowed(&'a str),
-    Owned(String),
-}
-
-impl std::ops::Deref for RunKeyText<'_> {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        match self {
-            RunKeyText::Borrowed(text) => text,
-            RunKeyText::Owned(text) => text,
-        }
+        Ok(text) => str_text(text).map(Cow::Borrowed).unwrap_or_else(|_| text.to_string_lossy().into_owned().into()),
+        Err(_) => run_id.str().map(|text| text.to_string_lossy().into_owned()).unwrap_or_default().into(),
     }
 }
 
