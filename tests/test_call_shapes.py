@@ -144,3 +144,28 @@ def test_a_callback_added_after_a_site_was_shaped_gets_its_next_call(backend: st
         manager.on_llm_start("p", run_id=f"r{round_number}", model="m")
     assert [call[3]["run_id"] for call in calls] == ["r0", "r1", "r2"]
     assert late_calls == [("named", "llm_start", "p", "r1", None, "m")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_hook_that_replaces_the_registration_mid_fire_ends_that_fire_with_the_hooks_it_began_with(backend: str) -> None:
+    """Registering drops the old registration while its fire is still looping over it."""
+    calls: list[tuple[Any, ...]] = []
+    late_calls: list[tuple[Any, ...]] = []
+    late = Named(late_calls)
+
+    class Rearranging(BaseCallback):
+        def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+            calls.append(("rearranging", prompt))
+            if prompt == "first":
+                manager.remove(self)
+                manager.add(late)
+
+    manager = CallbackManager([Rearranging(), Named(calls)], backend=backend)  # type: ignore[arg-type]
+    manager.on_llm_start("first", run_id="r1", model="m")
+    manager.on_llm_start("second", run_id="r2", model="m")
+    assert calls == [
+        ("rearranging", "first"),
+        ("named", "llm_start", "first", "r1", None, "m"),
+        ("named", "llm_start", "second", "r2", None, "m"),
+    ]
+    assert late_calls == [("named", "llm_start", "second", "r2", None, "m")]
