@@ -143,19 +143,33 @@ pub fn push_i64(out: &mut Vec<u8>, value: i64) {
     push_u64(out, value.unsigned_abs());
 }
 
+/// `value` in decimal. Numbers below 10,000 (most token counts) are written as one fixed-size copy of
+/// their digits, with no loop and no call to `memcpy`.
 pub fn push_u64(out: &mut Vec<u8>, value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut rest = value;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
+    let pair = |number: u64| DIGIT_PAIRS[number as usize];
+    match value {
+        0..=9 => out.push(b'0' + value as u8),
+        10..=99 => out.extend_from_slice(&pair(value)),
+        100..=999 => {
+            let [tens, ones] = pair(value % 100);
+            out.extend_from_slice(&[b'0' + (value / 100) as u8, tens, ones]);
+        }
+        1000..=9999 => {
+            let ([thousands, hundreds], [tens, ones]) = (pair(value / 100), pair(value % 100));
+            out.extend_from_slice(&[thousands, hundreds, tens, ones]);
+        }
+        _ => {
+            let mut digits = [0u8; 20];
+            let mut start = digits.len();
+            let mut rest = value;
+            while rest > 0 {
+                start -= 1;
+                digits[start] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            out.extend_from_slice(&digits[start..]);
         }
     }
-    out.extend_from_slice(&digits[start..]);
 }
 
 /// `value` in exactly `width` decimal digits, zero-padded (the highest digits are cut when it has more).
@@ -168,6 +182,17 @@ pub fn push_digits(out: &mut Vec<u8>, value: u64, width: usize) {
     }
     out.extend_from_slice(&digits[..width]);
 }
+
+/// The two decimal digits of each number below 100.
+pub const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0; 2]; 100];
+    let mut number = 0;
+    while number < 100 {
+        pairs[number] = [b'0' + (number / 10) as u8, b'0' + (number % 10) as u8];
+        number += 1;
+    }
+    pairs
+};
 
 #[cfg(test)]
 mod tests {
@@ -224,6 +249,34 @@ mod tests {
         for value in [0, 7, -7, 10, 1234567890, i64::MIN, i64::MAX] {
             assert_eq!(render(value), value.to_string());
         }
+        let mut out = b"x".to_vec();
+        for power in 0..20 {
+            let ten_to = 10u64.pow(power);
+            for value in [ten_to - 1, ten_to, ten_to + 1, ten_to.saturating_mul(5).saturating_add(7)] {
+                out.truncate(1);
+                push_u64(&mut out, value);
+                assert_eq!(&out[1..], value.to_string().as_bytes());
+            }
+        }
+        out.truncate(1);
+        push_u64(&mut out, u64::MAX);
+        assert_eq!(out, format!("x{}", u64::MAX).as_bytes());
+    }
+
+    #[test]
+    fn fixed_width_digits_are_zero_padded_and_cut_from_the_top() {
+        let render = |value: u64, width: usize| {
+            let mut out = Vec::new();
+            push_digits(&mut out, value, width);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(render(7, 1), "7");
+        assert_eq!(render(7, 2), "07");
+        assert_eq!(render(42, 3), "042");
+        assert_eq!(render(2026, 4), "2026");
+        assert_eq!(render(123456, 4), "3456");
+        assert_eq!(render(5, 6), "000005");
+        assert_eq!(render(0, 0), "");
     }
 
     #[test]
