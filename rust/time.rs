@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::escape::push_digits;
+use crate::escape::{push_digits, DIGIT_PAIRS};
 
 /// Epoch seconds from a wall-clock reading taken once, advanced by the monotonic clock (read through the
 /// CPU's time-stamp counter where the kernel keeps time with that counter: see `counter`).
@@ -316,7 +316,7 @@ pub fn push_iso_utc(out: &mut Vec<u8>, epoch_seconds: f64) {
         // Consecutive events mostly fall in the same second: reuse its formatted date and time.
         static LAST_SECOND: std::cell::Cell<(i64, [u8; 21])> = const { std::cell::Cell::new((i64::MIN, [0; 21])) };
     }
-    let micros_total = (epoch_seconds * 1_000_000.0).round() as i64;
+    let micros_total = rounded_to_i64(epoch_seconds * 1_000_000.0);
     let seconds_total = micros_total.div_euclid(1_000_000);
     let micros = micros_total.rem_euclid(1_000_000) as u64;
     let (cached_second, mut prefix) = LAST_SECOND.get();
@@ -344,13 +344,20 @@ pub fn push_iso_utc(out: &mut Vec<u8>, epoch_seconds: f64) {
     // One fixed-size copy: the compiler writes it without a call.
     let mut text = [b'0'; 29];
     text[..21].copy_from_slice(&prefix);
-    let mut rest = micros;
-    for digit in text[21..27].iter_mut().rev() {
-        *digit = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
+    let micros = micros as usize;
+    text[21..23].copy_from_slice(&DIGIT_PAIRS[micros / 10_000]);
+    text[23..25].copy_from_slice(&DIGIT_PAIRS[micros / 100 % 100]);
+    text[25..27].copy_from_slice(&DIGIT_PAIRS[micros % 100]);
     text[27..].copy_from_slice(b"Z\"");
     out.extend_from_slice(&text);
+}
+
+/// `value.round() as i64` (halves away from zero, saturating, NaN to 0) without a call to libm's `round`:
+/// an x86-64 CPU without SSE4.1 has no instruction for it. The truncation and its remainder are exact.
+fn rounded_to_i64(value: f64) -> i64 {
+    let truncated = value as i64;
+    let remainder = value - truncated as f64;
+    truncated.saturating_add(i64::from(remainder >= 0.5) - i64::from(remainder <= -0.5))
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (H. Hinnant).
@@ -399,7 +406,7 @@ pub fn parse_iso_micros(text: &str) -> Option<i64> {
 pub fn seconds_of_micros(micros: i64) -> f64 {
     let mut seconds = micros as f64 / 1e6;
     for _ in 0..2 {
-        match ((seconds * 1_000_000.0).round() as i64).cmp(&micros) {
+        match rounded_to_i64(seconds * 1_000_000.0).cmp(&micros) {
             Ordering::Less => seconds = seconds.next_up(),
             Ordering::Greater => seconds = seconds.next_down(),
             Ordering::Equal => break,
@@ -515,6 +522,25 @@ mod tests {
     }
 
     #[test]
+    fn rounding_without_libm_matches_round() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut samples = vec![0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, 1.7e15 + 0.5, f64::MIN_POSITIVE];
+        samples.extend([0.49999999999999994, -0.49999999999999994, 4503599627370495.5, 4503599627370497.0]);
+        samples.extend([9.2e18, -9.2e18, 9.3e18, -9.3e18, 9_223_372_036_854_775_807.0, f64::MAX, f64::MIN]);
+        samples.extend([f64::INFINITY, f64::NEG_INFINITY, f64::NAN]);
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            samples.push(f64::from_bits(state));
+            samples.push((state % 4_000_000_000_000_000) as f64 / 4.0 - 5e14);
+        }
+        for value in samples {
+            assert_eq!(rounded_to_i64(value), value.round() as i64, "{value:e}");
+        }
+    }
+
+    #[test]
     fn iso_timestamps() {
         let render = |ts: f64| {
             let mut out = Vec::new();
@@ -526,5 +552,7 @@ mod tests {
         assert_eq!(render(1_795_607_566.123_456), "\"2026-11-25T11:52:46.123456Z\"");
         assert_eq!(render(1_795_607_566.999_999), "\"2026-11-25T11:52:46.999999Z\"");
         assert_eq!(render(1_795_607_567.0), "\"2026-11-25T11:52:47.000000Z\"");
+        assert_eq!(render(1_795_607_567.012_345), "\"2026-11-25T11:52:47.012345Z\"");
+        assert_eq!(render(1_795_607_567.000_009_5), "\"2026-11-25T11:52:47.000010Z\"");
     }
 }
