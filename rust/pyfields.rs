@@ -119,26 +119,15 @@ pub fn uuid_text(value: &Bound<'_, PyAny>) -> Option<UuidText> {
         Some(digits) => u128_of_digits(digits)?,
         None => number.extract::<u128>().ok()?,
     };
-    /// Where each byte's two digits go, around the dashes at 8, 13, 18 and 23.
-    const PLACES: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let digits = crate::simd::hex_digits(number);
     let mut text = [b'-'; 36];
-    for (byte, at) in number.to_be_bytes().into_iter().zip(PLACES) {
-        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
-    }
+    text[..8].copy_from_slice(&digits[..8]);
+    text[9..13].copy_from_slice(&digits[8..12]);
+    text[14..18].copy_from_slice(&digits[12..16]);
+    text[19..23].copy_from_slice(&digits[16..20]);
+    text[24..].copy_from_slice(&digits[20..]);
     Some(UuidText(text))
 }
-
-/// Each byte's two lowercase hex digits.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0; 2]; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        pairs[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
-        byte += 1;
-    }
-    pairs
-};
 
 /// The value of an int's 30-bit digits (least significant first), None from 2**128 up.
 fn u128_of_digits(digits: &[u32]) -> Option<u128> {

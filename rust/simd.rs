@@ -37,6 +37,45 @@ pub fn prefetch_for_write(start: *const u8, len: usize) {
     let _ = (start, len);
 }
 
+/// The 32 lowercase hex digits of `value`, most significant first: on x86_64 all at once from its nibbles
+/// as SSE2 vectors, elsewhere one digit at a time.
+pub fn hex_digits(value: u128) -> [u8; 32] {
+    // SAFETY: SSE2 is part of the x86_64 baseline: every CPU this code runs on has it.
+    #[cfg(target_arch = "x86_64")]
+    return unsafe { hex_digits_sse2(value) };
+    #[cfg(not(target_arch = "x86_64"))]
+    std::array::from_fn(|index| b"0123456789abcdef"[(value >> (124 - 4 * index) & 0xf) as usize])
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn hex_digits_sse2(value: u128) -> [u8; 32] {
+    use std::arch::x86_64::*;
+    let bytes = value.to_be_bytes();
+    let [first, second] = [&bytes[..8], &bytes[8..]].map(|half| i64::from_le_bytes(half.try_into().expect("8 bytes")));
+    let vector = _mm_set_epi64x(second, first);
+    let low_nibble = _mm_set1_epi8(0x0f);
+    let high = _mm_and_si128(_mm_srli_epi16::<4>(vector), low_nibble);
+    let low = _mm_and_si128(vector, low_nibble);
+    let mut text = [0u8; 32];
+    for (at, nibbles) in [(0, _mm_unpacklo_epi8(high, low)), (16, _mm_unpackhi_epi8(high, low))] {
+        let digits = ascii_hex_sse2(nibbles);
+        text[at..at + 8].copy_from_slice(&_mm_cvtsi128_si64(digits).to_le_bytes());
+        text[at + 8..at + 16].copy_from_slice(&_mm_cvtsi128_si64(_mm_unpackhi_epi64(digits, digits)).to_le_bytes());
+    }
+    text
+}
+
+/// Each byte of `nibbles` (0 to 15) as its lowercase hex digit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn ascii_hex_sse2(nibbles: std::arch::x86_64::__m128i) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    let past_nine = _mm_cmpgt_epi8(nibbles, _mm_set1_epi8(9));
+    let letter_offset = _mm_and_si128(past_nine, _mm_set1_epi8((b'a' - b'0' - 10) as i8));
+    _mm_add_epi8(_mm_add_epi8(nibbles, _mm_set1_epi8(b'0' as i8)), letter_offset)
+}
+
 /// What one pass over a text found: whether it needs JSON escaping, and whether a pattern of `P` starts in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextScan {
@@ -304,6 +343,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn hex_digits_are_the_lowercase_hex_of_the_number() {
+        let mut state = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C834u128;
+        for _ in 0..10_000 {
+            state = state.wrapping_mul(0x2360_ED05_1FC6_5DA4_4385_DF64_9FCC_F645).wrapping_add(1);
+            for value in [state, state >> 64, state & 0x0f0f_0f0f, u128::MAX - state] {
+                assert_eq!(&hex_digits(value), format!("{value:032x}").as_bytes());
+            }
+        }
+        assert_eq!(&hex_digits(0), b"00000000000000000000000000000000");
+        assert_eq!(&hex_digits(u128::MAX), b"ffffffffffffffffffffffffffffffff");
     }
 
     /// Patterns `ab` (case-sensitive) and `cd` (any case), for testing the scan apart from redaction.
