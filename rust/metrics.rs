@@ -941,12 +941,20 @@ impl OpenRuns {
         }
     }
 
+    #[inline(always)]
     fn compact_if_mostly_stale(&mut self) {
         if self.stale_entries > self.runs.len() + STALE_SLACK {
-            let runs = &self.runs;
-            self.insertion_order.retain(|(seq, run_id)| runs.get(run_id).is_some_and(|run| run.seq == *seq));
-            self.stale_entries = 0;
+            self.compact();
         }
+    }
+
+    /// Drops the stale `insertion_order` entries: once per `STALE_SLACK` closes at most, so kept out of line.
+    #[cold]
+    #[inline(never)]
+    fn compact(&mut self) {
+        let runs = &self.runs;
+        self.insertion_order.retain(|(seq, run_id)| runs.get(run_id).is_some_and(|run| run.seq == *seq));
+        self.stale_entries = 0;
     }
 }
 
