@@ -14,7 +14,9 @@ pub fn latency_micros(latency_ms: f64) -> u64 {
     if micros >= MAX_LATENCY_MICROS as f64 {
         MAX_LATENCY_MICROS
     } else {
-        (micros + 0.5).floor() as u64
+        // The cast truncates: for the non-negative sums it is `floor`, without a call to libm's (an x86-64
+        // CPU without SSE4.1 has no instruction for it); below 0 both saturate to 0.
+        (micros + 0.5) as u64
     }
 }
 
@@ -142,6 +144,17 @@ mod tests {
     #[test]
     fn an_infinite_latency_is_clamped() {
         assert_eq!(latency_micros(f64::INFINITY), MAX_LATENCY_MICROS);
+    }
+
+    #[test]
+    fn latencies_round_to_the_nearest_microsecond_as_floor_of_half_more() {
+        let mut samples = vec![0.0, 0.0005, 0.0004999999999999999, 0.0015, 1.0, 2.5e-4, f64::NAN, -0.0004, -1.0];
+        samples.extend((0..100_000).map(|step| f64::from(step) * 0.000_123_7));
+        for latency_ms in samples {
+            let micros = latency_ms * 1000.0;
+            let expected = if micros >= MAX_LATENCY_MICROS as f64 { MAX_LATENCY_MICROS } else { (micros + 0.5).floor() as u64 };
+            assert_eq!(latency_micros(latency_ms), expected, "{latency_ms:e}");
+        }
     }
 
     #[test]
