@@ -160,7 +160,10 @@ impl JsonlWriter {
     /// a torn tail left by a writer that died mid-write is repaired (`repair_torn_tail`).
     pub fn open(path: &Path, config: WriterConfig) -> io::Result<JsonlWriter> {
         let output = Output::open(path)?;
-        let capacity = (config.buffer_bytes * 2).min(config.max_pending_bytes);
+        // Room for every pending byte from the start: a buffer grown by doubling leaves the allocator each
+        // smaller size it outgrew (resident memory a long run never gets back), and untouched room costs
+        // no memory, only address space.
+        let capacity = config.max_pending_bytes.min(MAX_KEPT_CAPACITY);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: reused_buffer(capacity),
@@ -360,7 +363,9 @@ fn reused_buffer(capacity: usize) -> Vec<u8> {
     // `try_lock`, here and in `keep_buffer`: a child forked while another thread held the lock must not
     // wait for it forever.
     let kept = KEPT_BUFFERS.try_lock().ok().and_then(|mut kept| kept.pop());
-    kept.unwrap_or_else(|| Vec::with_capacity(capacity))
+    let mut buffer = kept.unwrap_or_default();
+    buffer.reserve_exact(capacity);
+    buffer
 }
 
 fn keep_buffer(mut buffer: Vec<u8>) {
@@ -508,6 +513,29 @@ mod tests {
         assert!(!writer.shared.lock().writer_polls, "a poll that finds less than a buffer puts the writer back to sleep");
         drop(writer);
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn buffers_hold_every_pending_byte_from_the_start_and_never_reallocate() {
+        let path = temp_path("capacity");
+        let max_pending = 1 << 20;
+        let writer =
+            JsonlWriter::open(&path, WriterConfig { flush_interval: Duration::from_secs(60), ..config(true, max_pending) }).unwrap();
+        let (pending, spare) = {
+            let state = writer.shared.lock();
+            assert!(state.pending.capacity() >= max_pending && state.spare.capacity() >= max_pending);
+            (state.pending.as_ptr(), state.spare.as_ptr())
+        };
+        let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(1000));
+        // Up to the bound: the same two allocations throughout (a buffer grown by doubling would move).
+        for _ in 0..(max_pending / line.len()) {
+            assert_eq!(writer.append(line.as_bytes()), Ok(Appended::Queued));
+        }
+        {
+            let state = writer.shared.lock();
+            assert!([pending, spare].contains(&state.pending.as_ptr()), "the pending buffer was reallocated");
+        }
+        writer.close().unwrap();
     }
 
     #[test]
