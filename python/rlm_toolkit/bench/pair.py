@@ -174,28 +174,34 @@ def pair_contenders(cfg: Config) -> list[Contender]:
 
 
 def metrics_contenders() -> list[Contender]:
-    """``MetricsCallback`` alone through a ``CallbackManager``: the pair's start+end, no log."""
+    """``MetricsCallback`` alone through a ``CallbackManager``: the pair's start+end, no log; and the same calls
+    to a manager with no callbacks, what the calls cost before anything is recorded."""
     prompt, response = pair_payload()
     model = MODEL
     ids = _cached_ids()
+
+    def fire(state: Any) -> None:
+        manager = state["manager"]
+        for run_id in state["ids"]:
+            manager.on_llm_start(prompt, run_id=run_id, model=model)
+            manager.on_llm_end(response, run_id=run_id, model=model)
 
     def ours(backend: BackendName) -> Contender:
         def setup(n: int) -> Any:
             metrics = MetricsCallback(backend=backend)
             return {"ids": ids(n), "metrics": metrics, "manager": CallbackManager([metrics], backend=backend)}
 
-        def run(state: Any) -> None:
-            manager = state["manager"]
-            for run_id in state["ids"]:
-                manager.on_llm_start(prompt, run_id=run_id, model=model)
-                manager.on_llm_end(response, run_id=run_id, model=model)
-
         def teardown(state: Any) -> None:
             expect(state["metrics"].get_metrics()["completed_calls"], len(state["ids"]), "completed calls")
 
-        return Contender(backend, f"rlm_toolkit MetricsCallback ({backend})", setup, run, teardown, events_per_op=2)
+        return Contender(backend, f"rlm_toolkit MetricsCallback ({backend})", setup, fire, teardown, events_per_op=2)
 
-    return [ours("rust"), ours("python")]
+    def no_callbacks(n: int) -> Any:
+        return {"ids": ids(n), "manager": CallbackManager([], backend="rust")}
+
+    return [ours("rust"), ours("python"),
+            Contender("none", "rlm_toolkit CallbackManager with no callbacks (rust), the same calls", no_callbacks,
+                      fire, events_per_op=2, note="floor: the calls alone, nothing recorded")]
 
 
 def jsonl_contenders(cfg: Config) -> list[Contender]:
