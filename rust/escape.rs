@@ -5,7 +5,7 @@ use std::io::Write;
 
 use crate::simd::next_special;
 
-pub const HEX: &[u8; 16] = b"0123456789abcdef";
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn escape_byte(byte: u8) -> Option<&'static [u8]> {
     match byte {

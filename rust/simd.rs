@@ -50,7 +50,7 @@ pub fn hex_digits(value: u128) -> [u8; 32] {
 /// `hex_digits` a digit at a time: the path of other CPUs, and on x86_64 the tests' check of the vector one.
 #[cfg(any(test, not(target_arch = "x86_64")))]
 fn hex_digits_scalar(value: u128) -> [u8; 32] {
-    std::array::from_fn(|index| crate::escape::HEX[(value >> (124 - 4 * index) & 0xf) as usize])
+    std::array::from_fn(|index| b"0123456789abcdef"[(value >> (124 - 4 * index) & 0xf) as usize])
 }
 
 #[cfg(target_arch = "x86_64")]
