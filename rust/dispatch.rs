@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::pyclass::{PyTraverseError, PyVisit};
 use pyo3::types::{PyDict, PyList, PyNone, PyString, PyTuple, PyType};
 
 use crate::errors::LogClosedError;
@@ -312,6 +313,25 @@ pub struct Registry {
     error_counters: Vec<Sink>,
 }
 
+#[pymethods]
+impl Registry {
+    /// The hooks' functions and receivers and the Python cores: what can lead back to the dispatcher (names
+    /// and keyword tuples hold only strings).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let python_cores = self.events.iter().flat_map(|table| &table.sinks).chain(&self.error_counters);
+        for sink in python_cores {
+            if let Sink::Python(core) = sink {
+                visit.call(core)?;
+            }
+        }
+        for hook in self.events.iter().flat_map(|table| &table.hooks) {
+            visit.call(&hook.function)?;
+            visit.call(&hook.receiver)?;
+        }
+        Ok(())
+    }
+}
+
 impl Registry {
     /// Counts `counter` in every registered metrics core.
     fn count(&self, py: Python<'_>, counter: Counter) -> PyResult<()> {
@@ -366,7 +386,7 @@ impl Dispatcher {
         if positional != kind.spec().args.len() {
             return None;
         }
-        let registry = self.registry.current(py);
+        let registry = self.registry.current(py)?;
         let registry = registry.get();
         let table = &registry.events[kind.index()];
         let shape = table.shape(py, kind, kwnames).filter(|shape| shape.holds(values))?;
@@ -424,7 +444,9 @@ impl Dispatcher {
         context: EventContext<'_, 'py>,
         timestamp: Option<f64>,
     ) -> PyResult<()> {
-        let registry = self.registry.current(py);
+        let Some(registry) = self.registry.current(py) else {
+            return Ok(());
+        };
         let registry = registry.get();
         let table = &registry.events[kind.index()];
         if !table.sinks.is_empty() {
@@ -567,7 +589,7 @@ impl Dispatcher {
 
     /// Counts an event refused at the call (a bad timestamp) in the registered metrics.
     pub fn event_rejected(&self, py: Python<'_>) -> PyResult<()> {
-        self.registry.current(py).get().count(py, Counter::Rejected)
+        self.registry.current(py).map_or(Ok(()), |registry| registry.get().count(py, Counter::Rejected))
     }
 
     pub fn hook_failed(
@@ -605,8 +627,18 @@ impl PyDispatcher {
 
     /// Counts and reports a hook failure met outside the dispatcher (an async hook).
     fn hook_failed(&self, py: Python<'_>, label: &Bound<'_, PyString>, event: &str, error: Bound<'_, PyAny>) -> PyResult<()> {
-        let registry = self.inner.registry.current(py);
-        self.inner.hook_failed(py, registry.get(), label, event, error)
+        match self.inner.registry.current(py) {
+            Some(registry) => self.inner.hook_failed(py, registry.get(), label, event, error),
+            None => Ok(()),
+        }
+    }
+
+    /// What the dispatcher holds that can lead back to it (the registry's hooks, the async hook runner), so
+    /// that a cycle through it (a manager, or a callback that keeps its manager) is collected.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.inner.registry.traverse(&visit)?;
+        visit.call(&self.inner.report_failure)?;
+        visit.call(&self.inner.run_async)
     }
 
     #[getter]

@@ -10,6 +10,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::True;
+use pyo3::pyclass::{PyTraverseError, PyVisit};
 use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyClass, PyTypeInfo};
 
@@ -392,7 +393,8 @@ unsafe extern "C" fn fire_held_event<T: EventTarget, const KIND: usize>(
 /// A reference to a `T` that can be replaced while readers hold the one they took: a one-item list only
 /// this struct sees. Taking the current `T` is a list read and a reference-count increment under the GIL
 /// (where an `ArcSwap` load costs two atomic operations), with no type check: nothing but a `T` is ever
-/// stored in the list.
+/// stored in the list. The owner's `__traverse__` calls `traverse`, so a reference cycle through the `T`
+/// can be collected; the collector then empties the list, and `current` gives None.
 pub struct Replaceable<T: PyClass> {
     holder: Py<PyList>,
     held_type: std::marker::PhantomData<T>,
@@ -407,10 +409,17 @@ impl<T: PyClass> Replaceable<T> {
         self.holder.bind(value.py()).set_item(0, value)
     }
 
-    pub fn current<'py>(&self, py: Python<'py>) -> Bound<'py, T> {
-        // SAFETY: the list is private to this struct, made with one item and only ever set at index 0, so
-        // index 0 is within it and holds a `T`; `py` means attached.
-        unsafe { self.holder.bind(py).get_item_unchecked(0).cast_into_unchecked::<T>() }
+    /// The current `T`; None only once the garbage collector has cleared the list (its owner is garbage).
+    #[inline]
+    pub fn current<'py>(&self, py: Python<'py>) -> Option<Bound<'py, T>> {
+        let holder = self.holder.bind(py);
+        // SAFETY: the list is private to this struct and only ever set at index 0, which the length check
+        // shows is within it; what it holds there is a `T`. `py` means attached.
+        (holder.len() == 1).then(|| unsafe { holder.get_item_unchecked(0).cast_into_unchecked::<T>() })
+    }
+
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.holder)
     }
 }
 

@@ -101,8 +101,9 @@ impl State {
 struct Shared {
     state: Mutex<State>,
     /// Held while a batch is taken from `pending` and written, so batches reach the file in order
-    /// whichever thread writes them. Lock order: `output`, then `state`.
-    output: Mutex<Output>,
+    /// whichever thread writes them. Lock order: `output`, then `state`. None once the writer thread has
+    /// written its last batch: the file is closed.
+    output: Mutex<Option<Output>>,
     /// Set with news for `announce`; lets producers notice it without taking the lock.
     news: AtomicBool,
     wake_writer: Condvar,
@@ -121,9 +122,9 @@ impl Shared {
     fn write_pending(&self) {
         let mut output = self.output.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut state = self.lock();
-        if state.pending.is_empty() || state.abandoned {
+        let Some(output) = output.as_mut().filter(|_| !state.pending.is_empty() && !state.abandoned) else {
             return;
-        }
+        };
         let spare = std::mem::take(&mut state.spare);
         let mut batch = std::mem::replace(&mut state.pending, spare);
         state.in_flight_lines = std::mem::take(&mut state.pending_lines);
@@ -183,7 +184,7 @@ impl JsonlWriter {
                 flush_done: 0,
                 writer_polls: false,
             }),
-            output: Mutex::new(output),
+            output: Mutex::new(Some(output)),
             news: AtomicBool::new(false),
             wake_writer: Condvar::new(),
             writer_progress: Condvar::new(),
@@ -413,6 +414,11 @@ fn write_loop(shared: &Shared) {
         state.writer_polls = state.pending.len() >= config.buffer_bytes;
         drop(state);
         shared.write_pending();
+        if closing {
+            // Before `finished` is set: once `close()` returns, the file is closed (its descriptor free, and
+            // a log deleted or moved by then gives its space back).
+            shared.output.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        }
         let mut state = shared.lock();
         state.flush_done = state.flush_done.max(request);
         state.finished = closing;
@@ -512,6 +518,28 @@ mod tests {
         }
         assert!(!writer.shared.lock().writer_polls, "a poll that finds less than a buffer puts the writer back to sleep");
         drop(writer);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    fn descriptors_open_on(path: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    #[test]
+    fn close_lets_the_file_go() {
+        let path = temp_path("descriptor");
+        let writer = JsonlWriter::open(&path, config(true, 1 << 20)).unwrap();
+        writer.append(b"{\"a\":1}\n").unwrap();
+        assert_eq!(descriptors_open_on(&path), 1);
+        writer.close().unwrap();
+        assert_eq!(descriptors_open_on(&path), 0, "a closed writer keeps no descriptor of its file");
+        writer.flush().unwrap();
+        assert_eq!(writer.append(b"{}\n"), Err(WriteError::Closed));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n");
         let _ = std::fs::remove_file(&path);
     }
 

@@ -1,0 +1,145 @@
+"""What a manager and its logs leave behind once a program is done with them: the objects are collected
+(reference cycles through a native dispatcher included), and a closed or collected log holds no file open.
+A program that makes a manager and a log per request or per batch must not pile up memory or descriptors.
+Runs per backend."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlm_toolkit import RLM
+from rlm_toolkit.callbacks import AsyncBaseCallback, BaseCallback, CallbackManager, FileLogCallback, MetricsCallback
+from rlm_toolkit.server import LocalServer
+from rlm_toolkit.types import LLMResponse, Usage
+
+MODEL = "gpt-4o-mini"
+
+
+def descriptors_open_on(path: Path) -> int:
+    """How many of this process's file descriptors name ``path`` (a deleted file's name ends ' (deleted)')."""
+    wanted = {str(path), f"{path} (deleted)"}
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}") in wanted
+        except OSError:  # the descriptor os.listdir itself used, gone by now
+            pass
+    return count
+
+
+def fire_pair(manager: CallbackManager, run_id: str = "r1") -> None:
+    manager.on_llm_start("hi", run_id=run_id, model=MODEL)
+    manager.on_llm_end(LLMResponse("hello", MODEL, Usage.of(3, 2)), run_id=run_id, model=MODEL)
+
+
+def collected(make: Callable[[], Any]) -> bool:
+    """Whether what ``make`` returns is gone after the last reference to it is dropped and a collection ran."""
+    reference = weakref.ref(make())
+    gc.collect()
+    return reference() is None
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_closed_log_holds_its_file_no_longer(backend: str, tmp_path: Path) -> None:
+    path = tmp_path / "rlm.jsonl"
+    log = FileLogCallback(path)
+    manager = CallbackManager([MetricsCallback(), log])
+    fire_pair(manager)
+    assert descriptors_open_on(path) == 1
+    log.close()
+    assert descriptors_open_on(path) == 0, "close() must let the file go: the log can be moved or deleted"
+    assert [record["event"] for record in records(path)] == ["llm_start", "llm_end"]
+    log.close()
+    assert descriptors_open_on(path) == 0
+
+
+class KeepsItsManager(BaseCallback):
+    """A callback that keeps the manager it is registered with (to fire follow-up events, say)."""
+
+    def __init__(self) -> None:
+        self.manager: CallbackManager | None = None
+        self.prompts: list[str] = []
+
+    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        self.prompts.append(prompt)
+
+
+class AsyncRecorder(AsyncBaseCallback):
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    async def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        self.prompts.append(prompt)
+
+
+@pytest.mark.parametrize("callbacks", ["none", "metrics and log", "a callback keeping its manager", "an async hook"])
+def test_a_manager_no_longer_referenced_is_collected_with_its_log(backend: str, tmp_path: Path, callbacks: str) -> None:
+    path = tmp_path / "rlm.jsonl"
+
+    def make() -> CallbackManager:
+        log = FileLogCallback(path)
+        extra: list[Any] = {"none": [], "metrics and log": [MetricsCallback()],
+                            "a callback keeping its manager": [KeepsItsManager()], "an async hook": [AsyncRecorder()]}[callbacks]
+        manager = CallbackManager([*extra, log] if callbacks != "none" else [])
+        for callback in extra:
+            if isinstance(callback, KeepsItsManager):
+                callback.manager = manager
+        fire_pair(manager)
+        if callbacks == "none":
+            log.close()
+        return manager
+
+    assert collected(make)
+    assert descriptors_open_on(path) == 0, "a collected log closes its file"
+    if callbacks != "none":
+        assert [record["event"] for record in records(path)] == ["llm_start", "llm_end"]
+
+
+def test_a_log_and_manager_per_batch_leave_no_file_open(backend: str, tmp_path: Path) -> None:
+    """The pattern of a batch job: a fresh log and manager per batch, closed at its end, the file then moved
+    away. Nothing of an earlier batch stays open (a deleted file held open keeps its disk space)."""
+    for batch in range(40):
+        path = tmp_path / f"batch-{batch}.jsonl"
+        log = FileLogCallback(path)
+        manager = CallbackManager([MetricsCallback(), log])
+        for index in range(20):
+            fire_pair(manager, f"b{batch}-{index}")
+        log.close()
+        path.rename(tmp_path / f"done-{batch}.jsonl")
+    open_files = [name for name in os.listdir("/proc/self/fd") if str(tmp_path) in _target(name)]
+    assert open_files == []
+    assert sum(len(records(tmp_path / f"done-{batch}.jsonl")) for batch in range(40)) == 40 * 40
+
+
+def _target(descriptor: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{descriptor}")
+    except OSError:
+        return ""
+
+
+def test_an_rlm_made_per_request_is_collected_and_closes_its_log(backend: str, tmp_path: Path,
+                                                                server: LocalServer) -> None:
+    path = tmp_path / "rlm.jsonl"
+
+    def make() -> RLM:
+        rlm = RLM.from_openai(MODEL, [MetricsCallback(), FileLogCallback(path)], base_url=server.base_url,
+                              api_key=server.api_key)
+        assert rlm.run("Say hello")
+        return rlm
+
+    assert collected(make)
+    assert descriptors_open_on(path) == 0
+    events = [record["event"] for record in records(path)]
+    assert events[0] == "run_start" and events[-1] == "run_end"
