@@ -89,8 +89,10 @@ def test_a_manager_no_longer_referenced_is_collected_with_its_log(backend: str, 
 
     def make() -> CallbackManager:
         log = FileLogCallback(path)
-        extra: list[Any] = {"none": [], "metrics and log": [MetricsCallback()],
-                            "a callback keeping its manager": [KeepsItsManager()], "an async hook": [AsyncRecorder()]}[callbacks]
+        choices: dict[str, list[Any]] = {"none": [], "metrics and log": [MetricsCallback()],
+                                         "a callback keeping its manager": [KeepsItsManager()],
+                                         "an async hook": [AsyncRecorder()]}
+        extra = choices[callbacks]
         manager = CallbackManager([*extra, log] if callbacks != "none" else [])
         for callback in extra:
             if isinstance(callback, KeepsItsManager):
@@ -143,3 +145,44 @@ def test_an_rlm_made_per_request_is_collected_and_closes_its_log(backend: str, t
     assert descriptors_open_on(path) == 0
     events = [record["event"] for record in records(path)]
     assert events[0] == "run_start" and events[-1] == "run_end"
+
+
+resurrected: list[CallbackManager] = []
+
+
+class Resurrects(BaseCallback):
+    """Keeps its manager, and when collected puts the manager back where the program can reach it."""
+
+    def __init__(self) -> None:
+        self.manager: CallbackManager | None = None
+        self.prompts: list[str] = []
+
+    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
+        self.prompts.append(prompt)
+
+    def __del__(self) -> None:
+        if self.manager is not None:
+            resurrected.append(self.manager)
+
+
+def test_a_manager_brought_back_by_a_finalizer_during_collection_still_fires(backend: str, tmp_path: Path) -> None:
+    """The collector met the manager's cycle and ran its finalizers; one of them resurrected the manager, so
+    nothing of it may have been torn down. Its log, collected first, was closed by its own finalizer: its
+    events are refused and reported from then on, like any closed log's."""
+    path = tmp_path / "rlm.jsonl"
+
+    def make() -> None:
+        callback = Resurrects()
+        manager = CallbackManager([callback, FileLogCallback(path)])
+        callback.manager = manager
+        fire_pair(manager, "before")
+
+    make()
+    gc.collect()
+    assert len(resurrected) == 1
+    manager = resurrected.pop()
+    fire_pair(manager, "after")
+    keeper = next(callback for callback in manager.callbacks if isinstance(callback, Resurrects))
+    assert keeper.prompts == ["hi", "hi"]
+    assert manager.handler_errors == 2, "the closed log refused both events"
+    assert [record["run_id"] for record in records(path)] == ["before", "before"]
