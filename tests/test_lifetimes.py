@@ -23,16 +23,19 @@ from rlm_toolkit.types import LLMResponse, Usage
 MODEL = "gpt-4o-mini"
 
 
-def descriptors_open_on(path: Path) -> int:
-    """How many of this process's file descriptors name ``path`` (a deleted file's name ends ' (deleted)')."""
-    wanted = {str(path), f"{path} (deleted)"}
-    count = 0
+def descriptor_targets() -> list[str]:
+    """What each of this process's file descriptors names (a deleted file's name ends ' (deleted)')."""
+    targets = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            count += os.readlink(f"/proc/self/fd/{name}") in wanted
+            targets.append(os.readlink(f"/proc/self/fd/{name}"))
         except OSError:  # the descriptor os.listdir itself used, gone by now
             pass
-    return count
+    return targets
+
+
+def descriptors_open_on(path: Path) -> int:
+    return sum(target in (str(path), f"{path} (deleted)") for target in descriptor_targets())
 
 
 def fire_pair(manager: CallbackManager, run_id: str = "r1") -> None:
@@ -119,16 +122,8 @@ def test_a_log_and_manager_per_batch_leave_no_file_open(backend: str, tmp_path: 
             fire_pair(manager, f"b{batch}-{index}")
         log.close()
         path.rename(tmp_path / f"done-{batch}.jsonl")
-    open_files = [name for name in os.listdir("/proc/self/fd") if str(tmp_path) in _target(name)]
-    assert open_files == []
+    assert [target for target in descriptor_targets() if str(tmp_path) in target] == []
     assert sum(len(records(tmp_path / f"done-{batch}.jsonl")) for batch in range(40)) == 40 * 40
-
-
-def _target(descriptor: str) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{descriptor}")
-    except OSError:
-        return ""
 
 
 def test_an_rlm_made_per_request_is_collected_and_closes_its_log(backend: str, tmp_path: Path,
@@ -150,15 +145,8 @@ def test_an_rlm_made_per_request_is_collected_and_closes_its_log(backend: str, t
 resurrected: list[CallbackManager] = []
 
 
-class Resurrects(BaseCallback):
+class Resurrects(KeepsItsManager):
     """Keeps its manager, and when collected puts the manager back where the program can reach it."""
-
-    def __init__(self) -> None:
-        self.manager: CallbackManager | None = None
-        self.prompts: list[str] = []
-
-    def on_llm_start(self, prompt: str, **kwargs: Any) -> None:
-        self.prompts.append(prompt)
 
     def __del__(self) -> None:
         if self.manager is not None:
