@@ -8,6 +8,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +111,25 @@ def test_a_manager_no_longer_referenced_is_collected_with_its_log(backend: str, 
     assert descriptors_open_on(path) == 0, "a collected log closes its file"
     if callbacks != "none":
         assert [record["event"] for record in records(path)] == ["llm_start", "llm_end"]
+
+
+def test_the_background_loops_of_collected_managers_stop(backend: str) -> None:
+    """Async hooks fired from sync code run on a background event loop of the manager's own, on a thread of
+    its own: a manager per request must not leave a thread per request behind."""
+    before = set(threading.enumerate())
+    for index in range(10):
+        callback = AsyncRecorder()
+        assert collected(lambda: _fired(CallbackManager([callback]), f"r{index}"))
+        assert callback.prompts == ["hi"]
+    deadline = time.monotonic() + 10
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert set(threading.enumerate()) - before == set()
+
+
+def _fired(manager: CallbackManager, run_id: str) -> CallbackManager:
+    fire_pair(manager, run_id)
+    return manager
 
 
 def test_a_log_and_manager_per_batch_leave_no_file_open(backend: str, tmp_path: Path) -> None:
